@@ -1,0 +1,221 @@
+"""The hierarchical spiking network as pure functions.
+
+Arrays are time-major inside the model; suffixes name the axes: T time, B batch, I inputs,
+H hidden neurons, O outputs, K kernel taps. Every input current is computed for all time
+steps at once (one matmul or convolution, then normalisation); only the membrane recursion
+runs inside `jax.lax.scan`, carrying the membrane and the last spike.
+
+Equations (DESIGN.md Sec. 2, threshold theta):
+  hidden LIF      V[t] = a V[t-1] + I[t] + S[t-1] W_rec - theta S[t-1],  S[t] = H(V[t] - theta)
+  output (LI)     U[t] = a_out U[t-1] + (1 - a_out) I[t]
+  with a the per-neuron decay alpha clipped to [1e-5, 0.98] (hidden layers).
+"""
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from utils_initialization import Config, conv_hierarchy
+from utils_normalization import normalize
+
+ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
+
+
+# --- surrogate gradient spike function ---------------------------------------------------
+def box_grad(x):
+    """dS/dV = 1 where |V - theta| < 0.5, else 0."""
+    return (jnp.abs(x) < 0.5).astype(x.dtype)
+
+
+def fast_sigmoid_grad(x):
+    """dS/dV = 1 / (10 |V - theta| + 1)^2."""
+    return 1.0 / (10.0 * jnp.abs(x) + 1.0) ** 2
+
+
+SURROGATES = {"box": box_grad, "fast_sigmoid": fast_sigmoid_grad}
+
+
+def heaviside(x):
+    """S = H(V - theta): a spike where the membrane is strictly above threshold."""
+    return (x > 0).astype(x.dtype)
+
+
+def make_spike_fn(surrogate: str):
+    """Heaviside step of x = V - theta in the forward pass, `surrogate` in the backward.
+    The layers below apply the same rule inside their hand-written backward passes."""
+    grad_fn = SURROGATES[surrogate]
+    spike = jax.custom_vjp(heaviside)
+    spike.defvjp(lambda x: (heaviside(x), x), lambda x, g: (g * grad_fn(x),))
+    return spike
+
+
+# --- layers ------------------------------------------------------------------------------
+class LIFState(NamedTuple):
+    v: jax.Array  # membrane potential [B, H]
+    s: jax.Array  # spikes of the previous step [B, H]
+
+
+def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None):
+    """Leaky integrate-and-fire over time with subtractive reset; returns spikes [T, B, H].
+
+    V[t] = a V[t-1] + I[t] + S[t-1] W_rec - v_thr S[t-1], S[t] = H(V[t] - v_thr), with
+    a = clip(alpha, 1e-5, 0.98) and the diagonal of W_rec masked to zero.
+    """
+    a_H = jnp.broadcast_to(jnp.clip(alpha, ALPHA_MIN, ALPHA_MAX), I_TBH.shape[-1:])
+    if W_rec is not None:
+        W_rec = W_rec * (1.0 - jnp.eye(W_rec.shape[0], dtype=W_rec.dtype))
+    return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate)
+
+
+def _lif_forward(I_TBH, a_H, W_rec, v_thr):
+    """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
+    def step(state, I_BH):
+        if W_rec is not None:
+            I_BH = I_BH + state.s @ W_rec
+        v = a_H * state.v + I_BH - v_thr * state.s
+        return LIFState(v, heaviside(v - v_thr)), v
+
+    zeros = jnp.zeros(I_TBH.shape[1:], I_TBH.dtype)
+    return jax.lax.scan(step, LIFState(zeros, zeros), I_TBH)[1]
+
+
+def _lif(I_TBH, a_H, W_rec, v_thr, surrogate):
+    return heaviside(_lif_forward(I_TBH, a_H, W_rec, v_thr) - v_thr)
+
+
+def _lif_fwd(I_TBH, a_H, W_rec, v_thr, surrogate):
+    V_TBH = _lif_forward(I_TBH, a_H, W_rec, v_thr)
+    S_TBH = heaviside(V_TBH - v_thr)
+    return S_TBH, (V_TBH, S_TBH if W_rec is not None else None, a_H, W_rec)
+
+
+def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
+    """Backpropagation through time as one reverse scan; at step t, with dv = dV[t+1]:
+    dS[t] = g[t] - v_thr dv + dv W_rec^T,  dV[t] = dS[t] H'(V[t]) + a dv,
+    and da += sum_b dv V[t]. dI = dV; dW_rec = sum_t S[t-1]^T dV[t] outside the scan."""
+    V_TBH, S_TBH, a_H, W_rec = residuals
+    grad_fn = SURROGATES[surrogate]
+
+    def step(carry, inputs):
+        dv_next = carry
+        g_BH, v_BH = inputs
+        ds = g_BH - v_thr * dv_next
+        if W_rec is not None:
+            ds = ds + dv_next @ W_rec.T
+        dv = ds * grad_fn(v_BH - v_thr) + a_H * dv_next
+        return dv, dv
+
+    _, dV_TBH = jax.lax.scan(step, jnp.zeros_like(V_TBH[0]), (gS_TBH, V_TBH), reverse=True)
+    da_H = jnp.einsum("tbh,tbh->h", dV_TBH[1:], V_TBH[:-1])
+    dW = None
+    if W_rec is not None:
+        h = S_TBH.shape[-1]
+        dW = S_TBH[:-1].reshape(-1, h).T @ dV_TBH[1:].reshape(-1, h)
+    return dV_TBH, da_H, dW
+
+
+_lif = jax.custom_vjp(_lif, nondiff_argnums=(3, 4))
+_lif.defvjp(_lif_fwd, _lif_bwd)
+
+
+@jax.custom_vjp
+def decay_scan(x_TBH, a_H):
+    """Linear recurrence y[t] = a y[t-1] + x[t] (y[-1] = 0)."""
+    def step(y, x):
+        y = a_H * y + x
+        return y, y
+
+    return jax.lax.scan(step, jnp.zeros_like(x_TBH[0]), x_TBH)[1]
+
+
+def _decay_scan_fwd(x_TBH, a_H):
+    y_TBH = decay_scan(x_TBH, a_H)
+    return y_TBH, (y_TBH, a_H)
+
+
+def _decay_scan_bwd(residuals, g_TBH):
+    """dy[t] = g[t] + a dy[t+1], run backwards; da = sum_tb dy[t+1] y[t], accumulated."""
+    y_TBH, a_H = residuals
+
+    def step(carry, inputs):
+        dy_next = carry
+        g_BH, y_BH = inputs
+        dy = g_BH + a_H * dy_next
+        return dy, dy
+
+    _, dy_TBH = jax.lax.scan(step, jnp.zeros_like(y_TBH[0]), (g_TBH, y_TBH), reverse=True)
+    da_H = jnp.einsum("tbh,tbh->h", dy_TBH[1:], y_TBH[:-1])
+    return dy_TBH, da_H
+
+
+decay_scan.defvjp(_decay_scan_fwd, _decay_scan_bwd)
+
+
+def leaky_integrator_scan(I_TBO, alpha):
+    """Non-spiking output membrane U[t] = a U[t-1] + (1 - a) I[t]; returns U [T, B, O]."""
+    a_O = jnp.broadcast_to(alpha, I_TBO.shape[-1:])
+    return decay_scan((1.0 - a_O) * I_TBO, a_O)
+
+
+def causal_conv(x_TBI, W_KIO, dilation):
+    """Causal dilated temporal convolution: y[t] = sum_j x[t - (K-1-j) d] W[j]."""
+    k = W_KIO.shape[0]
+    return jax.lax.conv_general_dilated(
+        x_TBI, W_KIO, window_strides=(1,), padding=[((k - 1) * dilation, 0)],
+        rhs_dilation=(dilation,), dimension_numbers=("WNC", "WIO", "WNC"))
+
+
+def input_current(layer, x_TBI, cfg: Config, dilation=None):
+    """Norm(x W) for every time step at once (dense or convolutional)."""
+    if layer["W"].ndim == 3:
+        I = causal_conv(x_TBI, layer["W"], dilation)
+    else:  # one 2-D matmul over all (time, batch) rows
+        I = (x_TBI.reshape(-1, x_TBI.shape[-1]) @ layer["W"]).reshape(*x_TBI.shape[:-1], -1)
+    return normalize(I, layer, cfg.normalizer)
+
+
+def dropout(key, S_TBH, rate):
+    """Inverted dropout on hidden spikes (training only)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, S_TBH.shape)
+    return jnp.where(keep, S_TBH / (1.0 - rate), 0.0)
+
+
+# --- network -----------------------------------------------------------------------------
+def forward(params, x_TBI, cfg: Config, key=None, train=False):
+    """Whole network. Returns (hidden spikes [T, B, H] per hidden layer, output trace
+    [T, B, O]): the output membrane U, or the output spikes for the `freq` decoder."""
+    _, dilations = conv_hierarchy(cfg)
+    use_dropout = train and cfg.dropout > 0
+    keys = jax.random.split(key, len(params)) if use_dropout else [None] * len(params)
+    hidden, h_TBX = [], x_TBI
+    for l, layer in enumerate(params[:-1]):
+        I_TBH = input_current(layer, h_TBX, cfg, dilations[l] if cfg.convolution else None)
+        S_TBH = lif_scan(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr,
+                         layer.get("W_rec"))
+        hidden.append(S_TBH)
+        h_TBX = dropout(keys[l], S_TBH, cfg.dropout) if use_dropout else S_TBH
+    out = params[-1]
+    I_TBO = input_current(out, h_TBX, cfg)
+    if cfg.decoder == "freq":  # spiking output layer
+        return hidden, lif_scan(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr)
+    return hidden, leaky_integrator_scan(I_TBO, out["alpha"])
+
+
+def decode(out_TBO, decoder: str):
+    """Class probabilities: [B, O], or [B, T, O] for `vmem_time`."""
+    softmax = jax.nn.softmax
+    if decoder == "cum":
+        return softmax(softmax(out_TBO, axis=-1).sum(0), axis=-1)
+    if decoder == "sum":
+        return softmax(out_TBO.mean(0), axis=-1)
+    if decoder == "vmax":
+        return softmax(out_TBO.max(0), axis=-1)
+    if decoder == "vlast":
+        return softmax(out_TBO[-1], axis=-1)
+    if decoder == "freq":
+        return softmax(out_TBO.sum(0), axis=-1)
+    if decoder == "vmem_time":
+        return softmax(out_TBO, axis=-1).transpose(1, 0, 2)
+    raise ValueError(f"unknown decoder {decoder!r}")

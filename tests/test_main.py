@@ -1,0 +1,116 @@
+"""The command line, run as a subprocess the way users run it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from main import build_parser, config_from_args
+
+
+def run_main(root, *args, timeout=300):
+    return subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def parse(*args):
+    return config_from_args(build_parser().parse_args(list(args)))
+
+
+@pytest.mark.parametrize("text,value", [("false", False), ("0", False), ("False", False),
+                                        ("true", True), ("1", True), ("TRUE", True)])
+def test_booleans_parse_as_written(text, value):
+    assert parse("--recurrent", text).recurrent is value
+    assert parse("--train_alpha", text).train_alpha is value
+
+
+def test_defaults_follow_the_published_readme():
+    cfg = parse()
+    assert (cfg.dataset_name, cfg.seed, cfg.n_epochs) == ("shd", 0, 5)
+
+
+def test_presets_then_flags():
+    cfg = parse("--dataset_name", "mts_xor", "--n_hid", "12")
+    assert (cfg.n_in, cfg.n_out, cfg.decoder, cfg.batch_size, cfg.n_hid) == (40, 2, "vmem_time", 512, 12)
+    conv = parse("--convolution", "true", "--dropout", "0.1")
+    assert (conv.nb_steps, conv.dt, conv.freq_shift, conv.dropout) == (200, 0.014, 10, 0.1)
+    assert conv.use_test_as_valid and conv.hierarchy_conv == "both"
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--n_layers", "1"], "--n_layers"),
+    (["--n_hid", "0"], "--n_hid"),
+    (["--tau_mem", "0"], "--tau_mem"),
+    (["--tau_out", "-0.1"], "--tau_out"),
+    (["--dropout", "1.0"], "--dropout"),
+    (["--dataset_name", "cifar"], "--dataset_name"),
+    (["--decoder", "mean"], "--decoder"),
+    (["--normalizer", "group"], "--normalizer"),
+    (["--recurrent", "maybe"], "--recurrent"),
+    (["--n_hid", "many"], "--n_hid"),
+    (["--bogus", "1"], "--bogus"),
+    (["--dataset_name", "mts_xor", "--n_in", "30"], "--n_in"),
+    (["--resume"], "--resume"),
+])
+def test_invalid_flags_exit_2_with_one_line(root, args, flag):
+    result = run_main(root, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
+    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8",
+            "--results_dir", str(tmp_path), "--save_dir_name", "smoke"]
+    result = run_main(root, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config: ") and "test accuracy" in result.stdout
+    run = tmp_path / "smoke"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "params.npz"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test_acc"] <= 1 and len(metrics["epochs"]) == 1
+    again = run_main(root, *args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
+    common = ["--dataset_name", "mts_xor", "--n_epochs", "5", "--n_hid", "8", "--dropout", "0.1",
+              "--results_dir", str(tmp_path), "--progress", "false"]
+    straight = run_main(root, *common, "--save_dir_name", "straight")
+    assert straight.returncode == 0, straight.stderr
+
+    metrics_file = tmp_path / "killed" / "metrics.json"
+    proc = subprocess.Popen([sys.executable, str(root / "main.py"), *common, "--save_dir_name", "killed"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_file.exists() and len(json.loads(metrics_file.read_text())["epochs"]) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(metrics_file.read_text())
+    assert 2 <= len(killed_at["epochs"]) < 5 and "test_acc" not in killed_at
+
+    resumed = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "killed", "--resume",
+                       "--progress", "false")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "killed"))
+    for key in ("test_acc", "test_loss", "best_epoch", "best_valid_acc", "median_tau_per_layer"):
+        assert a[key] == b[key], key
+    for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+        assert {k: v for k, v in ea.items() if k != "seconds"} == {k: v for k, v in eb.items() if k != "seconds"}
+
+
+def test_readme_documents_every_flag(root):
+    readme = (root / "README.md").read_text()
+    flags = [a.option_strings[0] for a in build_parser()._actions if a.option_strings[0] != "-h"]
+    missing = [f for f in flags if f"`{f}`" not in readme]
+    assert not missing, f"README lacks {missing}"

@@ -1,0 +1,163 @@
+"""The neuron model: scan against a plain loop, causality, surrogates, decoders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from models import decay_scan, decode, forward, leaky_integrator_scan, lif_scan, make_spike_fn
+from utils_initialization import Config, init_params
+
+
+def loop_lif(I_TBH, alpha, surrogate, v_thr=1.0, W_rec=None):
+    """The LIF equations of DESIGN.md as a plain Python loop, differentiated by JAX."""
+    spike = make_spike_fn(surrogate)
+    a = jnp.clip(alpha, models.ALPHA_MIN, models.ALPHA_MAX)
+    v = s = jnp.zeros(I_TBH.shape[1:])
+    out = []
+    for t in range(I_TBH.shape[0]):
+        rec = 0.0 if W_rec is None else s @ (W_rec * (1 - jnp.eye(W_rec.shape[0])))
+        v = a * v + I_TBH[t] + rec - v_thr * s
+        s = spike(v - v_thr)
+        out.append(s)
+    return jnp.stack(out)
+
+
+def loop_leaky_integrator(I_TBO, alpha):
+    u, out = jnp.zeros(I_TBO.shape[1:]), []
+    for t in range(I_TBO.shape[0]):
+        u = alpha * u + (1 - alpha) * I_TBO[t]
+        out.append(u)
+    return jnp.stack(out)
+
+
+def random_inputs(key, T=30, B=4, H=6):
+    k1, k2, k3 = jax.random.split(key, 3)
+    I = 1.5 * jax.random.normal(k1, (T, B, H))
+    alpha = jax.random.uniform(k2, (H,), minval=0.5, maxval=0.99)
+    W_rec = 0.5 * jax.random.normal(k3, (H, H))
+    return I, alpha, W_rec
+
+
+@pytest.mark.parametrize("surrogate", ["box", "fast_sigmoid"])
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("jit", [False, True])
+def test_lif_scan_equals_python_loop(surrogate, recurrent, jit):
+    I, alpha, W_rec = random_inputs(jax.random.PRNGKey(1))
+    W_rec = W_rec if recurrent else None
+    weights = jax.random.normal(jax.random.PRNGKey(2), I.shape)  # a generic downstream loss
+
+    def loss(f):
+        return lambda I, a, W: jnp.sum(weights * f(I, a, surrogate, 1.0, W))
+
+    scan_grad = jax.grad(loss(lif_scan), argnums=(0, 1, 2) if recurrent else (0, 1))
+    loop_grad = jax.grad(loss(loop_lif), argnums=(0, 1, 2) if recurrent else (0, 1))
+    if jit:
+        scan_grad = jax.jit(scan_grad)
+    S_scan, S_loop = lif_scan(I, alpha, surrogate, 1.0, W_rec), loop_lif(I, alpha, surrogate, 1.0, W_rec)
+    assert S_scan.shape == I.shape
+    assert 0 < float(S_scan.mean()) < 1  # the test exercises spikes and silence
+    np.testing.assert_array_equal(S_scan, S_loop)
+    for g_scan, g_loop in zip(scan_grad(I, alpha, W_rec), loop_grad(I, alpha, W_rec)):
+        assert float(jnp.abs(g_loop).max()) > 0
+        np.testing.assert_allclose(g_scan, g_loop, rtol=1e-5, atol=1e-5)
+
+
+def test_lif_scalar_alpha_and_clipping():
+    """A shared scalar decay broadcasts; decays above 0.98 act as 0.98 and get no gradient."""
+    I, _, _ = random_inputs(jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(lif_scan(I, jnp.float32(0.999), "box"),
+                                  lif_scan(I, jnp.full(I.shape[-1], 0.98), "box"))
+    g = jax.grad(lambda a: lif_scan(I, a, "box").sum())(jnp.float32(0.999))
+    assert float(g) == 0.0
+
+
+def test_leaky_integrator_equals_python_loop():
+    I, alpha, _ = random_inputs(jax.random.PRNGKey(4), H=3)
+    f = lambda fn: lambda I, a: jnp.sum(jnp.sin(fn(I, a)))  # noqa: E731
+    np.testing.assert_allclose(leaky_integrator_scan(I, alpha), loop_leaky_integrator(I, alpha),
+                               rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.grad(f(leaky_integrator_scan), (0, 1))(I, alpha),
+                    jax.grad(f(loop_leaky_integrator), (0, 1))(I, alpha)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(decay_scan(jnp.ones((3, 1, 1)), jnp.array([0.5])).ravel(),
+                               [1.0, 1.5, 1.75])
+
+
+@pytest.mark.parametrize("surrogate,expected", [
+    ("box", [0.0, 1.0, 1.0, 1.0, 0.0]),
+    ("fast_sigmoid", [1 / 36, 1 / 16, 1.0, 1 / 16, 1 / 36]),
+])
+def test_surrogate_forward_and_gradient(surrogate, expected):
+    x = jnp.array([-0.5, -0.3, 0.0, 0.3, 0.5])  # V - theta
+    spike = make_spike_fn(surrogate)
+    np.testing.assert_array_equal(spike(x), [0, 0, 0, 1, 1])  # strictly above threshold
+    np.testing.assert_allclose(jax.vmap(jax.grad(spike))(x), expected, rtol=1e-6)
+
+
+def active_params(cfg, gain=15.0):
+    """Initial parameters with weights scaled up so that spikes reach every layer even
+    without normalisation."""
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    return [dict(layer, W=gain * layer["W"]) for layer in params]
+
+
+def spiky_input(T=24, B=2, I=5):
+    return (jax.random.uniform(jax.random.PRNGKey(1), (T, B, I)) < 0.4).astype(jnp.float32)
+
+
+def causal_config(**kw):
+    return Config(n_in=5, n_hid=7, n_out=3, n_layers=4, nb_steps=24, time_max=0.24,
+                  decoder="vlast", **kw)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(normalizer="none"),
+    dict(normalizer="layer", recurrent=True),
+    dict(normalizer="none", convolution=True, conv_kernel=3, conv_dilation=2),
+])
+def test_no_gradient_from_future_inputs(kw):
+    """Output at step t0 depends on inputs up to t0 only. (Batch norm is excluded: its
+    statistics over the whole sequence make every step depend on every other, in the
+    published model too.)"""
+    cfg = causal_config(**kw)
+    params, x = active_params(cfg), spiky_input()
+    t0 = 12
+    grad = jax.grad(lambda x: forward(params, x, cfg)[1][t0].sum())(x)
+    assert float(jnp.abs(grad[t0 + 1:]).max()) == 0.0
+    assert float(jnp.abs(grad[:t0 + 1]).max()) > 0.0
+
+
+def test_causal_convolution_taps():
+    """y[t] = sum_j x[t - (K-1-j) d] W[j]: the last tap sees the present."""
+    x = jnp.zeros((10, 1, 1)).at[3, 0, 0].set(1.0)
+    W = jnp.array([1.0, 10.0, 100.0]).reshape(3, 1, 1)
+    y = models.causal_conv(x, W, dilation=2).ravel()
+    np.testing.assert_allclose(y, [0, 0, 0, 100, 0, 10, 0, 1, 0, 0])
+
+
+@pytest.mark.parametrize("decoder", ["cum", "sum", "vmax", "vlast", "freq", "vmem_time"])
+def test_decoders_are_distributions(decoder):
+    out = jax.random.normal(jax.random.PRNGKey(0), (9, 4, 3))
+    p = decode(out, decoder)
+    assert p.shape == ((4, 9, 3) if decoder == "vmem_time" else (4, 3))
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    if decoder == "vlast":
+        np.testing.assert_allclose(p, jax.nn.softmax(out[-1]), rtol=1e-6)
+
+
+def test_freq_decoder_counts_output_spikes():
+    cfg = causal_config(normalizer="none").replace(decoder="freq")
+    _, out = forward(active_params(cfg), spiky_input(), cfg)
+    assert set(np.unique(np.asarray(out))) == {0.0, 1.0}
+
+
+def test_dropout_only_in_training():
+    cfg = causal_config(normalizer="none").replace(dropout=0.5)
+    params, x, key = active_params(cfg), spiky_input(), jax.random.PRNGKey(2)
+    eval_a, eval_b = forward(params, x, cfg)[1], forward(params, x, cfg, key, train=False)[1]
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train = forward(params, x, cfg, key, train=True)[1]
+    assert not np.allclose(train, eval_a)
+    np.testing.assert_array_equal(train, forward(params, x, cfg, key, train=True)[1])

@@ -1,0 +1,160 @@
+"""Training loop: optimizer, schedule, determinism, run folder, resume, NaN guard."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import training
+import utils_dataset
+from conftest import tiny_mts_xor_task
+from training import (RunFolderError, TrainingDiverged, alpha_grad_rule, learning_rate,
+                      make_optimizer, train_hsnn)
+from utils_initialization import make_config
+
+
+def tiny_config(**kw):
+    return make_config("mts_xor", **{**dict(n_epochs=3, batch_size=64, n_layers=3), **kw})
+
+
+def without_timings(metrics):
+    drop = {"seconds", "seconds_total"}
+    strip = lambda d: {k: v for k, v in d.items() if k not in drop}  # noqa: E731
+    return {**strip(metrics), "epochs": [strip(e) for e in metrics["epochs"]]}
+
+
+def test_learning_rate_schedule():
+    cfg = make_config("mts_xor", n_epochs=60)
+    lrs = [learning_rate(cfg, e) for e in range(60)]
+    assert lrs[:26] == [0.01] * 26
+    assert lrs[26:31] == [0.005] * 5 and lrs[31] == 0.0025 and lrs[59] == pytest.approx(0.01 / 2 ** 7)
+    short = make_config("mts_xor", n_epochs=30)  # no decay unless n_epochs > 25 + 5
+    assert {learning_rate(short, e) for e in range(30)} == {0.01}
+
+
+def test_published_adam_uses_the_epoch_for_bias_correction():
+    params = {"w": jnp.zeros(1)}
+    grads = {"w": jnp.ones(1)}
+    published = make_optimizer(make_config("mts_xor"))
+    standard = make_optimizer(make_config("mts_xor", optimizer="adam"))
+    steps = []
+    for opt in (published, standard):
+        state, updates = opt.init(params), []
+        for _ in range(2):  # two steps, both in epoch 0
+            u, state = opt.update(grads, state, params, epoch=0, lr=1.0)
+            updates.append(float(u["w"][0]))
+        steps.append(updates)
+    # step 2 of epoch 0: m = 0.19, v = 0.001999; published divides by 1 - b^1 (not b^2)
+    assert steps[0] == pytest.approx([-1.0, -1.9 / np.sqrt(1.999)], rel=1e-4)
+    assert steps[1] == pytest.approx([-1.0, -1.0], rel=1e-4)
+    u, _ = published.update(grads, published.init(params), params, epoch=4, lr=1.0)
+    assert float(u["w"][0]) == pytest.approx(-(0.1 / (1 - 0.9 ** 5)) / np.sqrt(0.001 / (1 - 0.999 ** 5)), rel=1e-5)
+
+
+def test_alpha_gradient_rule():
+    grads = [{"W": jnp.ones(2), "alpha": jnp.ones(2)}, {"W": jnp.ones(2), "alpha": jnp.ones(())}]
+    fixed, trained = alpha_grad_rule(grads, False), alpha_grad_rule(grads, True)
+    assert float(fixed[0]["alpha"].sum()) == 0 and float(fixed[1]["alpha"]) == 0
+    np.testing.assert_allclose(trained[0]["alpha"], 0.1)
+    assert float(trained[1]["alpha"]) == 0 and float(trained[0]["W"].sum()) == 2
+
+
+def test_same_seed_same_metrics(tiny_task):
+    a = train_hsnn(tiny_config(), progress=False, task=tiny_task)
+    b = train_hsnn(tiny_config(), progress=False, task=tiny_task)
+    c = train_hsnn(tiny_config(seed=1), progress=False, task=tiny_task)
+    assert without_timings(a) == without_timings(b)
+    assert without_timings(a) != without_timings(c)
+    assert a["test_acc"] > 0 and len(a["epochs"]) == 3
+
+
+def test_time_constants_move_only_when_trained(tiny_task):
+    fixed = train_hsnn(tiny_config(), progress=False, task=tiny_task)
+    assert fixed["median_tau_per_layer"] == pytest.approx(fixed["median_tau_init"], rel=1e-6)
+    trained = train_hsnn(tiny_config(train_alpha=True), progress=False, task=tiny_task)
+    assert trained["median_tau_per_layer"] != pytest.approx(trained["median_tau_init"], rel=1e-6)
+
+
+def test_run_folder_is_complete_and_never_overwritten(tmp_path, tiny_task):
+    run = tmp_path / "run"
+    cfg = tiny_config(n_epochs=2)
+    metrics = train_hsnn(cfg, run, progress=False, task=tiny_task)
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "params.npz"]
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    stored = json.loads((run / "metrics.json").read_text())
+    assert stored == metrics
+    assert {"loss", "train_acc", "valid_acc", "valid_loss", "seconds", "lr"} <= set(stored["epochs"][0])
+    assert {"test_acc", "best_epoch", "best_valid_acc", "median_tau_per_layer"} <= set(stored)
+    assert len(stored["median_tau_per_layer"]) == cfg.n_layers - 1
+    params = np.load(run / "params.npz")
+    assert {"L0_W", "L0_alpha", "L0_norm_scale", "L2_W", "L2_alpha"} <= set(params.files)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RunFolderError, match="already exists"):
+        train_hsnn(cfg, run, progress=False, task=tiny_task)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    with pytest.raises(RunFolderError, match="finished"):
+        train_hsnn(cfg, run, resume=True, progress=False, task=tiny_task)
+
+
+def test_resume_after_interruption_matches_straight_run(tmp_path, tiny_task, monkeypatch):
+    cfg = tiny_config(n_epochs=4, dropout=0.2)
+    straight = train_hsnn(cfg, tmp_path / "straight", progress=False, task=tiny_task)
+
+    real_epoch = training._train_epoch
+
+    def interrupted(*args):
+        if args[6] == 2:  # epoch index: killed while the third epoch is in flight
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_hsnn(cfg, tmp_path / "resumed", progress=False, task=tiny_task)
+    saved = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert len(saved["epochs"]) == 2 and (tmp_path / "resumed" / training.CHECKPOINT).exists()
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    with pytest.raises(RunFolderError, match="differs"):
+        train_hsnn(cfg.replace(n_epochs=5), tmp_path / "resumed", resume=True, progress=False, task=tiny_task)
+    resumed = train_hsnn(cfg, tmp_path / "resumed", resume=True, progress=False, task=tiny_task)
+    assert without_timings(resumed) == without_timings(straight)
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed" / "params.npz")["L0_W"],
+                                  np.load(tmp_path / "straight" / "params.npz")["L0_W"])
+
+
+def test_nan_loss_stops_with_epoch_and_batch(tiny_task, monkeypatch):
+    """A spiking network swallows NaN inputs (NaN > theta is no spike), so the NaN is put
+    into the loss of the samples that the first epoch visits in its second batch."""
+    real_loss = training.loss_fn
+
+    def loss_fn(params, x, y, cfg, key=None, train=False):
+        loss, aux = real_loss(params, x, y, cfg, key, train)
+        return loss + jnp.where(jnp.any(x < 0), jnp.nan, 0.0), aux
+
+    monkeypatch.setattr(training, "loss_fn", loss_fn)
+    X = tiny_task.train.X.astype(np.float32)
+    second_batch = np.random.default_rng([0, 0]).permutation(len(X))[64:]  # seed 0, epoch 0
+    X[second_batch, 0, 0] = -1.0
+    bad = tiny_task._replace(train=utils_dataset.Split(X, tiny_task.train.Y))
+    with pytest.raises(TrainingDiverged, match=r"nan at epoch 1, batch 2"):
+        train_hsnn(tiny_config(), progress=False, task=bad)
+
+
+def test_jit_and_eager_train_steps_agree(tiny_task):
+    """The compiled train step computes what the plain functions compute."""
+    cfg = tiny_config()
+    optimizer = make_optimizer(cfg)
+    params = training.init_params(jax.random.PRNGKey(0), cfg)
+    x, y = next(utils_dataset.iterate_batches(tiny_task.train, 64))
+    mask = jnp.asarray(tiny_task.score_mask)
+    steps = training.make_steps(cfg, optimizer)
+    jitted = steps.train(params, optimizer.init(params), x, y, mask, jax.random.PRNGKey(1),
+                         jnp.int32(0), jnp.float32(0.01))
+    with jax.disable_jit():
+        eager = training.make_steps(cfg, optimizer).train(
+            training.init_params(jax.random.PRNGKey(0), cfg), optimizer.init(params), x, y, mask,
+            jax.random.PRNGKey(1), jnp.int32(0), jnp.float32(0.01))
+    for a, b in zip(jax.tree_util.tree_leaves(jitted[0]), jax.tree_util.tree_leaves(eager[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
