@@ -239,6 +239,14 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     return metrics
 
 
+def train_seeds(cfg: Config, seeds, run_dirs=None, progress: bool = True) -> list:
+    """Train the runs `cfg.replace(seed=s)` for every seed in `seeds`; returns their metrics
+    in order, each as `train_hsnn` returns it (and writes it to `run_dirs[i]`, if given).
+    The entry point for sweeps: runs that differ only in their seed go through here."""
+    run_dirs = list(run_dirs) if run_dirs is not None else [None] * len(seeds)
+    return [train_hsnn(cfg.replace(seed=s), d, progress=progress) for s, d in zip(seeds, run_dirs)]
+
+
 def _train_epoch(steps, params, opt_state, task, mask, cfg, epoch, key_dropout, progress):
     """One pass over the training set. A step's metrics are read only after the next step
     has been dispatched, so that preparing a batch overlaps with computing the previous one."""
