@@ -204,6 +204,8 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     run_dir = Path(run_dir) if run_dir is not None else None
     state = _open_run(cfg, run_dir, resume)
     task = task if task is not None else utils_dataset.load_task(cfg)
+    if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
+        _atomic_write(run_dir / "task.npz", lambda f: np.savez(f, **task.extras))
     mask = None if task.score_mask is None else jnp.asarray(task.score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer)
@@ -239,12 +241,15 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     return metrics
 
 
-def train_seeds(cfg: Config, seeds, run_dirs=None, progress: bool = True) -> list:
+def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False,
+                progress: bool = True) -> list:
     """Train the runs `cfg.replace(seed=s)` for every seed in `seeds`; returns their metrics
     in order, each as `train_hsnn` returns it (and writes it to `run_dirs[i]`, if given).
-    The entry point for sweeps: runs that differ only in their seed go through here."""
+    The entry point for sweeps: runs that differ only in their seed go through here.
+    `resume`: run folders that exist are continued from their checkpoint."""
     run_dirs = list(run_dirs) if run_dirs is not None else [None] * len(seeds)
-    return [train_hsnn(cfg.replace(seed=s), d, progress=progress) for s, d in zip(seeds, run_dirs)]
+    return [train_hsnn(cfg.replace(seed=s), d, resume=resume and d is not None and Path(d).exists(),
+                       progress=progress) for s, d in zip(seeds, run_dirs)]
 
 
 def _train_epoch(steps, params, opt_state, task, mask, cfg, epoch, key_dropout, progress):

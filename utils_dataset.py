@@ -33,6 +33,9 @@ class Task(NamedTuple):
     valid: Split
     test: Split
     score_mask: Optional[np.ndarray] = None
+    # arrays a run needs to be re-evaluated later (e.g. the psMNIST pixel permutation);
+    # train_hsnn saves them in the run folder as task.npz
+    extras: Optional[dict] = None
 
 
 def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None):
