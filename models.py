@@ -108,7 +108,7 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
         return dv, dv
 
     _, dV_TBH = jax.lax.scan(step, jnp.zeros_like(V_TBH[0]), (gS_TBH, V_TBH), reverse=True)
-    da_H = jnp.einsum("tbh,tbh->h", dV_TBH[1:], V_TBH[:-1])
+    da_H = jnp.sum(dV_TBH[1:] * V_TBH[:-1], axis=(0, 1))
     dW = None
     if W_rec is not None:
         h = S_TBH.shape[-1]
@@ -146,7 +146,7 @@ def _decay_scan_bwd(residuals, g_TBH):
         return dy, dy
 
     _, dy_TBH = jax.lax.scan(step, jnp.zeros_like(y_TBH[0]), (g_TBH, y_TBH), reverse=True)
-    da_H = jnp.einsum("tbh,tbh->h", dy_TBH[1:], y_TBH[:-1])
+    da_H = jnp.sum(dy_TBH[1:] * y_TBH[:-1], axis=(0, 1))
     return dy_TBH, da_H
 
 

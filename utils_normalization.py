@@ -6,16 +6,38 @@ prediction depends on the other samples of its evaluation batch. Layer norm norm
 every (time, sample) over the features.
 """
 
+import jax
 import jax.numpy as jnp
 
 BATCH_EPS = 1e-5
 LAYER_EPS = 1e-6
 
 
-def batch_norm(I_TBH, scale, bias, eps=BATCH_EPS):
+@jax.custom_vjp
+def batch_norm(I_TBH, scale, bias):
+    """Per feature over batch x time: (I - mean) / sqrt(var + 1e-5) * scale + bias."""
+    return _batch_norm_fwd(I_TBH, scale, bias)[0]
+
+
+def _batch_norm_fwd(I_TBH, scale, bias):
     mean = I_TBH.mean(axis=(0, 1))
-    var = I_TBH.var(axis=(0, 1))
-    return (I_TBH - mean) / jnp.sqrt(var + eps) * scale + bias
+    var = jnp.square(I_TBH - mean).mean(axis=(0, 1))
+    inv = jax.lax.rsqrt(var + BATCH_EPS)
+    xhat = (I_TBH - mean) * inv
+    return xhat * scale + bias, (xhat, inv, scale)
+
+
+def _batch_norm_bwd(residuals, g_TBH):
+    """The textbook batch-norm gradient: two reductions and one elementwise pass."""
+    xhat, inv, scale = residuals
+    n = xhat.shape[0] * xhat.shape[1]
+    dbias = g_TBH.sum(axis=(0, 1))
+    dscale = (g_TBH * xhat).sum(axis=(0, 1))
+    dI = (scale * inv) * (g_TBH - (dbias + xhat * dscale) / n)
+    return dI, dscale, dbias
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def layer_norm(I_TBH, scale, bias, eps=LAYER_EPS):
