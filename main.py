@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils_initialization import FIELDS, Config, ConfigError, make_config
 
-RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress")
+RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache")
 
 
 def parse_bool(text: str) -> bool:
@@ -47,6 +47,8 @@ def build_parser(prog="main.py") -> argparse.ArgumentParser:
     parser.add_argument("--resume", type=parse_bool, nargs="?", const=True, default=False,
                         help="continue the run in --save_dir_name from its last finished epoch")
     parser.add_argument("--progress", type=parse_bool, default=True, help="show progress bars")
+    parser.add_argument("--compilation_cache", type=parse_bool, default=True,
+                        help="reuse compiled programs across runs (JAX's persistent cache)")
     return parser
 
 
@@ -81,9 +83,9 @@ def main(argv=None):
     print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
     run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
 
-    from training import RunFolderError, TrainingDiverged, configure_cpu_runtime, train_hsnn
+    from training import RunFolderError, TrainingDiverged, configure_jax, train_hsnn
     from utils_dataset import DataError
-    configure_cpu_runtime()
+    configure_jax(args.compilation_cache)
     try:
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress)
     except RunFolderError as err:

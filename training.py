@@ -142,34 +142,59 @@ def alpha_grad_rule(grads, train_alpha: bool):
 
 # --- compiled steps ------------------------------------------------------------------------
 class Steps(NamedTuple):
+    """Jitted steps over a group of seeds: params, optimizer state, batches and keys carry a
+    leading seed axis S (S = 1 for a single run)."""
     train: callable
     evaluate: callable
 
 
-def make_steps(cfg: Config, optimizer) -> Steps:
-    def train_step(params, opt_state, x, y, score_mask, key, epoch, lr):
+def make_step_fns(cfg: Config, optimizer):
+    """The pure single-seed train and evaluation steps."""
+    def train_step(params, opt_state, x_TBI, y, score_mask, key_epoch, batch_index, epoch, lr):
+        key = jax.random.fold_in(key_epoch, batch_index)
         (loss, (terms, yhat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, x, y, cfg, key, True)
+            params, x_TBI, y, cfg, key, True)
         grads = alpha_grad_rule(grads, cfg.train_alpha)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch, lr=lr)
         params = optax.apply_updates(params, updates)
         return params, opt_state, (loss, terms, *correct_counts(yhat, y, score_mask))
 
-    def eval_step(params, x, y, score_mask):
-        loss, (terms, yhat) = loss_fn(params, x, y, cfg)
+    def eval_step(params, x_TBI, y, score_mask):
+        loss, (terms, yhat) = loss_fn(params, x_TBI, y, cfg)
         return (loss, terms, *correct_counts(yhat, y, score_mask))
 
-    return Steps(jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step))
+    return train_step, eval_step
 
 
-def evaluate(steps: Steps, params, split, cfg: Config, score_mask):
-    """Mean loss (per batch, weighted by batch size) and accuracy over a whole split."""
-    loss_sum, correct, total = 0.0, 0.0, 0.0
-    for x, y in utils_dataset.iterate_batches(split, cfg.batch_size):
-        loss, _, c, t = steps.evaluate(params, x, y, score_mask)
-        loss_sum += float(loss) * len(y)
-        correct, total = correct + float(c), total + float(t)
-    return loss_sum / len(split), correct / total
+def make_steps(cfg: Config, optimizer) -> Steps:
+    """Seeds vmapped into one program (purejaxrl style): per-seed parameters, data, dropout
+    keys; shared score mask, batch index, epoch and learning rate."""
+    train_step, eval_step = make_step_fns(cfg, optimizer)
+    train = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, None, None, None))
+    evaluate = jax.vmap(eval_step, in_axes=(0, 0, 0, None))
+    return Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
+
+
+def _stack(items):
+    """Stack pytrees (or numpy batches) along a new leading seed axis."""
+    if isinstance(items[0], np.ndarray):
+        return items[0][None] if len(items) == 1 else np.stack(items)
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *items)
+
+
+def _unstack(tree, s):
+    """Seed s of a stacked pytree, as host arrays."""
+    return jax.device_get(jax.tree_util.tree_map(lambda leaf: leaf[s], tree))
+
+
+def evaluate(steps: Steps, params, splits, cfg: Config, score_mask):
+    """Per seed: mean loss (weighted by batch size) and accuracy over a whole split."""
+    sums = np.zeros((3, len(splits)))  # loss x samples, correct, scored
+    for batches in zip(*(utils_dataset.iterate_batches(sp, cfg.batch_size) for sp in splits)):
+        x, y = _stack([b[0] for b in batches]), _stack([b[1] for b in batches])
+        loss, _, correct, scored = steps.evaluate(params, x, y, score_mask)
+        sums += (np.asarray(loss) * y.shape[1], np.asarray(correct), np.asarray(scored))
+    return sums[0] / len(splits[0]), sums[1] / sums[2]
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -180,18 +205,26 @@ def median_tau_per_layer(params, cfg: Config) -> list:
             for l in params[:-1]]
 
 
-def configure_cpu_runtime():
-    """XLA flags that speed up this model on CPU; call before JAX's first computation.
-    XLA's XNNPACK ("ynn") fusions make the narrow matmuls of small SNN layers about 1.5x
-    slower per train step on the 2-core machine we benchmark on. Flags already in
-    XLA_FLAGS are kept; HSNN_XLA_DEFAULTS=1 leaves XLA's defaults alone."""
+def configure_jax(compilation_cache: bool = True):
+    """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
+    JAX's first computation.
+
+    - XLA's XNNPACK ("ynn") fusions make the narrow matmuls of small SNN layers about 1.5x
+      slower per train step on the 2-core x86 machine we benchmark on: they are switched off
+      unless XLA_FLAGS already mentions them or HSNN_XLA_DEFAULTS=1.
+    - JAX's persistent compilation cache (in $HSNN_CACHE_DIR, default ~/.cache/hsnn/jax)
+      lets a second run of the same configuration skip compilation.
+    """
     import jaxlib
-    if tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) < (0, 10):
-        return  # older XLA builds abort on flags they do not know
-    flag = "--xla_cpu_experimental_ynn_fusion_type="
     flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
+    if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+    if compilation_cache:
+        cache = os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool = True,
@@ -203,85 +236,147 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     state = _open_run(cfg, run_dir, resume)
-    task = task if task is not None else utils_dataset.load_task(cfg)
-    if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
-        _atomic_write(run_dir / "task.npz", lambda f: np.savez(f, **task.extras))
-    mask = None if task.score_mask is None else jnp.asarray(task.score_mask)
-    optimizer = make_optimizer(cfg)
-    steps = make_steps(cfg, optimizer)
+    return _train_group([cfg], [run_dir], [state], [task], progress)[0]
+
+
+# Seeds trained together hold one batch per seed and the activations of every layer at once;
+# a group is split so that this stays under GROUP_MEMORY_BYTES.
+GROUP_MEMORY_BYTES = 2 ** 31
+
+
+def seeds_per_group(cfg: Config) -> int:
+    """How many seeds of `cfg` one vmapped program trains (a rough activation budget)."""
+    per_seed = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
+    return max(1, GROUP_MEMORY_BYTES // per_seed)
+
+
+def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress: bool = True,
+                tasks=None, group_size: Optional[int] = None) -> list:
+    """Train the runs `cfg.replace(seed=s)` for every seed in `seeds` as vmapped programs of
+    up to `group_size` seeds (default: `seeds_per_group`); returns their metrics in order,
+    equal (to float tolerance) to `train_hsnn` run seed by seed. `resume`: run folders that
+    exist are continued from their checkpoints; seeds whose checkpoints stand at different
+    epochs are trained in separate groups."""
+    cfgs = [cfg.replace(seed=s) for s in seeds]
+    run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
+    tasks = list(tasks) if tasks is not None else [None] * len(seeds)
+    states = [_open_run(c, d, resume and d is not None and d.exists()) for c, d in zip(cfgs, run_dirs)]
+    done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
+    size = group_size or seeds_per_group(cfg)
+    results = {}
+    for epoch in sorted(set(done)):
+        members = [i for i in range(len(seeds)) if done[i] == epoch]
+        for group in (members[k:k + size] for k in range(0, len(members), size)):
+            pick = lambda items: [items[i] for i in group]  # noqa: E731
+            out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress)
+            results.update(zip(group, out))
+    return [results[i] for i in range(len(seeds))]
+
+
+class _Run(NamedTuple):
+    params: list
+    opt_state: object
+    best_params: list
+    metrics: dict
+    key_dropout: jax.Array
+
+
+def _init_run(cfg: Config, optimizer, state) -> _Run:
+    """Fresh parameters from the seed, or the checkpointed ones."""
     key_init, key_dropout = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(key_init, cfg)
     opt_state = optimizer.init(params)
-    best_params, metrics = params, _new_metrics(cfg, params)
     if state is not None:
-        params, opt_state, best_params, metrics = _restore(state, params, opt_state)
+        return _Run(*_restore(state, params, opt_state), key_dropout)
+    return _Run(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
+
+
+def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
+    """Train seeds of one configuration together, all from the same finished epoch."""
+    cfg = cfgs[0]
+    tasks = [t if t is not None else utils_dataset.load_task(c) for t, c in zip(tasks, cfgs)]
+    for run_dir, task in zip(run_dirs, tasks):
+        if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
+            _atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
+    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
+    optimizer = make_optimizer(cfg)
+    steps = make_steps(cfg, optimizer)
+    runs = [_init_run(c, optimizer, st) for c, st in zip(cfgs, states)]
+    params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
+    key_dropout = jnp.stack([r.key_dropout for r in runs])
+    best = [r.best_params for r in runs]
     t_run = time.time()
-    for epoch in range(len(metrics["epochs"]), cfg.n_epochs):
+    for epoch in range(len(runs[0].metrics["epochs"]), cfg.n_epochs):
         t0 = time.time()
         params, opt_state, train_loss, train_acc = _train_epoch(
-            steps, params, opt_state, task, mask, cfg, epoch, key_dropout, progress)
-        valid_loss, valid_acc = evaluate(steps, params, task.valid, cfg, mask)
-        metrics["epochs"].append(dict(
-            epoch=epoch, lr=learning_rate(cfg, epoch), loss=train_loss, train_acc=train_acc,
-            valid_loss=valid_loss, valid_acc=valid_acc, seconds=time.time() - t0))
-        if metrics["best_epoch"] is None or valid_acc > metrics["best_valid_acc"]:
-            best_params = jax.device_get(params)  # a host copy: params' buffers are donated
-            metrics.update(best_epoch=epoch, best_valid_acc=valid_acc)
+            steps, params, opt_state, tasks, mask, cfgs, epoch, key_dropout, progress)
+        valid_loss, valid_acc = evaluate(steps, params, [t.valid for t in tasks], cfg, mask)
+        for s, run in enumerate(runs):
+            metrics = run.metrics
+            metrics["epochs"].append(dict(
+                epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train_loss[s]),
+                train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
+                valid_acc=float(valid_acc[s]), seconds=time.time() - t0))
+            if metrics["best_epoch"] is None or valid_acc[s] > metrics["best_valid_acc"]:
+                best[s] = _unstack(params, s)  # a host copy: params' buffers are donated
+                metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
+            if run_dirs[s] is not None:
+                _save_checkpoint(run_dirs[s], _unstack(params, s), _unstack(opt_state, s), best[s], metrics)
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {train_loss:.4f} train {train_acc:.2%}"
-                       f" valid {valid_acc:.2%} ({metrics['epochs'][-1]['seconds']:.1f} s)")
-        if run_dir is not None:
-            _save_checkpoint(run_dir, params, opt_state, best_params, metrics)
-    test_loss, test_acc = evaluate(steps, best_params, task.test, cfg, mask)
-    metrics.update(test_loss=test_loss, test_acc=test_acc,
-                   median_tau_per_layer=median_tau_per_layer(best_params, cfg),
-                   seconds_total=metrics.get("seconds_total", 0.0) + time.time() - t_run)
-    if run_dir is not None:
-        _finish_run(run_dir, best_params, metrics)
-    return metrics
+            tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
+                       f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
+                       f"({time.time() - t0:.1f} s)")
+    test_loss, test_acc = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, mask)
+    for s, (run, c) in enumerate(zip(runs, cfgs)):
+        run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
+                           median_tau_per_layer=median_tau_per_layer(best[s], c),
+                           seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
+        if run_dirs[s] is not None:
+            _finish_run(run_dirs[s], best[s], run.metrics)
+    return [r.metrics for r in runs]
 
 
-def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False,
-                progress: bool = True) -> list:
-    """Train the runs `cfg.replace(seed=s)` for every seed in `seeds`; returns their metrics
-    in order, each as `train_hsnn` returns it (and writes it to `run_dirs[i]`, if given).
-    The entry point for sweeps: runs that differ only in their seed go through here.
-    `resume`: run folders that exist are continued from their checkpoint."""
-    run_dirs = list(run_dirs) if run_dirs is not None else [None] * len(seeds)
-    return [train_hsnn(cfg.replace(seed=s), d, resume=resume and d is not None and Path(d).exists(),
-                       progress=progress) for s, d in zip(seeds, run_dirs)]
+def _fmt(values, spec):
+    """One number, or the range over seeds."""
+    return format(values[0], spec) if len(values) == 1 else f"{format(min(values), spec)}..{format(max(values), spec)}"
 
 
-def _train_epoch(steps, params, opt_state, task, mask, cfg, epoch, key_dropout, progress):
-    """One pass over the training set. A step's metrics are read only after the next step
-    has been dispatched, so that preparing a batch overlaps with computing the previous one."""
-    rng = np.random.default_rng([cfg.seed, epoch])
-    key = jax.random.fold_in(key_dropout, epoch)
+def _train_epoch(steps, params, opt_state, tasks, mask, cfgs, epoch, key_dropout, progress):
+    """One pass over every seed's training set. A step's metrics are read only after the next
+    step has been dispatched, so that preparing a batch overlaps with computing the last one."""
+    cfg = cfgs[0]
+    rngs = [np.random.default_rng([c.seed, epoch]) for c in cfgs]
+    key_epoch = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key_dropout, epoch)
     lr = jnp.float32(learning_rate(cfg, epoch))
-    n = utils_dataset.n_batches(task.train, cfg.batch_size)
+    n = utils_dataset.n_batches(tasks[0].train, cfg.batch_size)
     bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.n_epochs}", leave=False, disable=not progress)
-    sums = np.zeros(3)  # loss x samples, correct, scored
+    sums = np.zeros((3, len(cfgs)))  # loss x samples, correct, scored
     pending = None
 
-    def record(b, batch_size, step_metrics):
+    def record(b, step_metrics):
         loss, _, correct, scored = step_metrics
-        loss = float(loss)
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1} "
+        loss, correct, scored = np.asarray(loss), np.asarray(correct), np.asarray(scored)
+        for s in np.flatnonzero(~np.isfinite(loss)):
+            seed = f" (seed {cfgs[s].seed})" if len(cfgs) > 1 else ""
+            raise TrainingDiverged(f"the loss became {loss[s]} at epoch {epoch + 1}, batch {b + 1}{seed} "
                                    "(try a smaller --lr or a different --seed)")
-        sums[:] += (loss * batch_size, float(correct), float(scored))
+        sums[:] += (loss * sizes[b], correct, scored)
         bar.update()
-        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{sums[1] / sums[2]:.2%}")
+        bar.set_postfix(loss=_fmt(sums[0] / sizes[:b + 1].sum(), ".4f"), acc=_fmt(sums[1] / sums[2], ".2%"))
 
-    for b, (x, y) in enumerate(utils_dataset.iterate_batches(task.train, cfg.batch_size, rng)):
+    iterators = [utils_dataset.iterate_batches(t.train, cfg.batch_size, rng) for t, rng in zip(tasks, rngs)]
+    sizes = np.zeros(n)
+    for b, batches in enumerate(zip(*iterators)):
+        x, y = _stack([bt[0] for bt in batches]), _stack([bt[1] for bt in batches])
+        sizes[b] = y.shape[1]
         params, opt_state, step_metrics = steps.train(
-            params, opt_state, x, y, mask, jax.random.fold_in(key, b), jnp.int32(epoch), lr)
+            params, opt_state, x, y, mask, key_epoch, jnp.int32(b), jnp.int32(epoch), lr)
         if pending is not None:
             record(*pending)
-        pending = (b, len(y), step_metrics)
+        pending = (b, step_metrics)
     record(*pending)
     bar.close()
-    return params, opt_state, float(sums[0] / len(task.train)), float(sums[1] / sums[2])
+    return params, opt_state, sums[0] / len(tasks[0].train), sums[1] / sums[2]
 
 
 def _new_metrics(cfg, params):

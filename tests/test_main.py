@@ -12,9 +12,10 @@ import pytest
 from main import build_parser, config_from_args
 
 
-def run_main(root, *args, timeout=300):
+def run_main(root, *args, timeout=300, env=None):
     return subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def parse(*args):
@@ -67,7 +68,9 @@ def test_invalid_flags_exit_2_with_one_line(root, args, flag):
 def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8",
             "--results_dir", str(tmp_path), "--save_dir_name", "smoke"]
-    result = run_main(root, *args)
+    cache = tmp_path / "cache"
+    result = run_main(root, *args, env={"HSNN_CACHE_DIR": str(cache)})
+    assert any(cache.iterdir()), "the compiled programs were not cached"
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config: ") and "test accuracy" in result.stdout
     run = tmp_path / "smoke"
@@ -77,6 +80,15 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     again = run_main(root, *args)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_compilation_cache_can_be_switched_off(root, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_main(root, "--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4",
+                      "--results_dir", str(tmp_path), "--compilation_cache", "false",
+                      env={"HSNN_CACHE_DIR": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):

@@ -143,18 +143,64 @@ def test_nan_loss_stops_with_epoch_and_batch(tiny_task, monkeypatch):
 
 
 def test_jit_and_eager_train_steps_agree(tiny_task):
-    """The compiled train step computes what the plain functions compute."""
-    cfg = tiny_config()
+    """The compiled, seed-vmapped train step computes what the plain function computes."""
+    cfg = tiny_config(dropout=0.2)
     optimizer = make_optimizer(cfg)
     params = training.init_params(jax.random.PRNGKey(0), cfg)
     x, y = next(utils_dataset.iterate_batches(tiny_task.train, 64))
     mask = jnp.asarray(tiny_task.score_mask)
-    steps = training.make_steps(cfg, optimizer)
-    jitted = steps.train(params, optimizer.init(params), x, y, mask, jax.random.PRNGKey(1),
-                         jnp.int32(0), jnp.float32(0.01))
+    args = (x, y, mask, jax.random.PRNGKey(1), jnp.int32(3), jnp.int32(0), jnp.float32(0.01))
+    train_step, _ = training.make_step_fns(cfg, optimizer)
     with jax.disable_jit():
-        eager = training.make_steps(cfg, optimizer).train(
-            training.init_params(jax.random.PRNGKey(0), cfg), optimizer.init(params), x, y, mask,
-            jax.random.PRNGKey(1), jnp.int32(0), jnp.float32(0.01))
+        eager = train_step(params, optimizer.init(params), *args)
+    batched = [a[None] for a in args[:2]] + [mask, args[3][None]] + list(args[4:])
+    steps = training.make_steps(cfg, optimizer)
+    jitted = steps.train(training._stack([params]), training._stack([optimizer.init(params)]), *batched)
     for a, b in zip(jax.tree_util.tree_leaves(jitted[0]), jax.tree_util.tree_leaves(eager[0])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6)
+
+
+def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
+    """Runs that differ only in their seed, vmapped into one program, give the numbers of
+    the same seeds trained one by one (per-seed data, initialisation, order and dropout)."""
+    cfg = tiny_config(n_epochs=2, dropout=0.1)
+    seeds = [0, 1, 2]
+    tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
+    together = training.train_seeds(cfg, seeds, [tmp_path / f"s{s}" for s in seeds],
+                                    progress=False, tasks=tasks)
+    alone = [train_hsnn(cfg.replace(seed=s), progress=False, task=t) for s, t in zip(seeds, tasks)]
+    for a, b in zip(together, alone):
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
+        for ea, eb in zip(a["epochs"], b["epochs"]):
+            assert ea["loss"] == pytest.approx(eb["loss"], rel=1e-4)
+            assert ea["valid_acc"] == pytest.approx(eb["valid_acc"], abs=2e-3)
+    assert len({a["test_acc"] for a in together}) > 1  # the seeds really differ
+    assert json.loads((tmp_path / "s1" / "metrics.json").read_text()) == together[1]
+    assert json.loads((tmp_path / "s1" / "config.json").read_text())["seed"] == 1
+
+
+def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
+    """Groups smaller than the seed list give the same numbers; interrupted runs continue."""
+    cfg = tiny_config(n_epochs=3)
+    seeds = [0, 1, 2]
+    tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
+    whole = training.train_seeds(cfg, seeds, progress=False, tasks=tasks)
+    real_epoch = training._train_epoch
+
+    def interrupted(*args):
+        if args[6] == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    dirs = [tmp_path / f"s{s}" for s in seeds]
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_seeds(cfg, seeds, dirs, progress=False, tasks=tasks, group_size=2)
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    # seeds 0 and 1 stopped after epoch 1; seed 2's group never started
+    assert [(d / training.CHECKPOINT).exists() for d in dirs] == [True, True, False]
+    assert all((d / "config.json").exists() for d in dirs)
+    resumed = training.train_seeds(cfg, seeds, dirs, resume=True, progress=False, tasks=tasks, group_size=2)
+    for a, b in zip(whole, resumed):
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
+        assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]], rel=1e-4)

@@ -1,0 +1,189 @@
+"""Training speed of one configuration, offline, in one process.
+
+    python3 benchmarks/benchmark.py --dataset_name shd --n_layers 4 --n_hid 32
+    python3 benchmarks/benchmark.py --dataset_name mts_xor --n_layers 4 --seeds 10
+
+SHD and SSC use synthetic spike counts of the real sizes (6,524 training samples for SHD
+after its 80/20 split, 75,466 for SSC; 700 channels; `--density` of the bins non-zero);
+MTS-XOR uses its generator. Prints and writes as JSON (`--out`): compile time (the first
+training step), steady-state seconds per training epoch and per validation pass, samples
+per second, peak resident memory, and the time of the first layer's dense matmul alone
+(forward and weight gradient, one epoch of batches) with the epoch's ratio to it.
+`--seeds N` trains N seeds as one vmapped program (the sweeps' default) and, with
+`--compare_sequential`, also N seeds one after another.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZES = {"shd": (6524, 1632), "ssc": (75466, 9981)}  # (train, validation) samples
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", default="shd", choices=["shd", "ssc", "mts_xor"])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the first")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds trained as one vmapped program")
+    parser.add_argument("--compare_sequential", action="store_true",
+                        help="also time the same seeds trained one after another")
+    parser.add_argument("--density", type=float, default=0.07, help="fraction of non-zero SHD/SSC bins")
+    parser.add_argument("--n_train", type=int, default=None, help="training samples (default: real size)")
+    parser.add_argument("--out", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other Config field, e.g. --set nb_steps=200")
+    for field in ("n_layers", "n_hid", "batch_size", "nb_steps"):
+        parser.add_argument(f"--{field}", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def build_config(args):
+    from main import build_parser, config_from_args
+    flags = ["--dataset_name", args.dataset_name]
+    for field in ("n_layers", "n_hid", "batch_size", "nb_steps"):
+        if getattr(args, field) is not None:
+            flags += [f"--{field}", str(getattr(args, field))]
+    for item in args.set:
+        key, value = item.split("=", 1)
+        flags += [f"--{key}", value]
+    return config_from_args(build_parser().parse_args(flags))
+
+
+def synthetic_split(n, cfg, density, rng):
+    """Random spike counts in the real layout: uint8 [n, T, 700], labels in range."""
+    import utils_dataset
+    X = (rng.random((n, cfg.nb_steps, cfg.n_in), dtype=np.float32) < density).astype(np.uint8)
+    return utils_dataset.Split(X, rng.integers(0, cfg.n_out, n))
+
+
+def build_task(cfg, args):
+    import utils_dataset
+    if cfg.dataset_name == "mts_xor":
+        return utils_dataset.load_task(cfg)
+    n_train, n_valid = SIZES[cfg.dataset_name]
+    rng = np.random.default_rng(cfg.seed)
+    train = synthetic_split(args.n_train or n_train, cfg, args.density, rng)
+    valid = synthetic_split(n_valid, cfg, args.density, rng)
+    return utils_dataset.Task(train, valid, valid)
+
+
+def time_epochs(cfg, tasks, n_epochs, steps=None):
+    """Seconds of the first training epoch, of each further one, and of the validation
+    passes; the programs are the ones train_hsnn uses."""
+    import jax
+    import jax.numpy as jnp
+    import training
+    optimizer = training.make_optimizer(cfg)
+    steps = steps or training.make_steps(cfg, optimizer)
+    cfgs = [cfg.replace(seed=s) for s in range(len(tasks))]
+    runs = [training._init_run(c, optimizer, None) for c in cfgs]
+    params = training._stack([r.params for r in runs])
+    opt_state = training._stack([r.opt_state for r in runs])
+    keys = jnp.stack([r.key_dropout for r in runs])
+    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
+    epochs, valids = [], []
+    for epoch in range(n_epochs + 1):
+        t0 = time.perf_counter()
+        params, opt_state, loss, _ = training._train_epoch(
+            steps, params, opt_state, tasks, mask, cfgs, epoch, keys, progress=False)
+        jax.block_until_ready(params)
+        epochs.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        training.evaluate(steps, params, [t.valid for t in tasks], cfg, mask)
+        valids.append(time.perf_counter() - t0)
+    return epochs, valids
+
+
+def time_first_step(cfg, task, steps):
+    """Compile time: the first call of the train step minus a steady call."""
+    import jax
+    import jax.numpy as jnp
+    import training
+    import utils_dataset
+    optimizer = training.make_optimizer(cfg)
+    params = training._stack([training.init_params(jax.random.PRNGKey(0), cfg)])
+    opt_state = training._stack([optimizer.init(training.init_params(jax.random.PRNGKey(0), cfg))])
+    x, y = next(utils_dataset.iterate_batches(task.train, cfg.batch_size))
+    mask = None if task.score_mask is None else jnp.asarray(task.score_mask)
+    args = (x[None], y[None], mask, jax.random.PRNGKey(0)[None], jnp.int32(0), jnp.int32(0), jnp.float32(0.01))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        params, opt_state, m = steps.train(params, opt_state, *args)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return times[0] - min(times[1:])
+
+
+def time_first_layer_matmul(cfg, task):
+    """One epoch of the first layer's dense matmul alone: forward x W and weight gradient."""
+    import jax
+    import jax.numpy as jnp
+    import utils_dataset
+    W = jnp.zeros((cfg.n_in, cfg.n_hid), jnp.float32)
+
+    @jax.jit
+    def fwd_and_grad(W, x_TBI):
+        x2 = x_TBI.reshape(-1, x_TBI.shape[-1])
+        I = x2 @ W
+        return I, x2.T @ I  # I and a weight gradient of the same shape and cost
+
+    batches = list(utils_dataset.iterate_batches(task.train, cfg.batch_size))
+    jax.block_until_ready(fwd_and_grad(W, batches[0][0]))
+    if len(batches[-1][1]) != len(batches[0][1]):
+        jax.block_until_ready(fwd_and_grad(W, batches[-1][0]))
+    t0 = time.perf_counter()
+    for x, _ in batches:
+        out = fwd_and_grad(W, x)
+    jax.block_until_ready(out)
+    return time.perf_counter() - t0
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import training
+    training.configure_jax(compilation_cache=False)  # measure compilation, not the cache
+    import jax
+    cfg = build_config(args)
+    tasks = [build_task(cfg.replace(seed=s), args) for s in range(args.seeds)]
+    steps = training.make_steps(cfg, training.make_optimizer(cfg))
+    compile_s = time_first_step(cfg, tasks[0], steps) if args.seeds == 1 else None
+    epochs, valids = time_epochs(cfg, tasks, args.epochs, steps)
+    steady = float(np.median(epochs[1:]))
+    n_train = len(tasks[0].train)
+    result = dict(
+        config={k: v for k, v in cfg.to_dict().items()}, seeds=args.seeds, backend=jax.default_backend(),
+        device=str(jax.devices()[0]), n_train=n_train,
+        compile_seconds=None if compile_s is None else round(compile_s, 3),
+        first_epoch_seconds=round(epochs[0], 3), epoch_seconds=round(steady, 4),
+        epoch_seconds_all=[round(e, 4) for e in epochs[1:]],
+        validation_seconds=round(float(np.median(valids[1:])), 4),
+        samples_per_second=round(args.seeds * n_train / steady, 1))
+    if args.dataset_name != "mts_xor" or cfg.n_in > 40:
+        matmul = time_first_layer_matmul(cfg, tasks[0])
+        result.update(first_layer_matmul_seconds=round(matmul, 4),
+                      epoch_to_first_layer_matmul=round(steady / args.seeds / matmul, 2))
+    if args.compare_sequential and args.seeds > 1:
+        sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
+        seq = float(sum(np.median(e[1:]) for e in sequential))
+        result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
