@@ -164,16 +164,23 @@ def causal_conv(x_TBI, W_KIO, dilation):
     k = W_KIO.shape[0]
     return jax.lax.conv_general_dilated(
         x_TBI, W_KIO, window_strides=(1,), padding=[((k - 1) * dilation, 0)],
-        rhs_dilation=(dilation,), dimension_numbers=("WNC", "WIO", "WNC"))
+        rhs_dilation=(dilation,), dimension_numbers=("WNC", "WIO", "WNC"),
+        preferred_element_type=jnp.float32)
 
 
 def input_current(layer, x_TBI, cfg: Config, dilation=None):
-    """Norm(x W) for every time step at once (dense or convolutional)."""
-    if layer["W"].ndim == 3:
-        I = causal_conv(x_TBI, layer["W"], dilation)
+    """Norm(x W) for every time step at once (dense or convolutional). With
+    `matmul_dtype` bfloat16 the matmul's inputs are rounded to bfloat16 and it accumulates
+    in float32; the currents, membranes and parameters stay float32."""
+    W = layer["W"]
+    if cfg.matmul_dtype != "float32":
+        x_TBI, W = x_TBI.astype(cfg.matmul_dtype), W.astype(cfg.matmul_dtype)
+    if W.ndim == 3:
+        I = causal_conv(x_TBI, W, dilation)
     else:  # one 2-D matmul over all (time, batch) rows
-        I = (x_TBI.reshape(-1, x_TBI.shape[-1]) @ layer["W"]).reshape(*x_TBI.shape[:-1], -1)
-    return normalize(I, layer, cfg.normalizer)
+        I = jnp.matmul(x_TBI.reshape(-1, x_TBI.shape[-1]), W, preferred_element_type=jnp.float32)
+        I = I.reshape(*x_TBI.shape[:-1], -1)
+    return normalize(I.astype(jnp.float32), layer, cfg.normalizer)
 
 
 def dropout(key, S_TBH, rate):

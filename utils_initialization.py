@@ -30,6 +30,7 @@ CHOICES = {
     "decoder": ("cum", "sum", "vmax", "vlast", "freq", "vmem_time"),
     "weight_init": ("published", "fan_in"),
     "optimizer": ("published_adam", "adam"),
+    "matmul_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -85,6 +86,7 @@ class Config:
     normalizer: str = "batch"    # normalisation of every layer's input current
     decoder: str = "cum"         # readout of the output membrane
     weight_init: str = "published"  # weight scale rule (see README)
+    matmul_dtype: str = "float32"  # inputs of the input-current matmuls (state stays float32)
 
     def __post_init__(self):
         validate(self)

@@ -161,3 +161,14 @@ def test_dropout_only_in_training():
     train = forward(params, x, cfg, key, train=True)[1]
     assert not np.allclose(train, eval_a)
     np.testing.assert_array_equal(train, forward(params, x, cfg, key, train=True)[1])
+
+
+def test_bfloat16_matmuls_keep_float32_state():
+    """matmul_dtype bfloat16 rounds the matmul inputs only: outputs stay float32 and close."""
+    cfg = causal_config(normalizer="batch")
+    params, x = active_params(cfg), spiky_input()
+    I32 = models.input_current(params[0], x, cfg)
+    I16 = models.input_current(params[0], x, cfg.replace(matmul_dtype="bfloat16"))
+    assert I16.dtype == jnp.float32
+    np.testing.assert_allclose(I16, I32, atol=0.05)
+    assert not np.array_equal(I16, I32)
