@@ -1,12 +1,15 @@
 """Every task's data, as numpy arrays held in memory, and one batch iterator.
 
 A task is a `Task(train, valid, test, score_mask)`. Each split holds inputs `X` [N, T, I]
-(uint8 spike counts, or float32 intensities) and labels `Y` ([N] classes, or [N, T] for
+(uint8 spike counts, or float32 intensities; for MNIST an object whose `X[idx]` builds the
+batch's [B, T, I] array from uint8 images) and labels `Y` ([N] classes, or [N, T] for
 MTS-XOR); batches are sliced by index and converted to float32 one batch at a time.
 `score_mask` [T] marks the time steps that count for accuracy when every step has a
 label (MTS-XOR), and is None otherwise.
 """
 
+import socket
+from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -111,3 +114,165 @@ def load_task(cfg: Config) -> Task:
         raise DataError(f"--dataset_name {cfg.dataset_name}: this version has no loader for it yet; "
                         "available: " + ", ".join(LOADERS))
     return LOADERS[cfg.dataset_name](cfg)
+
+
+# --- MNIST, sequential MNIST, permuted sequential MNIST (DESIGN.md Sec. 3) -----------------
+# Images stay uint8 [N, 784] in memory; the Split.X objects below build each batch's
+# [B, T, I] input on the fly, so a 60,000-image set costs 47 MB whatever the encoding.
+MNIST = dict(side=28, n_pixels=784, valid_fraction=0.2,
+             latency_tau=20.0,        # steps; a pixel x fires at tau ln(x / (x - threshold))
+             latency_threshold=0.2,   # pixels at or below this intensity stay silent
+             download_timeout=60.0)   # [s] per network operation while torchvision downloads
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_RAW_FILES = sum(MNIST_FILES.values(), ())
+IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # uint8 data, 3 or 1 dimensions
+MNIST_PIP = "pip install -r requirements/requirements_mnist.txt"
+
+
+def latency_steps(x, nb_steps: int) -> np.ndarray:
+    """Spike step of intensities x in [0, 1]: floor(20 ln(x / (x - 0.2))), clipped to the
+    last step; -1 (no spike) where x <= 0.2. The published code let exactly 0.2 fire at the
+    last step; here it stays silent, like every pixel below it."""
+    x = np.asarray(x, dtype=np.float64)
+    fires = x > MNIST["latency_threshold"]
+    safe = np.where(fires, x, 1.0)
+    steps = np.floor(MNIST["latency_tau"] * np.log(safe / (safe - MNIST["latency_threshold"])))
+    return np.where(fires, np.minimum(steps, nb_steps - 1), -1).astype(np.int64)
+
+
+class LatencyCoded:
+    """Latency-coded MNIST: `X[idx]` is uint8 [B, nb_steps, 784] with at most one spike
+    per pixel, built from the uint8 images [N, 784] of that batch only."""
+
+    def __init__(self, images_NP: np.ndarray, nb_steps: int):
+        self.images_NP, self.nb_steps = images_NP, nb_steps
+        self.step_of_level = latency_steps(np.arange(256) / 255.0, nb_steps)  # per uint8 value
+
+    def __len__(self):
+        return len(self.images_NP)
+
+    @property
+    def shape(self):
+        return (len(self), self.nb_steps, self.images_NP.shape[1])
+
+    def __getitem__(self, idx):
+        steps_BP = self.step_of_level[self.images_NP[idx]]
+        b, p = np.nonzero(steps_BP >= 0)
+        x_BTP = np.zeros((len(steps_BP), self.nb_steps, steps_BP.shape[1]), np.uint8)
+        x_BTP[b, steps_BP[b, p], p] = 1
+        return x_BTP
+
+
+class PixelSequence:
+    """Sequential MNIST: `X[idx]` is float32 [B, 784, 1], one pixel intensity in [0, 1]
+    per step, in the (possibly permuted) pixel order of the uint8 images [N, 784]."""
+
+    def __init__(self, images_NP: np.ndarray):
+        self.images_NP = images_NP
+
+    def __len__(self):
+        return len(self.images_NP)
+
+    @property
+    def shape(self):
+        return (len(self), self.images_NP.shape[1], 1)
+
+    def __getitem__(self, idx):
+        return self.images_NP[idx].astype(np.float32)[..., None] / np.float32(255)
+
+
+def read_idx(path: Path, kind: str) -> np.ndarray:
+    """One IDX file (big-endian header: magic, then one uint32 per dimension; uint8 data)."""
+    data = path.read_bytes()
+    magic = IDX_MAGIC[kind]
+    n_dims = magic & 0xFF
+    if len(data) < 4 + 4 * n_dims or int.from_bytes(data[:4], "big") != magic:
+        raise DataError(f"{path} is not an MNIST {kind} file (wrong IDX header); delete it and run again")
+    shape = [int.from_bytes(data[4 + 4 * d:8 + 4 * d], "big") for d in range(n_dims)]
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * n_dims)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} holds {body.size} bytes of data, its header says {shape}; "
+                        "delete it and run again")
+    return body.reshape(shape)
+
+
+def read_mnist(raw_dir: Path, part: str):
+    """Images uint8 [N, 784] and labels int32 [N] of `part` ('train' or 'test')."""
+    image_file, label_file = MNIST_FILES[part]
+    images = read_idx(raw_dir / image_file, "images")
+    labels = read_idx(raw_dir / label_file, "labels").astype(np.int32)
+    if len(images) != len(labels) or images.shape[1:] != (MNIST["side"], MNIST["side"]):
+        raise DataError(f"{raw_dir}: {image_file} holds {images.shape} images for {len(labels)} labels; "
+                        "expected [N, 28, 28] and N labels")
+    return images.reshape(len(images), MNIST["n_pixels"]), labels
+
+
+def download_mnist(data_dir: Path):
+    """Download MNIST through torchvision, as the published code did, into
+    `data_dir/MNIST/raw/` (torchvision's layout; it verifies each file's MD5)."""
+    raw_dir = data_dir / "MNIST" / "raw"
+    try:
+        import torchvision
+    except ImportError:
+        raise DataError(f"MNIST is not in {raw_dir} and downloading it needs torch and torchvision: "
+                        f"{MNIST_PIP}") from None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(MNIST["download_timeout"])  # torchvision's urlopen has none
+    try:
+        for train in (True, False):
+            torchvision.datasets.MNIST(str(data_dir), train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        lines = str(err).strip().splitlines()  # torchvision: one line per mirror tried
+        reason = lines[-1] if lines else type(err).__name__
+        raise DataError(f"MNIST download into {raw_dir} failed ({reason}); without network, copy "
+                        f"{', '.join(MNIST_RAW_FILES)} there") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def mnist_images(cfg: Config):
+    """(train, valid, test) as (images [N, 784] uint8, labels [N]) pairs: a seeded 80/20
+    split of the training file; the test file kept apart. Reads `data_dir/MNIST/raw/`,
+    downloading the files first when any is missing."""
+    data_dir = Path(cfg.data_dir)
+    raw_dir = data_dir / "MNIST" / "raw"
+    if not all((raw_dir / name).is_file() for name in MNIST_RAW_FILES):
+        download_mnist(data_dir)
+    images, labels = read_mnist(raw_dir, "train")
+    order = np.random.default_rng(mnist_seeds(cfg.seed)[0]).permutation(len(images))
+    n_valid = int(round(MNIST["valid_fraction"] * len(images)))
+    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    return (images[train], labels[train]), (images[valid], labels[valid]), read_mnist(raw_dir, "test")
+
+
+def mnist_seeds(seed: int):
+    """Independent streams of one run's seed: the train/validation split, the permutation."""
+    return np.random.SeedSequence([seed, 0x3A15]).spawn(2)
+
+
+def pixel_permutation(seed: int) -> np.ndarray:
+    """psMNIST's fixed pixel order, a function of the run's seed only."""
+    return np.random.default_rng(mnist_seeds(seed)[1]).permutation(MNIST["n_pixels"])
+
+
+def load_mnist(cfg: Config) -> Task:
+    """Latency-coded MNIST: `nb_steps` steps (50), 784 inputs, 10 classes."""
+    return Task(*(Split(LatencyCoded(images, cfg.nb_steps), labels)
+                  for images, labels in mnist_images(cfg)))
+
+
+def load_s_mnist(cfg: Config) -> Task:
+    """Sequential MNIST: the 784 pixels in raster order, one per step, 1 input."""
+    return Task(*(Split(PixelSequence(images), labels) for images, labels in mnist_images(cfg)))
+
+
+def load_ps_mnist(cfg: Config) -> Task:
+    """Permuted sequential MNIST: one seeded pixel permutation for every split, saved in
+    the run folder (task.npz) through `Task.extras`."""
+    perm = pixel_permutation(cfg.seed)
+    splits = [Split(PixelSequence(images[:, perm]), labels) for images, labels in mnist_images(cfg)]
+    return Task(*splits, extras={"permutation": perm})
+
+
+LOADERS.update({"mnist": load_mnist, "s-mnist": load_s_mnist, "ps-mnist": load_ps_mnist})

@@ -1,0 +1,198 @@
+"""MNIST, sequential MNIST and permuted sequential MNIST on tiny IDX files written here in
+torchvision's raw layout (DESIGN.md Sec. 3). Offline: the download test points urllib at a
+closed local port."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import utils_dataset
+from training import train_hsnn
+from utils_dataset import DataError, latency_steps, load_task
+from utils_initialization import ConfigError, make_config
+
+N_TRAIN, N_TEST = 40, 20
+SILENT_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+
+
+def write_idx(path, array, magic):
+    """An IDX file: big-endian magic, one uint32 per dimension, then the uint8 data."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def write_mnist(data_dir, n_train=N_TRAIN, n_test=N_TEST, seed=0):
+    """Random 28x28 uint8 images and labels 0-9 as the four raw files; returns them."""
+    rng = np.random.default_rng(seed)
+    raw = data_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(raw / f"{part}-images-idx3-ubyte", images, 0x803)
+        write_idx(raw / f"{part}-labels-idx1-ubyte", labels, 0x801)
+        parts[part] = (images.reshape(n, 784), labels)
+    return parts
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    return data_dir, write_mnist(data_dir)
+
+
+def task(name, data_dir, **overrides):
+    return load_task(make_config(name, data_dir=str(data_dir), **overrides))
+
+
+def all_x(split):
+    return split.X[np.arange(len(split))]
+
+
+def image_set(images_NP):
+    """The images as a set of byte strings (random images are distinct)."""
+    return {row.tobytes() for row in np.round(images_NP).astype(np.uint8)}
+
+
+# --- the encodings -------------------------------------------------------------------------
+def test_latency_code_of_known_intensities():
+    x = np.array([1.0, 0.5, 0.25, 0.21, 0.2, 0.1, 0.0])
+    expected = [4, int(20 * np.log(0.5 / 0.3)), int(20 * np.log(0.25 / 0.05)), 49, -1, -1, -1]
+    assert list(latency_steps(x, 50)) == expected == [4, 10, 32, 49, -1, -1, -1]
+    assert list(latency_steps(x, 20)[:4]) == [4, 10, 19, 19]  # clipped to the last step
+
+
+def test_latency_coded_batches(mnist):
+    data_dir, parts = mnist
+    t = task("mnist", data_dir)
+    x_BTP = all_x(t.test)
+    assert x_BTP.shape == t.test.X.shape == (N_TEST, 50, 784) and x_BTP.dtype == np.uint8
+    images, _ = parts["t10k"]
+    steps = latency_steps(images / 255.0, 50)
+    assert np.array_equal(x_BTP.sum(1), (steps >= 0).astype(np.uint8))  # one spike or none
+    b, p = np.nonzero(steps >= 0)
+    assert np.all(x_BTP[b, steps[b, p], p] == 1)
+    x_BPT = x_BTP.transpose(0, 2, 1)
+    assert not x_BPT[images <= 51].any()  # pixel value 51 = intensity 0.2: silent
+    assert np.all(x_BPT[images == 255][:, 4] == 1)
+
+
+def test_sequential_mnist_is_the_raster_of_intensities(mnist):
+    data_dir, parts = mnist
+    t = task("s-mnist", data_dir)
+    x = all_x(t.test)
+    assert x.shape == t.test.X.shape == (N_TEST, 784, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], parts["t10k"][0] / 255.0, rtol=1e-6)
+    assert t.extras is None
+
+
+def test_batches_are_time_major_float32(mnist):
+    data_dir, _ = mnist
+    for name, shape in (("mnist", (50, 8, 784)), ("ps-mnist", (784, 8, 1))):
+        x, y = next(utils_dataset.iterate_batches(task(name, data_dir).train, 8))
+        assert x.shape == shape and x.dtype == np.float32 and y.shape == (8,)
+
+
+# --- split and permutation -----------------------------------------------------------------
+def test_seeded_80_20_split_and_separate_test_set(mnist):
+    data_dir, parts = mnist
+    a, b, c = (task("s-mnist", data_dir, seed=s) for s in (0, 0, 1))
+    assert (len(a.train), len(a.valid), len(a.test)) == (32, 8, N_TEST)
+    np.testing.assert_array_equal(all_x(a.valid), all_x(b.valid))
+    assert not np.array_equal(all_x(a.valid), all_x(c.valid))
+    train, valid = image_set(all_x(a.train)[..., 0] * 255), image_set(all_x(a.valid)[..., 0] * 255)
+    assert train | valid == image_set(parts["train"][0]) and not train & valid
+    np.testing.assert_array_equal(a.test.Y, parts["t10k"][1])
+
+
+def test_permutation_is_seeded_and_shared_by_the_splits(mnist):
+    data_dir, parts = mnist
+    a, b, c = (task("ps-mnist", data_dir, seed=s) for s in (3, 3, 4))
+    perm = a.extras["permutation"]
+    assert sorted(perm) == list(range(784))
+    np.testing.assert_array_equal(perm, b.extras["permutation"])
+    assert not np.array_equal(perm, c.extras["permutation"])
+    plain = task("s-mnist", data_dir, seed=3)
+    for permuted, raster in zip(a[:3], plain[:3]):
+        np.testing.assert_array_equal(all_x(permuted), all_x(raster)[:, perm])
+        np.testing.assert_array_equal(permuted.Y, raster.Y)
+
+
+def test_permutation_is_saved_in_the_run_folder(mnist, tmp_path):
+    data_dir, _ = mnist
+    cfg = make_config("ps-mnist", data_dir=str(data_dir), seed=5, n_epochs=1, n_hid=4,
+                      n_layers=2, batch_size=32)
+    train_hsnn(cfg, tmp_path / "run", progress=False)
+    saved = np.load(tmp_path / "run" / "task.npz")["permutation"]
+    np.testing.assert_array_equal(saved, utils_dataset.pixel_permutation(5))
+
+
+# --- files, torchvision, errors ------------------------------------------------------------
+def test_raw_files_read_as_torchvision_reads_them(mnist):
+    torchvision = pytest.importorskip(
+        "torchvision", reason="pip install -r requirements/requirements_mnist.txt")
+    data_dir, _ = mnist
+    raw = data_dir / "MNIST" / "raw"
+    for train, part in ((True, "train"), (False, "test")):
+        reference = torchvision.datasets.MNIST(str(data_dir), train=train, download=False)
+        images, labels = utils_dataset.read_mnist(raw, part)
+        np.testing.assert_array_equal(images, reference.data.numpy().reshape(-1, 784))
+        np.testing.assert_array_equal(labels, reference.targets.numpy())
+
+
+def test_present_raw_files_need_neither_network_nor_torchvision(mnist, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` fails
+    data_dir, _ = mnist
+    assert len(task("mnist", data_dir).train) == 32
+
+
+def test_missing_torchvision_names_the_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(DataError) as err:
+        task("s-mnist", tmp_path)
+    message = str(err.value)
+    assert "pip install -r requirements/requirements_mnist.txt" in message and "\n" not in message
+
+
+def test_malformed_file_is_named(tmp_path):
+    write_mnist(tmp_path)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03rubbish")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an MNIST labels file"):
+        task("mnist", tmp_path)
+
+
+def test_failed_download_is_one_line_on_stderr(root, tmp_path):
+    pytest.importorskip("torchvision", reason="pip install -r requirements/requirements_mnist.txt")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
+    env.update(http_proxy=SILENT_PROXY, https_proxy=SILENT_PROXY, HTTP_PROXY=SILENT_PROXY,
+               HTTPS_PROXY=SILENT_PROXY)
+    result = subprocess.run(
+        [sys.executable, str(root / "main.py"), "--dataset_name", "mnist", "--data_dir",
+         str(tmp_path / "data"), "--results_dir", str(tmp_path / "results")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("main.py: error: MNIST download into") and "failed" in lines[0]
+    assert "train-images-idx3-ubyte" in lines[0] and "Traceback" not in result.stdout
+
+
+def test_sizes_fixed_by_the_data_are_enforced():
+    with pytest.raises(ConfigError, match="--n_in"):
+        make_config("mnist", n_in=700)
+    with pytest.raises(ConfigError, match="--nb_steps"):
+        make_config("ps-mnist", nb_steps=100)
+    assert make_config("mnist", nb_steps=100).nb_steps == 100
+
+
+def test_presets_follow_the_published_main():
+    m, s, p = (make_config(n) for n in ("mnist", "s-mnist", "ps-mnist"))
+    assert (m.nb_steps, m.n_in, m.n_out, m.batch_size) == (50, 784, 10, 256)
+    assert m.tau_mem == pytest.approx(3 * m.dt)
+    assert (s.nb_steps, s.n_in, s.n_hid, s.batch_size) == (784, 1, 64, 32)
+    assert s.tau_mem == pytest.approx(50 * s.dt) and s.tau_out == pytest.approx(200 * s.dt)
+    assert p == s.replace(dataset_name="ps-mnist")
