@@ -1,7 +1,8 @@
 """Training: loss, the published optimizer, one jitted train step, evaluation, and the run
 folder with its per-epoch checkpoint.
 
-`train_hsnn(cfg)` is the single entry point of main.py and sweep.py. Randomness is a pure
+`train_hsnn(cfg)` is main.py's entry point and `train_seeds(cfg, seeds)` sweep.py's: both
+train seeds of one configuration as one vmapped program (a single run is a group of one). Randomness is a pure
 function of (seed, epoch): the data order of epoch e comes from numpy's
 `default_rng([seed, e])` and the dropout keys from `fold_in(key_dropout, e)`, so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
@@ -234,9 +235,9 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     `run_dir` None trains without writing anything. An existing `run_dir` is refused unless
     `resume`, which continues from its checkpoint of the last finished epoch.
     """
-    run_dir = Path(run_dir) if run_dir is not None else None
-    state = _open_run(cfg, run_dir, resume)
-    return _train_group([cfg], [run_dir], [state], [task], progress)[0]
+    if resume and run_dir is not None and not Path(run_dir).exists():
+        raise RunFolderError(f"cannot resume: {run_dir} does not exist")
+    return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task])[0]
 
 
 # Seeds trained together hold one batch per seed and the activations of every layer at once;
@@ -259,8 +260,12 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
     epochs are trained in separate groups."""
     cfgs = [cfg.replace(seed=s) for s in seeds]
     run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
-    tasks = list(tasks) if tasks is not None else [None] * len(seeds)
-    states = [_open_run(c, d, resume and d is not None and d.exists()) for c, d in zip(cfgs, run_dirs)]
+    states = [_check_run(c, d, resume and d is not None and d.exists()) for c, d in zip(cfgs, run_dirs)]
+    # the data first: a failed download must not leave a run folder behind
+    tasks = [t if t is not None else utils_dataset.load_task(c)
+             for t, c in zip(tasks or [None] * len(seeds), cfgs)]
+    for c, d in zip(cfgs, run_dirs):
+        _create_run(c, d)
     done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
     size = group_size or seeds_per_group(cfg)
     results = {}
@@ -294,7 +299,6 @@ def _init_run(cfg: Config, optimizer, state) -> _Run:
 def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
     """Train seeds of one configuration together, all from the same finished epoch."""
     cfg = cfgs[0]
-    tasks = [t if t is not None else utils_dataset.load_task(c) for t, c in zip(tasks, cfgs)]
     for run_dir, task in zip(run_dirs, tasks):
         if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
             _atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
@@ -419,24 +423,32 @@ def params_from_arrays(arrays, prefix="") -> list:
     return [layers[l] for l in sorted(layers)]
 
 
-def _open_run(cfg: Config, run_dir: Optional[Path], resume: bool):
-    """Create the run folder, or load its checkpoint when resuming."""
+def _check_run(cfg: Config, run_dir: Optional[Path], resume: bool):
+    """Refuse an existing folder unless resuming; when resuming, check that the folder holds
+    this configuration and return its checkpoint (None if no epoch finished). No side effects."""
     if run_dir is None:
         return None
     if run_dir.exists() and not resume:
         raise RunFolderError(f"run folder {run_dir} already exists; choose another "
                              "--save_dir_name, or add --resume to continue it")
-    if resume:
-        if not (run_dir / "config.json").exists():
-            raise RunFolderError(f"cannot resume: {run_dir} holds no config.json")
-        stored = json.loads((run_dir / "config.json").read_text())
-        if stored != cfg.to_dict():
-            diff = sorted(k for k in stored if stored[k] != cfg.to_dict().get(k))
-            raise RunFolderError(f"cannot resume {run_dir}: its configuration differs in {diff}")
-        if (run_dir / "metrics.json").exists() and "test_acc" in json.loads((run_dir / "metrics.json").read_text()):
-            raise RunFolderError(f"{run_dir} is a finished run; nothing to resume")
-        path = run_dir / CHECKPOINT
-        return dict(np.load(path)) if path.exists() else None
+    if not resume:
+        return None
+    if not (run_dir / "config.json").exists():
+        raise RunFolderError(f"cannot resume: {run_dir} holds no config.json")
+    stored = json.loads((run_dir / "config.json").read_text())
+    if stored != cfg.to_dict():
+        diff = sorted(k for k in stored if stored[k] != cfg.to_dict().get(k))
+        raise RunFolderError(f"cannot resume {run_dir}: its configuration differs in {diff}")
+    if (run_dir / "metrics.json").exists() and "test_acc" in json.loads((run_dir / "metrics.json").read_text()):
+        raise RunFolderError(f"{run_dir} is a finished run; nothing to resume")
+    path = run_dir / CHECKPOINT
+    return dict(np.load(path)) if path.exists() else None
+
+
+def _create_run(cfg: Config, run_dir: Optional[Path]):
+    """Create the run folder with its config.json in one atomic rename."""
+    if run_dir is None or run_dir.exists():
+        return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}."))
     write_json(tmp / "config.json", cfg.to_dict())
@@ -445,7 +457,6 @@ def _open_run(cfg: Config, run_dir: Optional[Path], resume: bool):
     except OSError:
         shutil.rmtree(tmp)
         raise RunFolderError(f"run folder {run_dir} already exists; choose another --save_dir_name")
-    return None
 
 
 def _save_checkpoint(run_dir, params, opt_state, best_params, metrics):

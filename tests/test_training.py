@@ -204,3 +204,13 @@ def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
     for a, b in zip(whole, resumed):
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
         assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]], rel=1e-4)
+
+
+def test_failed_data_loading_leaves_no_run_folder(tmp_path, monkeypatch):
+    def no_data(cfg):
+        raise utils_dataset.DataError("no data here")
+
+    monkeypatch.setattr(utils_dataset, "load_task", no_data)
+    with pytest.raises(utils_dataset.DataError):
+        train_hsnn(tiny_config(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
