@@ -246,7 +246,13 @@ GROUP_MEMORY_BYTES = 2 ** 31
 
 
 def seeds_per_group(cfg: Config) -> int:
-    """How many seeds of `cfg` one vmapped program trains (a rough activation budget)."""
+    """How many seeds of `cfg` one vmapped program trains by default: on an accelerator as
+    many as a rough activation budget allows; on the CPU one, because there the vmapped
+    program was measured slower than the seeds one after another (its batched matmuls and
+    reductions need layout copies that cost more than the per-step overhead they save;
+    benchmarks/benchmark.py --seeds 10 --compare_sequential)."""
+    if jax.default_backend() == "cpu":
+        return 1
     per_seed = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
     return max(1, GROUP_MEMORY_BYTES // per_seed)
 

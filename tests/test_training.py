@@ -167,7 +167,7 @@ def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
     together = training.train_seeds(cfg, seeds, [tmp_path / f"s{s}" for s in seeds],
-                                    progress=False, tasks=tasks)
+                                    progress=False, tasks=tasks, group_size=3)
     alone = [train_hsnn(cfg.replace(seed=s), progress=False, task=t) for s, t in zip(seeds, tasks)]
     for a, b in zip(together, alone):
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
@@ -184,7 +184,7 @@ def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
     cfg = tiny_config(n_epochs=3)
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
-    whole = training.train_seeds(cfg, seeds, progress=False, tasks=tasks)
+    whole = training.train_seeds(cfg, seeds, progress=False, tasks=tasks, group_size=3)
     real_epoch = training._train_epoch
 
     def interrupted(*args):
