@@ -73,9 +73,10 @@ def fmt(value) -> str:
     return json.dumps(value) if isinstance(value, bool) else repr(value)
 
 
-def run_key(point: dict, seed: int, baseline: bool) -> str:
+def group_key(point: dict, baseline: bool) -> str:
+    """'n_layers=3__delta_tau=-0.5' (grid order); 'all' for a grid of seeds only."""
     parts = (["baseline"] if baseline else []) + [f"{k}={fmt(v)}" for k, v in point.items()]
-    return "__".join(parts + [f"seed={seed}"])
+    return "__".join(parts) or "all"
 
 
 def reduced(definition: dict) -> dict:
@@ -114,8 +115,9 @@ def _make_run(definition, point, seed, sets, baseline) -> Run:
     fixed = {k: published_value(k, v) for k, v in definition["fixed"].items()}
     overrides = faithful_conv_hierarchy({**fixed, **point})
     overrides.update(sets)
-    key = run_key(point, seed, baseline)
-    return Run(key, key.rsplit("__seed=", 1)[0], point, seed, overrides, baseline)
+    group = group_key(point, baseline)
+    key = f"{group}__seed={seed}" if group != "all" else f"seed={seed}"
+    return Run(key, group, point, seed, overrides, baseline)
 
 
 def faithful_conv_hierarchy(overrides: dict) -> dict:
@@ -153,6 +155,8 @@ def conversion_notes(definition: dict) -> list:
 def groups_of(runs: list, seeds_per_task: int = 0) -> list:
     """Runs that differ only in their seed, in sweep order; split into chunks of at most
     `seeds_per_task` seeds when that is > 0."""
+    if not runs:
+        return []
     by_group = {}
     for run in runs:
         by_group.setdefault(run.group, []).append(run)
