@@ -206,15 +206,16 @@ def median_tau_per_layer(params, cfg: Config) -> list:
             for l in params[:-1]]
 
 
-def configure_jax(compilation_cache: bool = True):
+def configure_jax(compilation_cache: bool = True, cache_dir=None):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
     JAX's first computation.
 
     - XLA's XNNPACK ("ynn") fusions make the narrow matmuls of small SNN layers about 1.5x
       slower per train step on the 2-core x86 machine we benchmark on: they are switched off
       unless XLA_FLAGS already mentions them or HSNN_XLA_DEFAULTS=1.
-    - JAX's persistent compilation cache (in $HSNN_CACHE_DIR, default ~/.cache/hsnn/jax)
-      lets a second run of the same configuration skip compilation.
+    - JAX's persistent compilation cache (in `cache_dir`, else $HSNN_CACHE_DIR, default
+      ~/.cache/hsnn/jax) lets a second run of the same configuration skip compilation.
+      Cached programs are the programs XLA would compile again: results do not change.
     """
     import jaxlib
     flags = os.environ.get("XLA_FLAGS", "")
@@ -222,8 +223,8 @@ def configure_jax(compilation_cache: bool = True):
     if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
     if compilation_cache:
-        cache = os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
-        jax.config.update("jax_compilation_cache_dir", cache)
+        cache = cache_dir or os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
+        jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -1,0 +1,75 @@
+"""Seconds per training epoch of each sweep's network shape on this machine, for the README's
+wall-time table. The data sets of SHD/SSC/MNIST need not be present: the train step is timed
+on random spikes of the task's shape (the step's cost does not depend on the data), and an
+epoch is its number of batches times the step (validation adds about 10-20 %).
+
+    python3 benchmarks/sweep_step_times.py [--steps 5] [--sweeps hSNN_Figure_2c ...]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# training samples per epoch of each task (SHD: 80 % of the 8156 training recordings)
+TRAIN_SAMPLES = {"mts_xor": 20 * 512, "shd": 6525, "ssc": 75466, "mnist": 50000, "s-mnist": 50000}
+
+
+def step_seconds(cfg, n_steps):
+    """Median seconds of one jitted train step after compilation."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import training
+    from utils_initialization import init_params
+    optimizer = training.make_optimizer(cfg)
+    steps = training.make_steps(cfg, optimizer)
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    opt_state = optimizer.init(params)
+    rng = np.random.default_rng(0)
+    x = (rng.random((cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05).astype(np.float32)
+    y_shape = (cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (cfg.batch_size,)
+    y = rng.integers(0, cfg.n_out, y_shape).astype(np.int32)
+    mask = jnp.ones(cfg.nb_steps, bool) if cfg.decoder == "vmem_time" else None
+    times = []
+    for i in range(n_steps + 1):
+        t0 = time.perf_counter()
+        params, opt_state, metrics = steps.train(params, opt_state, x, y, mask, jax.random.PRNGKey(i),
+                                                 jnp.int32(0), jnp.float32(0.01))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def network_size(cfg):
+    """The sweep's largest network is timed: the estimate is an upper bound."""
+    return (cfg.n_layers - 1) * cfg.n_hid * (2 if cfg.recurrent else 1) * cfg.nb_steps
+
+
+def main():
+    import sweep
+    from training import configure_jax
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--sweeps", nargs="*")
+    args = parser.parse_args()
+    configure_jax(compilation_cache=False)
+    definitions = sweep.load_definitions()
+    print("sweep | shape timed | s/step | s/epoch | runs x epochs | hours (1 process)")
+    for name in args.sweeps or definitions:
+        runs = sweep.expand(definitions[name])
+        widest = max(runs, key=lambda r: network_size(sweep.make_run_config(r.overrides, 0)))
+        cfg = sweep.make_run_config(widest.overrides, 0)
+        per_step = step_seconds(cfg, args.steps)
+        per_epoch = per_step * -(-TRAIN_SAMPLES[cfg.dataset_name] // cfg.batch_size)
+        total = sum(sweep.make_run_config(r.overrides, 0).n_epochs for r in runs)
+        shape = f"{cfg.n_layers - 1}x{cfg.n_hid}{' conv' if cfg.convolution else ''}{' rec' if cfg.recurrent else ''}, T={cfg.nb_steps}"
+        print(f"{name} | {shape} | {per_step:.3f} | {per_epoch:.1f} | {len(runs)} x {total // len(runs)} | "
+              f"{per_epoch * total / 3600:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1072 @@
+"""The paper's sweeps as data, a resumable runner, and the figure of each sweep.
+
+    python3 sweep.py --list
+    python3 sweep.py --sweep_name hSNN_Figure_2b             # 180 runs, then the figure
+    python3 sweep.py --sweep_name hSNN_Figure_2b --quick     # a reduced smoke version
+    python3 sweep.py --sweep_name hSNN_Figure_2b --jobs 2    # two seed groups at once
+    python3 sweep.py --sweep_name hSNN_Figure_2b --ray auto  # on a Ray cluster
+    python3 sweep.py --sweep_name hSNN_Figure_2b --plot      # figure from existing results
+
+The sweeps live in paper/sweeps.json (the published code's grids), the published numbers in
+paper/paper_numbers.json. A run = task preset -> the sweep's 'fixed' -> one grid point ->
+`--set` overrides; it trains through `training.train_seeds`, the entry point main.py's
+`train_hsnn` also serves, once per group of runs that differ only in their seed. Results:
+
+    results/<sweep>[_quick]/sweep.json     what was run (a re-run must match it)
+                            runs.jsonl     one line per finished run (atomic appends)
+                            runs/<key>/    each run's folder (config, metrics, params)
+                            figure.png/.pdf, summary.csv
+"""
+
+import argparse
+import contextlib
+import csv
+import difflib
+import fcntl
+import itertools
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent
+SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
+PAPER_FILE = ROOT / "paper" / "paper_numbers.json"
+QUICK = dict(seeds=2, n_epochs=10, points=3)  # --quick: per grid axis first, middle, last
+LINES = "runs.jsonl"
+NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
+MANIFEST = "sweep.json"
+
+
+class SweepError(RuntimeError):
+    """A command-line or results-folder problem; exit code 2 with a one-line message."""
+
+
+# --- definitions: published data -> runs -----------------------------------------------------
+class Run(NamedTuple):
+    key: str          # unique in the sweep, also the run folder's name
+    group: str        # the key without the seed: runs of one group train together
+    point: dict       # the grid values (seed excluded)
+    seed: int
+    overrides: dict   # everything given to make_config except the seed
+    baseline: bool    # an extra run of the sweep's 'baseline' (Fig. S2e)
+
+
+def load_definitions(path=SWEEPS_FILE) -> dict:
+    return {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+
+
+def published_value(field, value):
+    """The published sweeps passed distrib_tau=True, which the published code treated as
+    homogeneous time constants: 'none' here."""
+    return "none" if field == "distrib_tau" and value is True else value
+
+
+def fmt(value) -> str:
+    return json.dumps(value) if isinstance(value, bool) else repr(value)
+
+
+def group_key(point: dict, baseline: bool) -> str:
+    """'n_layers=3__delta_tau=-0.5' (grid order); 'all' for a grid of seeds only."""
+    parts = (["baseline"] if baseline else []) + [f"{k}={fmt(v)}" for k, v in point.items()]
+    return "__".join(parts) or "all"
+
+
+def reduced(definition: dict) -> dict:
+    """--quick: QUICK['seeds'] seeds, at most QUICK['points'] values per other grid axis
+    (first, middle, last) and at most QUICK['n_epochs'] epochs."""
+    def pick(values):
+        if len(values) <= QUICK["points"]:
+            return list(values)
+        return [values[0], values[len(values) // 2], values[-1]]
+
+    grid = {k: (v[:QUICK["seeds"]] if k == "seed" else pick(v)) for k, v in definition["grid"].items()}
+    fixed = dict(definition["fixed"], n_epochs=min(definition["fixed"].get("n_epochs", QUICK["n_epochs"]),
+                                                   QUICK["n_epochs"]))
+    return dict(definition, fixed=fixed, grid=grid)
+
+
+def expand(definition: dict, sets: dict = None) -> list:
+    """Every run of a sweep, in a fixed order: the grid's cartesian product, then the
+    baseline runs (one per seed)."""
+    sets = sets or {}
+    grid = {k: [published_value(k, v) for v in vs] for k, vs in definition["grid"].items()}
+    clash = sorted(set(sets) & (set(grid) | {"seed"}))
+    if clash:
+        raise SweepError(f"--set {clash[0]}: it is a grid axis of this sweep; it cannot be fixed")
+    axes = [k for k in grid if k != "seed"]
+    seeds = grid.get("seed", [0])
+    points = [dict(zip(axes, values)) for values in itertools.product(*(grid[k] for k in axes))]
+    runs = [_make_run(definition, p, s, sets, False) for p in points for s in seeds]
+    if "baseline" in definition:
+        runs += [_make_run(definition, dict(definition["baseline"]["overrides"]), s, sets, True)
+                 for s in seeds]
+    return runs
+
+
+def _make_run(definition, point, seed, sets, baseline) -> Run:
+    fixed = {k: published_value(k, v) for k, v in definition["fixed"].items()}
+    overrides = faithful_conv_hierarchy({**fixed, **point})
+    overrides.update(sets)
+    group = group_key(point, baseline)
+    key = f"{group}__seed={seed}" if group != "all" else f"seed={seed}"
+    return Run(key, group, point, seed, overrides, baseline)
+
+
+def faithful_conv_hierarchy(overrides: dict) -> dict:
+    """The published code applied both spreads (delta_ker and delta_dil) whenever a
+    convolutional hierarchy was on; here 'kernel' uses delta_ker only and 'dilation'
+    delta_dil only. A published 'kernel' run with a nonzero delta_dil (Table 1) therefore
+    runs as 'both', which is what it computed."""
+    cfg = make_run_config(overrides, 0)
+    other = {"kernel": cfg.delta_dil, "dilation": cfg.delta_ker}.get(cfg.hierarchy_conv, 0)
+    return dict(overrides, hierarchy_conv="both") if other else overrides
+
+
+def make_run_config(overrides: dict, seed: int):
+    from utils_initialization import make_config
+    rest = {k: v for k, v in overrides.items() if k != "dataset_name"}
+    return make_config(overrides.get("dataset_name", "shd"), **{**rest, "seed": seed})
+
+
+def conversion_notes(definition: dict) -> list:
+    """What the mapping from published data changed or inherits, in words (--list, README)."""
+    notes = []
+    values = [definition["fixed"]] + [{k: v} for k, vs in definition["grid"].items() for v in vs]
+    if any(d.get("distrib_tau") is True for d in values):
+        notes.append("distrib_tau=True (published) runs as 'none', as the published code treated it")
+    given = definition["fixed"].get("hierarchy_conv")
+    if any(r.overrides.get("hierarchy_conv") != r.point.get("hierarchy_conv", given) for r in expand(definition)):
+        notes.append("hierarchy_conv 'kernel' with a nonzero delta_dil runs as 'both' "
+                     "(the published code applied both spreads)")
+    if "use_test_as_valid" not in definition["fixed"] and make_run_config(expand(definition)[0].overrides, 0).use_test_as_valid:
+        notes.append("selects the model on the test set (use_test_as_valid of the convolutional preset, "
+                     "as the published main.py)")
+    return notes
+
+
+def groups_of(runs: list, seeds_per_task: int = 0) -> list:
+    """Runs that differ only in their seed, in sweep order; split into chunks of at most
+    `seeds_per_task` seeds when that is > 0."""
+    if not runs:
+        return []
+    by_group = {}
+    for run in runs:
+        by_group.setdefault(run.group, []).append(run)
+    size = seeds_per_task or max(len(g) for g in by_group.values())
+    return [g[i:i + size] for g in by_group.values() for i in range(0, len(g), size)]
+
+
+def shard_runs(runs: list, shard) -> list:
+    """The runs of shard I of N: every N-th seed group from the I-th, over the whole sweep
+    (not over what is left), so the shards of a job array cover every run exactly once."""
+    if shard is None:
+        return runs
+    index, count = shard
+    names = list(dict.fromkeys(r.group for r in runs))
+    mine = set(names[index::count])
+    return [r for r in runs if r.group in mine]
+
+
+# --- the results table: one line per finished run --------------------------------------------
+def read_lines(folder: Path) -> dict:
+    """{key: line} from runs.jsonl and any runs*.jsonl beside it (shards copied together);
+    a torn last line (a crash mid-write) is skipped; the first line of a key wins."""
+    lines = {}
+    for path in sorted(Path(folder).glob("runs*.jsonl")):
+        for text in path.read_text().splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            lines.setdefault(line["key"], line)
+    return lines
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive flock on `path` (created if missing), released on exit."""
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield f
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_line(path: Path, line: dict) -> bool:
+    """Append one JSON line atomically: under an exclusive lock (other drivers and shards
+    append to the same file), a torn tail left by a crash is cut first, a key already
+    present is not written twice, and the line goes down in one write, then fsync.
+    Returns whether the line was written."""
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    with locked(path) as f:
+        f.seek(0)
+        content = f.read()
+        if content and not content.endswith(b"\n"):
+            content = content[:content.rfind(b"\n") + 1]
+            f.truncate(len(content))
+        if line["key"] in _keys(content):
+            return False
+        os.write(f.fileno(), data)  # O_APPEND: one write, at the end of the file
+        os.fsync(f.fileno())
+    return True
+
+
+def _keys(content: bytes) -> set:
+    keys = set()
+    for text in content.decode().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            keys.add(json.loads(text)["key"])
+    return keys
+
+
+def result_line(run: Run, metrics: dict) -> dict:
+    return dict(key=run.key, group=run.group, point=run.point, seed=run.seed, baseline=run.baseline,
+                overrides=run.overrides, valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
+                best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
+                seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
+                median_tau_init=metrics.get("median_tau_init"), host=socket.gethostname(),
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def finished_metrics(run_dir: Path):
+    """The final metrics of a finished run folder, else None."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if "test_acc" in metrics else None
+
+
+# --- training a seed group: the same entry point as main.py ---------------------------------
+def train_task(task: dict) -> list:
+    """Train one seed group (a local worker process, the driver itself, or a Ray task).
+
+    `task`: cfg (Config as a dict), seeds, names (run folder names), runs_dir (where the
+    run folders live; None on Ray: a temporary folder), files ({name: {file: bytes}} of
+    unfinished run folders to continue), jax_cache, progress. Returns, per run,
+    (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
+    None, so that the driver writes them: workers need no shared results folder."""
+    from training import train_seeds
+    _use_compilation_cache(task.get("jax_cache"))
+    with contextlib.ExitStack() as stack:
+        runs_dir = task["runs_dir"]
+        if runs_dir is None:
+            runs_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hsnn-run-"))
+        runs_dir = Path(runs_dir)
+        for name, files in (task.get("files") or {}).items():
+            if files:  # an unfinished run folder to continue
+                _write_files(runs_dir / name, files)
+        dirs = [runs_dir / name for name in task["names"]]
+        for d in sorted(dirs):  # one trainer per run folder, even if two drivers meet
+            stack.enter_context(locked(runs_dir / f".{d.name}.lock"))
+        todo = [i for i, d in enumerate(dirs) if finished_metrics(d) is None]
+        if todo:
+            cfg = _config_from_dict(task["cfg"])
+            train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
+                        resume=True, progress=task.get("progress", False))
+        ship = task["runs_dir"] is None
+        return [(d.name, finished_metrics(d), _read_files(d) if ship else None) for d in dirs]
+
+
+def _config_from_dict(values: dict):
+    from utils_initialization import Config
+    return Config(**values)
+
+
+def _use_compilation_cache(path):
+    """The runtime settings of main.py, with JAX's persistent compilation cache in `path`:
+    the runs of a sweep compile the same programs (only the seed differs), so all but the
+    first load them from disk (about 4 s saved per run of MTS-XOR on a 2-core CPU)."""
+    from training import configure_jax
+    if path == NODE_CACHE:
+        path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
+    configure_jax(compilation_cache=bool(path), cache_dir=path)
+
+
+def _read_files(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()} if Path(folder).exists() else {}
+
+
+def _write_files(folder: Path, files: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def install_run_folder(dest: Path, files: dict):
+    """Put a run folder that came back from a worker in place, atomically: written beside
+    it, then renamed over any unfinished folder of the same run."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.incoming."))
+    for name, data in files.items():
+        with open(tmp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
+        os.replace(dest, old / dest.name)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# --- the driver --------------------------------------------------------------------------------
+class Sweep(NamedTuple):
+    name: str
+    folder: Path
+    definition: dict
+    runs: list        # this shard's runs
+    all_runs: list    # every run of the sweep
+    quick: bool
+    sets: dict
+
+
+def open_sweep(args, definitions) -> Sweep:
+    """The sweep a command asks for; with --plot, the one its folder holds (--set included)."""
+    from utils_initialization import ConfigError
+    definition = definitions[args.sweep_name]
+    if args.quick:
+        definition = reduced(definition)
+    sets = parse_sets(args.set or [])
+    folder = Path(args.results_dir) / (args.sweep_name + ("_quick" if args.quick else ""))
+    if args.plot and (folder / MANIFEST).exists():
+        stored = json.loads((folder / MANIFEST).read_text())
+        definition, sets = stored["definition"], stored["set"]
+    try:
+        all_runs = expand(definition, sets)
+        for run in all_runs:
+            make_run_config(run.overrides, run.seed)
+    except ConfigError as err:
+        raise SweepError(f"{args.sweep_name}: {err}")
+    return Sweep(args.sweep_name, folder, definition, shard_runs(all_runs, args.shard), all_runs,
+                 args.quick, sets)
+
+
+def parse_sets(items: list) -> dict:
+    """--set FIELD=VALUE, typed by the Config field (booleans as true/false)."""
+    from main import parse_bool
+    from utils_initialization import FIELDS
+    sets = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep or field not in FIELDS:
+            raise SweepError(f"--set {item}: expected FIELD=VALUE with a Config field (a main.py flag)")
+        kind = {bool: parse_bool, int: int, float: float, str: str}.get(FIELDS[field].type, float)
+        try:
+            sets[field] = None if text.lower() == "none" and field == "timestep" else kind(text)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise SweepError(f"--set {item}: {err}")
+    return sets
+
+
+def check_manifest(sweep: Sweep):
+    """A sweep folder holds one sweep: what a re-run asks must match what is there."""
+    manifest = dict(sweep_name=sweep.name, definition=sweep.definition, quick=sweep.quick, set=sweep.sets)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    path = sweep.folder / MANIFEST
+    with locked(sweep.folder / f".{MANIFEST}.lock"):
+        if not path.exists():
+            from training import write_json
+            write_json(path, manifest)
+            return
+    stored = json.loads(path.read_text())
+    if stored != json.loads(json.dumps(manifest)):
+        diff = sorted(k for k in manifest if json.loads(json.dumps(manifest[k])) != stored.get(k))
+        raise SweepError(f"{sweep.folder} holds a sweep run with other settings ({', '.join(diff)} differ, "
+                         f"see {path}); use another --results_dir or remove that folder")
+
+
+def plan(sweep: Sweep, lines: dict):
+    """Record runs that finished without a line (killed in between); return the rest."""
+    runs_dir = sweep.folder / "runs"
+    pending = []
+    for run in sweep.runs:
+        if run.key in lines:
+            continue
+        metrics = finished_metrics(runs_dir / run.key)
+        if metrics is not None:
+            append_line(sweep.folder / LINES, result_line(run, metrics))
+        else:
+            pending.append(run)
+    return pending
+
+
+def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
+    tasks = []
+    for group in groups_of(pending, args.seeds_per_task):
+        cfg = make_run_config(group[0].overrides, group[0].seed)
+        files = {r.key: _read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None
+        tasks.append((group, dict(cfg=cfg.to_dict(), seeds=[r.seed for r in group],
+                                  names=[r.key for r in group], files=files,
+                                  runs_dir=None if ship else str(sweep.folder / "runs"),
+                                  jax_cache=(args.jax_cache and NODE_CACHE) if ship else args.jax_cache,
+                                  progress=args.progress and args.jobs == 1 and not ship)))
+    return tasks
+
+
+class Recorder:
+    """Writes each finished run (folder if it came back as bytes, then its line), prints
+    one line per run and logs it to W&B when asked."""
+
+    def __init__(self, sweep: Sweep, total: int, done: int, wandb_project=None):
+        self.sweep, self.total, self.done, self.wandb_project = sweep, total, done, wandb_project
+        self.t0, self.errors = time.time(), []
+
+    def result(self, group: list, outcome):
+        """A task's outcome: its results, or the exception it raised (the other tasks go on;
+        the first error is raised when all are done)."""
+        if isinstance(outcome, BaseException):
+            print(f"failed: {group[0].group} (seeds {[r.seed for r in group]}): {outcome}", file=sys.stderr)
+            self.errors.append(outcome)
+        else:
+            self(group, outcome)
+
+    def raise_first_error(self):
+        if self.errors:
+            raise self.errors[0]
+
+    def __call__(self, group: list, results: list):
+        runs = {r.key: r for r in group}
+        for name, metrics, files in results:
+            run = runs[name]
+            if files is not None:
+                install_run_folder(self.sweep.folder / "runs" / name, files)
+            if append_line(self.sweep.folder / LINES, result_line(run, metrics)):
+                self.done += 1
+                print(f"[{self.done}/{self.total}] {name}: test {metrics['test_acc']:.2%}, valid "
+                      f"{metrics['best_valid_acc']:.2%} ({metrics.get('seconds_total', 0):.0f} s; "
+                      f"sweep {time.time() - self.t0:.0f} s)", flush=True)
+                if self.wandb_project:
+                    log_to_wandb(self.sweep, run, self.wandb_project)
+
+
+def run_sweep(sweep: Sweep, args):
+    check_manifest(sweep)
+    (sweep.folder / "runs").mkdir(exist_ok=True)
+    pending = plan(sweep, read_lines(sweep.folder))
+    done = len(sweep.runs) - len(pending)
+    print(f"{sweep.name}{' (quick)' if sweep.quick else ''}: {len(sweep.runs)} runs"
+          f"{f' in shard {args.shard[0]}/{args.shard[1]}' if args.shard else ''}, {done} finished, "
+          f"{len(pending)} to train; results in {sweep.folder}", flush=True)
+    record = Recorder(sweep, len(sweep.runs), done, args.wandb_project if args.wandb else None)
+    if pending and args.ray:
+        run_on_ray(make_tasks(sweep, pending, args, ship=True), args, record)
+    elif pending and args.jobs > 1:
+        run_in_processes(make_tasks(sweep, pending, args, ship=False), args.jobs, record)
+    else:
+        for group, task in make_tasks(sweep, pending, args, ship=False):
+            record(group, train_task(task))
+    return record.done
+
+
+def run_in_processes(tasks: list, jobs: int, record):
+    """`jobs` worker processes on this machine; the driver writes every line."""
+    import concurrent.futures as cf
+    import multiprocessing
+    pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_die_with_parent)
+    try:
+        futures = {pool.submit(_module().train_task, task): group for group, task in tasks}
+        for future in cf.as_completed(futures):
+            record.result(futures[future], future.exception() or future.result())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    record.raise_first_error()
+
+
+def _die_with_parent():
+    """Workers end when the driver dies (even by SIGKILL), so that a re-run never meets
+    an orphan still training the same run (Linux; elsewhere the run locks serialise)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _module():
+    """This file as the module `sweep`, so that workers import the task function by name
+    (not as __main__)."""
+    import importlib
+    return importlib.import_module("sweep")
+
+
+def run_on_ray(tasks: list, args, record):
+    """Each seed group as one Ray task with `--cpus_per_run` CPUs and `--gpus_per_run`
+    GPUs. The project's code travels as the job's working_dir; the run folders come back
+    as bytes and the driver writes them, so workers share no folder with it."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("--ray needs Ray: pip install -r requirements/requirements_cluster.txt")
+    env_vars = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if args.gpus_per_run else {}
+    ray.init(address=args.ray, log_to_driver=False, runtime_env=dict(
+        working_dir=str(ROOT), env_vars=env_vars,
+        excludes=[".git", ".venv/", "results/", "datasets/", "tests/data/", "*.pyc"]))
+    remote = ray.remote(_module().train_task).options(
+        num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=2)
+    refs = {remote.remote(task): group for group, task in tasks}
+    try:
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            group = refs.pop(ready[0])
+            try:
+                record.result(group, ray.get(ready[0]))
+            except Exception as err:  # the task's exception, re-raised by ray.get
+                record.result(group, err)
+    finally:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
+    record.raise_first_error()
+
+
+# --- Weights & Biases (optional) ----------------------------------------------------------------
+def log_to_wandb(sweep: Sweep, run: Run, project: str):
+    """One W&B run per finished run, as the published code logged: the configuration, every
+    epoch's metrics, the final test accuracy. WANDB_MODE=offline works without network."""
+    import wandb
+    folder = sweep.folder / "runs" / run.key
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    wb = wandb.init(project=project, group=sweep.folder.name, name=run.key, config=config,
+                    dir=str(sweep.folder), reinit="finish_previous")
+    for epoch in metrics["epochs"]:
+        wb.log({k: v for k, v in epoch.items() if k != "epoch"}, step=epoch["epoch"])
+    wb.summary.update({k: metrics[k] for k in ("test_acc", "test_loss", "best_valid_acc", "best_epoch")})
+    wb.summary["median_tau_per_layer"] = metrics["median_tau_per_layer"]
+    wb.finish()
+
+
+# --- figures -----------------------------------------------------------------------------------
+# The layout of each published panel: kind, x axis, and for tables which paper row each of
+# our configurations is (conditions on the run's configuration; {} matches every run).
+FIGURES = {
+    "hSNN_Figure_2a": dict(kind="line", x="tau_mem"),
+    "hSNN_Figure_2b": dict(kind="line", x="delta_tau"),
+    "hSNN_Figure_2c": dict(kind="line", x="n_layers", panel="n_hid"),
+    "hSNN_Figure_S2a": dict(kind="line", x="noise_rate"),
+    "hSNN_Figure_S2b": dict(kind="line", x="tau_mem"),
+    "hSNN_Figure_S2c": dict(kind="line", x="delta_tau"),
+    "hSNN_Figure_S2e": dict(kind="heatmap", x="tanh_center", y="tanh_coef"),
+    "hSNN_Figure_S4a": dict(kind="line", x="conv_dilation"),
+    "hSNN_Figure_S4b": dict(kind="line", x="conv_kernel"),
+    "hSNN_Figure_4b": dict(kind="line", x="delta_ker"),
+    "hSNN_Figure_4d": dict(kind="line", x="delta_dil"),
+    "SHD_hCSNN_max_performance": dict(kind="table", rows={"test set as validation, augmentation": {}}),
+    "SSC_hCSNN_max_performance": dict(kind="table", rows={"cSNN delta_ker 0": {"delta_ker": 0},
+                                                          "hcSNN delta_ker 3": {"delta_ker": 3}}),
+    "SSC_hSNN_hierarchy": dict(kind="table", rows={"SNN delta_tau 0": {"delta_tau": 0},
+                                                   "hSNN tanh delta_tau 0.15": {"delta_tau": 0.15}}),
+    "hSNN_Figure_5b": dict(kind="line", x="tau_mem"),
+    "hSNN_Figure_5c": dict(kind="line", x="delta_tau"),
+    "hSNN_Figure_6": dict(kind="line", x="delta_tau", x_scale=784, x_label="delta_tau [time steps of 1/784 s]"),
+    "hSNN_Figure_3b": dict(kind="tau", paper="hSNN_Figure_3_mts_xor"),
+    "hSNN_Figure_3c": dict(kind="tau", paper="hSNN_Figure_3_shd"),
+}
+UNITS = {"tau_mem": "s", "delta_tau": "s", "noise_rate": "spike probability per step",
+         "conv_dilation": "steps", "conv_kernel": "steps", "delta_ker": "steps", "delta_dil": "steps"}
+SUMMARY_FIELDS = ["series", "x_name", "x", "stat", "ours", "ours_sd", "ours_median", "n_seeds",
+                  "paper", "paper_sd", "difference", "unit", "paper_source", "note"]
+
+
+def figure_spec(name: str, definition: dict) -> dict:
+    spec = dict(FIGURES.get(name) or definition.get("figure") or {})
+    axes = [k for k in definition["grid"] if k != "seed"]
+    spec.setdefault("kind", "line" if axes else "table")
+    spec.setdefault("x", axes[0] if axes else None)
+    spec.setdefault("paper", definition.get("paper", name))
+    spec.setdefault("rows", {})
+    return spec
+
+
+def plot_sweep(sweep: Sweep, paper_numbers: dict) -> list:
+    """figure.png, figure.pdf and summary.csv of a sweep folder, from its runs.jsonl lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    lines = [line for line in read_lines(sweep.folder).values() if line["key"] in {r.key for r in sweep.all_runs}]
+    if not lines:
+        raise SweepError(f"{sweep.folder} holds no finished run of {sweep.name} yet; nothing to plot")
+    spec = figure_spec(sweep.name, sweep.definition)
+    paper = paper_numbers.get(spec["paper"], {})
+    draw = {"line": line_figure, "heatmap": heatmap_figure, "table": table_figure, "tau": tau_figure}[spec["kind"]]
+    fig, rows = draw(sweep, lines, spec, paper)
+    annotate(fig, sweep, lines, paper)
+    for suffix in ("png", "pdf"):
+        fig.savefig(sweep.folder / f"figure.{suffix}", dpi=150, bbox_inches="tight")
+    write_summary(sweep.folder / "summary.csv", rows, paper)
+    return rows
+
+
+def annotate(fig, sweep: Sweep, lines: list, paper: dict):
+    """Title, what the statistics are, and the warnings a reader must not miss."""
+    n_epochs = "/".join(str(n) for n in sorted({line["n_epochs"] for line in lines}))
+    title = f"{sweep.name}: {sweep.definition['what']}\n{len(lines)} of {len(sweep.all_runs)} runs finished"
+    fig.suptitle(title, fontsize=9, y=1.02)
+    notes = []
+    if sweep.quick:
+        notes.append(f"REDUCED (--quick): at most {QUICK['seeds']} seeds, {QUICK['points']} points per axis, "
+                     f"{n_epochs} epochs - not comparable with the paper")
+    if sweep.sets:
+        notes.append("changed with --set: " + ", ".join(f"{k}={v}" for k, v in sweep.sets.items()))
+    if not paper_recoverable(paper):
+        notes.append("The paper's numbers for this panel are not recoverable "
+                     f"({paper.get('source', 'no entry in paper_numbers.json')}); ours only")
+    if notes:
+        fig.text(0.5, -0.02, "\n".join(notes), ha="center", va="top", fontsize=9, color="firebrick")
+
+
+def paper_recoverable(paper: dict) -> bool:
+    return bool(paper.get("series") or paper.get("rows") or paper.get("tau_median_ms"))
+
+
+def accuracy_pct(lines):
+    import numpy as np
+    return np.array([100 * line["test_acc"] for line in lines])
+
+
+def stat_of(values, stat: str) -> float:
+    import numpy as np
+    return float(np.mean(values) if stat.startswith("mean") else np.median(values))
+
+
+def run_config(line: dict) -> dict:
+    return make_run_config(line["overrides"], line["seed"]).to_dict()
+
+
+def matches(conditions: dict, config: dict) -> bool:
+    return all(math.isclose(float(config[k]), float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool)
+               else config[k] == v for k, v in conditions.items())
+
+
+def parse_series(label: str) -> dict:
+    """'n_hid=32,delta_tau=0.15' -> {'n_hid': 32.0, 'delta_tau': 0.15}."""
+    pairs = [part.split("=", 1) for part in label.split(",") if "=" in part]
+    return {k.strip(): json.loads(v) for k, v in pairs}
+
+
+def series_label(series: dict) -> str:
+    return ",".join(f"{k}={fmt(v)}" for k, v in series.items()) or "all"
+
+
+def line_figure(sweep, lines, spec, paper):
+    """Accuracy against one grid axis, one series per value of the other axes (one panel per
+    value of spec['panel']): median over seeds with the interquartile range and every seed
+    as a dot; the paper's values dashed, in the colour of the series they belong to."""
+    import matplotlib.pyplot as plt
+    panels = lines_by_panel(sweep, lines, spec)
+    names = sorted({label for series in panels.values() for label in series})
+    colours = plt.get_cmap("tab10")
+    fig, axs = plt.subplots(1, len(panels), figsize=(2.2 + 4.2 * len(panels), 4.4), sharey=True, squeeze=False)
+    rows = []
+    for ax, panel in zip(axs[0], sorted(panels, key=lambda v: (v is None, v if v is not None else 0))):
+        series = panels[panel]
+        matched = {}
+        for label, by_x in sorted(series.items()):
+            rows += draw_series(ax, label, by_x, colours(names.index(label)), spec, paper, matched)
+        draw_paper_lines(ax, paper, matched, spec.get("x_scale", 1), only_matched=panel is not None)
+        style_line_axes(ax, spec, panel, single=len(panels) == 1)
+    axs[0][0].set_ylabel("test accuracy [%]")
+    if not sweep.quick:  # a reduced grid lacks most of the paper's points by design
+        rows += paper_only_rows(paper, rows, spec["x"])
+    return fig, rows
+
+
+def lines_by_panel(sweep, lines, spec) -> dict:
+    """{panel value: {series label: {x: [lines]}}}; series named in grid-axis order."""
+    x_name, panel = spec["x"], spec.get("panel")
+    axes = [k for k in sweep.definition["grid"] if k not in ("seed", x_name, panel)]
+    panels = {}
+    for line in lines:
+        if line["baseline"]:
+            continue
+        label = series_label({k: line["point"][k] for k in axes if k in line["point"]})
+        by_x = panels.setdefault(line["point"].get(panel) if panel else None, {}).setdefault(label, {})
+        by_x.setdefault(line["point"].get(x_name), []).append(line)
+    return panels
+
+
+def draw_series(ax, label, by_x, colour, spec, paper, matched) -> list:
+    import numpy as np
+    xs = sorted(by_x)
+    acc = [accuracy_pct(by_x[x]) for x in xs]
+    xv = np.array(xs, dtype=float) * spec.get("x_scale", 1)
+    q25, med, q75 = (np.array([np.percentile(a, q) for a in acc]) for q in (25, 50, 75))
+    ax.plot(xv, med, "o-", color=colour, label=f"ours (median, IQR): {label}")
+    ax.fill_between(xv, q25, q75, color=colour, alpha=0.2, lw=0)
+    for x, a in zip(xv, acc):
+        ax.plot(np.full(len(a), x), a, ".", color=colour, alpha=0.35, ms=4)
+    paper_label = match_paper_series(paper, by_x[xs[0]][0])
+    if paper_label:
+        matched[paper_label] = colour
+    stat = paper.get("stat", "median")
+    return [summary_row(label, spec["x"], x, by_x[x], stat, paper, paper_label) for x in xs]
+
+
+def style_line_axes(ax, spec, panel, single):
+    x_name = spec["x"]
+    ax.set_xlabel(spec.get("x_label") or x_name + (f" [{UNITS[x_name]}]" if x_name in UNITS else ""))
+    if panel is not None:
+        ax.set_title(f"{spec['panel']}={fmt(panel)}", fontsize=9)
+    xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+    if xs and all(float(x).is_integer() for x in xs) and len(xs) <= 12:
+        ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    if single:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def match_paper_series(paper: dict, line: dict):
+    """The paper series a run belongs to: the one whose conditions its configuration meets;
+    failing that, the only paper series when there is only one (named in the summary)."""
+    series = paper.get("series") or {}
+    config = run_config(line)
+    hits = [label for label in series if matches(parse_series(label), config)]
+    if hits:
+        return hits[0]
+    return next(iter(series)) if len(series) == 1 else None
+
+
+def draw_paper_lines(ax, paper, matched: dict, scale, only_matched=False):
+    import numpy as np
+    stat, source = paper.get("stat", "?"), paper.get("source", "?")
+    for label, values in (paper.get("series") or {}).items():
+        if only_matched and label not in matched:
+            continue
+        x = np.array(paper["x_values"], dtype=float) * scale
+        sd = (paper.get("std") or {}).get(label)
+        ax.errorbar(x, values, yerr=sd, fmt="x--", color=matched.get(label, "black"), alpha=0.8, capsize=2,
+                    lw=1, label=f"paper ({stat}, {source}): {label}")
+
+
+def summary_row(label, x_name, x, lines, stat, paper, paper_label) -> dict:
+    import numpy as np
+    acc = accuracy_pct(lines)
+    row = dict(series=label, x_name=x_name, x=x, stat=stat, ours=stat_of(acc, stat),
+               ours_sd=float(np.std(acc, ddof=1)) if len(acc) > 1 else "", ours_median=float(np.median(acc)),
+               n_seeds=len(acc), unit="% test accuracy", paper_source=paper.get("source", ""))
+    value, sd = paper_value(paper, paper_label, x)
+    if value is not None:
+        row.update(paper=value, paper_sd=sd if sd is not None else "", difference=row["ours"] - value,
+                   paper_series=paper_label)
+        if not matches(parse_series(paper_label), run_config(lines[0])):
+            row["note"] = f"compared with the paper's only series, {paper_label}, whose settings differ"
+    return row
+
+
+def paper_value(paper, label, x):
+    if not label or x is None:
+        return None, None
+    xs = paper.get("x_values", [])
+    hit = [i for i, v in enumerate(xs) if math.isclose(float(v), float(x), abs_tol=1e-12)]
+    if not hit:
+        return None, None
+    sd = (paper.get("std") or {}).get(label)
+    return paper["series"][label][hit[0]], (sd[hit[0]] if sd else None)
+
+
+def paper_only_rows(paper, rows, x_name) -> list:
+    """Rows for the paper's points that this sweep has no run for (e.g. Fig. S4a's d = 7)."""
+    have = [(r["paper_series"], float(r["x"])) for r in rows if "paper_series" in r]
+    extra = []
+    for label, values in (paper.get("series") or {}).items():
+        for x, v in zip(paper.get("x_values", []), values):
+            if not any(s == label and math.isclose(hx, float(x)) for s, hx in have):
+                extra.append(dict(series=f"paper: {label}", x_name=x_name, x=x, stat=paper.get("stat"),
+                                  n_seeds=0, paper=v, unit="% test accuracy", paper_source=paper.get("source"),
+                                  note="no run of this sweep at this point"))
+    return extra
+
+
+def heatmap_figure(sweep, lines, spec, paper):
+    """Fig. S2e: per (tanh_coef, tanh_center) cell the median accuracy minus the median of
+    the delta_tau = 0 baseline runs, in points; the paper's gain written under ours."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    xn, yn = spec["x"], spec["y"]
+    base = [line for line in lines if line["baseline"]]
+    base_med = float(np.median(accuracy_pct(base))) if base else None
+    cells = {}
+    for line in lines:
+        if not line["baseline"]:
+            cells.setdefault((line["point"][yn], line["point"][xn]), []).append(line)
+    ys = sorted({k[0] for k in cells})
+    xs = sorted({k[1] for k in cells})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    rows = []
+    stat = "median gain (points)" if base_med is not None else "median"
+    for (y, x), cell in cells.items():
+        value = float(np.median(accuracy_pct(cell))) - (base_med or 0)
+        grid[ys.index(y), xs.index(x)] = value
+        pv = cell_paper_value(paper, yn, y, x)
+        rows.append(dict(series=f"{yn}={fmt(y)}", x_name=xn, x=x, stat=stat, ours=value, ours_median=value,
+                         n_seeds=len(cell), paper="" if pv is None else pv,
+                         difference="" if pv is None or base_med is None else value - pv,
+                         unit="points over the delta_tau=0 median" if base_med is not None else "% test accuracy",
+                         paper_source=paper.get("source", ""),
+                         note="" if base_med is not None else "no baseline run finished yet"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    lim = np.nanmax(np.abs(grid)) if base_med is not None else None
+    im = ax.imshow(grid, cmap="RdBu" if lim else "viridis", vmin=-lim if lim else None, vmax=lim, origin="lower")
+    for (y, x), _ in cells.items():
+        i, j = ys.index(y), xs.index(x)
+        pv = cell_paper_value(paper, yn, y, x)
+        text = f"{grid[i, j]:+.1f}" + ("" if pv is None else f"\npaper {pv:+.1f}")
+        ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(xs)), [fmt(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [fmt(y) for y in ys])
+    ax.set_xlabel(xn)
+    ax.set_ylabel(yn)
+    label = (f"median gain over delta_tau=0 (median {base_med:.1f} %, {len(base)} seeds) [points]"
+             if base_med is not None else "median test accuracy [%]")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(f"ours (top) and paper ({paper.get('stat', '?')}, {paper.get('source', '?')}; below)", fontsize=8)
+    return fig, rows
+
+
+def cell_paper_value(paper, y_name, y, x):
+    label = f"{y_name}={fmt(y)}"
+    return paper_value(paper, label, x)[0] if label in (paper.get("series") or {}) else None
+
+
+def table_figure(sweep, lines, spec, paper):
+    """Tables 1 and 2: each configuration's mean +- sd over seeds (dots: seeds) next to the
+    paper's row; paper rows without a run of ours are drawn as such."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    by_point = {}
+    for line in lines:
+        by_point.setdefault(series_label(line["point"]), []).append(line)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rows, labels, used = [], [], set()
+    for i, (label, group) in enumerate(sorted(by_point.items())):
+        acc = accuracy_pct(group)
+        sd = float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0
+        ax.errorbar([i], [acc.mean()], yerr=[sd], fmt="o", color="C0", capsize=3,
+                    label="ours (mean +- sd)" if i == 0 else None)
+        ax.plot(np.full(len(acc), i + 0.08), acc, ".", color="C0", alpha=0.4)
+        row_name = next((name for name, cond in spec["rows"].items() if matches(cond, run_config(group[0]))), None)
+        row = dict(series=label, x_name="configuration", x=label, stat="mean", ours=float(acc.mean()),
+                   ours_sd=sd, ours_median=float(np.median(acc)), n_seeds=len(acc), unit="% test accuracy",
+                   paper_source=paper.get("source", ""))
+        if row_name in (paper.get("rows") or {}):
+            pv, psd = paper["rows"][row_name]
+            used.add(row_name)
+            ax.errorbar([i + 0.2], [pv], yerr=[psd], fmt="x", color="C3", capsize=3,
+                        label="paper (mean +- sd, printed)" if len(used) == 1 else None)
+            row.update(paper=pv, paper_sd=psd, difference=row["ours"] - pv, note=f"paper row: {row_name}")
+        rows.append(row)
+        labels.append((label if label != "all" else "this sweep") + (f"\n[paper: {row_name}]" if row_name else ""))
+    for name, (pv, psd) in (paper.get("rows") or {}).items():
+        if name not in used:
+            i = len(labels)
+            ax.errorbar([i], [pv], yerr=[psd], fmt="x", color="grey", capsize=3)
+            labels.append(f"paper only:\n{name}")
+            rows.append(dict(series=f"paper: {name}", x_name="configuration", x=name, stat="mean", n_seeds=0,
+                             paper=pv, paper_sd=psd, unit="% test accuracy", paper_source=paper.get("source"),
+                             note="a setting this sweep does not run"))
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel("test accuracy [%]")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return fig, rows
+
+
+def tau_figure(sweep, lines, spec, paper):
+    """Fig. 3: the trained time constants of every hidden layer, all neurons of all seeds
+    (box), each seed's median (dots), the initial value (grey) and the paper's medians."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    per_layer, run_medians = tau_samples(sweep, lines)
+    n = len(run_medians[0])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    layers = np.arange(1, n + 1)
+    if per_layer:
+        ax.boxplot([1e3 * np.asarray(v) for v in per_layer], positions=layers, widths=0.5, showfliers=False)
+    for medians in run_medians:
+        ax.plot(layers + 0.15, 1e3 * np.asarray(medians), ".", color="C0", alpha=0.6)
+    ax.plot([], [], ".", color="C0", label="ours: median per seed (box: all neurons)")
+    init = lines[0].get("median_tau_init")
+    if init:
+        ax.plot(layers, 1e3 * np.asarray(init), "_", color="grey", ms=20, label="initial tau")
+    paper_ms = paper.get("tau_median_ms")
+    if paper_ms:
+        ax.plot(np.arange(1, len(paper_ms) + 1), paper_ms, "D", color="C3", label=f"paper median ({paper.get('source')})")
+    ax.set_yscale("log")
+    ax.set_xticks(layers)
+    ax.set_xlabel("hidden layer (1 = closest to the input)")
+    ax.set_ylabel("trained membrane time constant [ms]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    rows = [tau_row(l, per_layer, run_medians, paper) for l in range(n)]
+    rows += accuracy_rows(lines, paper)
+    acc = rows[-1]
+    ax.text(1.04, 0.02, f"test accuracy, mean of {acc['n_seeds']} seeds:\nours {acc['ours']:.2f} %"
+            + (f"\npaper {acc['paper']:.2f} %" if "paper" in acc else ""), transform=ax.transAxes, fontsize=8)
+    return fig, rows
+
+
+def tau_samples(sweep: Sweep, lines: list):
+    """Per hidden layer every neuron's trained tau [s] over all seeds (from params.npz), and
+    each run's per-layer medians (from its line)."""
+    import numpy as np
+    from models import ALPHA_MAX, ALPHA_MIN
+    from utils_initialization import tau_from_alpha
+    run_medians = [line["median_tau_per_layer"] for line in lines]
+    pooled = [[] for _ in run_medians[0]]
+    for line in lines:
+        path = sweep.folder / "runs" / line["key"] / "params.npz"
+        if not path.exists():
+            return None, run_medians
+        params, dt = np.load(path), make_run_config(line["overrides"], line["seed"]).dt
+        for l in range(len(pooled)):
+            alpha = np.clip(params[f"L{l}_alpha"], ALPHA_MIN, ALPHA_MAX)
+            pooled[l].extend(np.atleast_1d(tau_from_alpha(alpha, dt)).tolist())
+    return pooled, run_medians
+
+
+def tau_row(l, per_layer, run_medians, paper):
+    import numpy as np
+    values = per_layer[l] if per_layer else [m[l] for m in run_medians]
+    ours = 1e3 * float(np.median(values))
+    paper_ms = paper.get("tau_median_ms") or []
+    row = dict(series="trained tau", x_name="hidden layer", x=l + 1, stat="median", ours=ours,
+               ours_median=ours, n_seeds=len(run_medians), unit="ms", paper_source=paper.get("source", ""),
+               note="over all neurons of all seeds" if per_layer else "median of the per-seed medians")
+    if l < len(paper_ms):
+        row.update(paper=paper_ms[l], difference=ours - paper_ms[l])
+    return row
+
+
+def accuracy_rows(lines, paper):
+    import numpy as np
+    acc = accuracy_pct(lines)
+    row = dict(series="test accuracy", x_name="", x="", stat="mean", ours=float(acc.mean()),
+               ours_sd=float(np.std(acc, ddof=1)) if len(acc) > 1 else "", ours_median=float(np.median(acc)),
+               n_seeds=len(acc), unit="% test accuracy", paper_source=paper.get("source", ""))
+    if paper.get("test_acc"):
+        pv = float(np.mean(paper["test_acc"]))
+        row.update(paper=pv, paper_sd=float(np.std(paper["test_acc"], ddof=1)), difference=row["ours"] - pv)
+    return [row]
+
+
+def write_summary(path: Path, rows: list, paper: dict):
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            if not paper_recoverable(paper):
+                row.setdefault("note", "the paper's numbers are not recoverable")
+            writer.writerow({k: cell(row.get(k, "")) for k in SUMMARY_FIELDS})
+
+
+# --- command line --------------------------------------------------------------------------------
+def parse_shard(text: str):
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, got {text!r}")
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def build_parser():
+    from main import OneLineParser, parse_bool
+    p = OneLineParser(prog="sweep.py", description="Run a sweep of the paper and draw its figure.",
+                      allow_abbrev=False)
+    p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")
+    p.add_argument("--list", action="store_true", help="print every sweep, what it reproduces, its runs")
+    p.add_argument("--plot", action="store_true", help="only draw the figure and summary from existing results")
+    p.add_argument("--quick", action="store_true", help=f"reduced sweep: {QUICK['seeds']} seeds, "
+                   f"<= {QUICK['points']} points per axis, <= {QUICK['n_epochs']} epochs, in <sweep>_quick/")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a Config field in every run (e.g. --set n_epochs=1); repeatable")
+    p.add_argument("--results_dir", default="results", help="parent folder of sweep folders")
+    p.add_argument("--jobs", type=int, default=1, help="seed groups trained at once on this machine")
+    p.add_argument("--seeds_per_task", type=int, default=0,
+                   help="split seed groups into tasks of at most this many seeds (0: whole groups)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: 'auto' or its address")
+    p.add_argument("--cpus_per_run", type=float, default=1, help="Ray: CPUs per task")
+    p.add_argument("--gpus_per_run", type=float, default=0, help="Ray: GPUs per task (fractions share a GPU)")
+    p.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="run only shard I of N (0 <= I < N), e.g. one task of a job array")
+    p.add_argument("--wandb", action="store_true", help="log every finished run to Weights & Biases")
+    p.add_argument("--wandb_project", default="hSNN", help="W&B project")
+    p.add_argument("--progress", type=parse_bool, default=True, help="progress bars (with --jobs 1)")
+    p.add_argument("--jax_cache", default=None,
+                   help="JAX compilation cache folder (default <results_dir>/.jax_cache; 'none': off)")
+    p.add_argument("--sweeps_file", default=str(SWEEPS_FILE), help="sweep definitions (JSON)")
+    p.add_argument("--paper_file", default=str(PAPER_FILE), help="published numbers (JSON)")
+    return p
+
+
+def print_list(definitions: dict):
+    width = max(map(len, definitions))
+    for name, definition in definitions.items():
+        n, nq = len(expand(definition)), len(expand(reduced(definition)))
+        print(f"{name:<{width}}  {n:>4} runs ({nq:>2} with --quick)  {definition['what']}")
+        for note in conversion_notes(definition):
+            print(f"{'':<{width}}  note: {note}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        definitions = load_definitions(args.sweeps_file)
+        if args.list:
+            return print_list(definitions)
+        check_args(args, definitions)
+        sweep = open_sweep(args, definitions)
+        if not args.plot:
+            run_sweep(sweep, args)
+        plot_sweep(sweep, json.loads(Path(args.paper_file).read_text()))
+        print(f"figure and summary: {sweep.folder / 'figure.png'}, {sweep.folder / 'summary.csv'}")
+    except SweepError as err:
+        fail(err, 2)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to continue with the unfinished runs", 130)
+    except Exception as err:
+        from training import TrainingDiverged
+        from utils_dataset import DataError
+        if isinstance(err, (DataError, TrainingDiverged)):
+            fail(f"{err}; the other runs' results are kept", 1)
+        raise
+
+
+def check_args(args, definitions):
+    if not args.sweep_name:
+        raise SweepError("--sweep_name is required (see --list)")
+    if args.sweep_name not in definitions:
+        close = difflib.get_close_matches(args.sweep_name, list(definitions), n=3, cutoff=0.5)
+        raise SweepError(f"unknown sweep {args.sweep_name!r}; closest: {', '.join(close) or 'none'} "
+                         "(--list shows all)")
+    if args.jobs < 1:
+        raise SweepError("--jobs must be >= 1")
+    if args.jax_cache is None:
+        args.jax_cache = str(Path(args.results_dir).resolve() / ".jax_cache")
+    elif args.jax_cache.lower() == "none":
+        args.jax_cache = None
+
+
+def fail(message, code):
+    print(f"sweep.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,490 @@
+"""sweep.py: definitions, the results table, resume after a kill, shards, Ray, figures.
+
+Runs go through the command line as a subprocess, the way users run sweeps. Sweeps that train
+use a tiny MTS-XOR definition written by the test (4 hidden neurons, 2-4 epochs) and one JAX
+compilation cache for the whole session, so that only the first run of a shape compiles.
+"""
+
+import csv
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sweep
+from utils_initialization import conv_hierarchy
+
+PUBLISHED_RUNS = {  # the grids of paper/sweeps.json, counted by hand
+    "hSNN_Figure_2a": 2 * 5 * 8, "hSNN_Figure_2b": 2 * 10 * 9, "hSNN_Figure_2c": 4 * 3 * 6 * 2,
+    "hSNN_Figure_S2a": 10 * 2 * 6, "hSNN_Figure_S2b": 4 * 6, "hSNN_Figure_S2c": 8 * 10,
+    "hSNN_Figure_S2e": 4 * 5 * 10 + 10, "hSNN_Figure_S4a": 10 * 4, "hSNN_Figure_S4b": 10 * 4,
+    "hSNN_Figure_4b": 10 * 9, "hSNN_Figure_4d": 10 * 7, "SHD_hCSNN_max_performance": 10,
+    "SSC_hCSNN_max_performance": 10 * 2, "SSC_hSNN_hierarchy": 5 * 2, "hSNN_Figure_5b": 5 * 5,
+    "hSNN_Figure_5c": 5 * 5, "hSNN_Figure_6": 5 * 5 * 2, "hSNN_Figure_3b": 5, "hSNN_Figure_3c": 5,
+}
+TINY_FIXED = {"dataset_name": "mts_xor", "n_hid": 4, "n_layers": 3, "tau_mem": 0.3,
+              "hierarchy_tau": "tanh", "n_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    return sweep.load_definitions()
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def tiny_sweeps(tmp_path, grid, **fixed):
+    path = tmp_path / "tiny_sweeps.json"
+    path.write_text(json.dumps({"tiny": {"what": "tiny MTS-XOR sweep", "paper": "hSNN_Figure_2b",
+                                         "fixed": {**TINY_FIXED, **fixed}, "grid": grid}}))
+    return path
+
+
+def sweep_command(root, jax_cache, *args):
+    return [sys.executable, str(root / "sweep.py"), "--progress", "false", "--jax_cache", str(jax_cache), *args]
+
+
+def run_sweep(root, jax_cache, *args, env=None, timeout=600):
+    return subprocess.run(sweep_command(root, jax_cache, *args), cwd=root, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def lines_of(path):
+    """Every line of a runs.jsonl, parsed (a torn line fails the test)."""
+    return [json.loads(text) for text in Path(path).read_text().splitlines()]
+
+
+def without_timings(metrics):
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("seconds", "seconds_total")}  # noqa: E731
+    return {**strip(metrics), "epochs": [strip(e) for e in metrics["epochs"]]}
+
+
+# --- definitions -------------------------------------------------------------------------------
+def test_every_published_sweep_is_defined(definitions):
+    assert set(definitions) == set(PUBLISHED_RUNS)
+    assert set(sweep.FIGURES) == set(PUBLISHED_RUNS)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
+def test_sweeps_expand_to_the_published_run_counts(definitions, name):
+    runs = sweep.expand(definitions[name])
+    assert len(runs) == PUBLISHED_RUNS[name]
+    assert len({r.key for r in runs}) == len(runs)
+    seeds = definitions[name]["grid"]["seed"]
+    for run in runs:  # every run is a valid configuration: preset -> fixed -> grid point
+        cfg = sweep.make_run_config(run.overrides, run.seed)
+        assert cfg.seed == run.seed and cfg.dataset_name == definitions[name]["fixed"]["dataset_name"]
+        for field, value in run.point.items():
+            assert getattr(cfg, field) == value
+    for group in sweep.groups_of(runs):
+        assert [r.seed for r in group] == seeds and len({r.group for r in group}) == 1
+
+
+def test_grid_points_and_baseline(definitions):
+    runs = sweep.expand(definitions["hSNN_Figure_2b"])
+    assert {(r.point["n_layers"], r.point["delta_tau"]) for r in runs} == {
+        (n, d) for n in (3, 4) for d in (-0.5, -0.4, -0.2, -0.1, 0, 0.1, 0.2, 0.4, 0.5)}
+    cfg = sweep.make_run_config(runs[0].overrides, 0)
+    assert (cfg.tau_mem, cfg.hierarchy_tau, cfg.n_epochs, cfg.n_hid, cfg.decoder) == (0.3, "tanh", 60, 10, "vmem_time")
+    s2e = sweep.expand(definitions["hSNN_Figure_S2e"])
+    base = [r for r in s2e if r.baseline]
+    assert [r.seed for r in base] == list(range(10))
+    assert all(sweep.make_run_config(r.overrides, r.seed).delta_tau == 0 for r in base)
+
+
+def test_published_conv_hierarchy_runs_as_it_computed(definitions):
+    """Table 1 says 'kernel' with delta_dil 2; the published code applied both spreads:
+    kernels [3, 6] and dilations [4, 6] (paper_numbers.json)."""
+    run = sweep.expand(definitions["SHD_hCSNN_max_performance"])[0]
+    cfg = sweep.make_run_config(run.overrides, 0)
+    assert cfg.hierarchy_conv == "both" and conv_hierarchy(cfg) == ((3, 6), (4, 6))
+    assert any("both" in note for note in sweep.conversion_notes(definitions["SHD_hCSNN_max_performance"]))
+    fig4b = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_4b"])[-1].overrides, 0)
+    assert fig4b.hierarchy_conv == "kernel" and conv_hierarchy(fig4b) == ((3, 7), (5, 5))
+
+
+def test_published_distrib_tau_true_means_none():
+    definition = {"what": "", "fixed": {"dataset_name": "shd", "distrib_tau": True}, "grid": {"seed": [0]}}
+    run = sweep.expand(definition)[0]
+    assert sweep.make_run_config(run.overrides, 0).distrib_tau == "none"
+    assert any("distrib_tau" in note for note in sweep.conversion_notes(definition))
+
+
+def test_quick_reduces_seeds_epochs_and_points(definitions):
+    quick = sweep.reduced(definitions["hSNN_Figure_2b"])
+    runs = sweep.expand(quick)
+    assert len(runs) == 2 * 3 * 2
+    assert {r.point["delta_tau"] for r in runs} == {-0.5, 0, 0.5}
+    assert {r.seed for r in runs} == {0, 1} and runs[0].overrides["n_epochs"] == sweep.QUICK["n_epochs"]
+    assert len(sweep.expand(sweep.reduced(definitions["hSNN_Figure_S2e"]))) == 3 * 3 * 2 + 2
+
+
+def test_set_overrides_every_run_but_not_a_grid_axis(definitions):
+    sets = sweep.parse_sets(["n_epochs=1", "n_hid=4", "train_alpha=false", "timestep=none"])
+    assert sets == {"n_epochs": 1, "n_hid": 4, "train_alpha": False, "timestep": None}
+    runs = sweep.expand(definitions["hSNN_Figure_2b"], sets)
+    assert all(r.overrides["n_epochs"] == 1 and r.overrides["n_hid"] == 4 for r in runs)
+    with pytest.raises(sweep.SweepError, match="grid axis"):
+        sweep.expand(definitions["hSNN_Figure_2b"], {"delta_tau": 0.1})
+    for bad in (["n_epochs"], ["bogus=1"], ["n_hid=many"]):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_sets(bad)
+
+
+def test_shards_cover_every_run_once_with_whole_seed_groups(definitions):
+    runs = sweep.expand(definitions["hSNN_Figure_2c"])
+    shards = [sweep.shard_runs(runs, (i, 5)) for i in range(5)]
+    keys = [r.key for shard in shards for r in shard]
+    assert sorted(keys) == sorted(r.key for r in runs)
+    groups = [{r.group for r in shard} for shard in shards]
+    assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1:])
+    assert [len(s) for s in shards] == [len(s) for s in (sweep.shard_runs(runs, (i, 5)) for i in range(5))]
+    assert max(map(len, shards)) - min(map(len, shards)) <= 6  # balanced to one group of 6 seeds
+
+
+def test_list_and_unknown_names(root):
+    listing = subprocess.run([sys.executable, "sweep.py", "--list"], cwd=root, capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    for name, count in PUBLISHED_RUNS.items():
+        assert any(line.startswith(name + " ") and f" {count} runs" in line for line in listing.stdout.splitlines()), name
+    unknown = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2x"], cwd=root,
+                             capture_output=True, text=True)
+    assert unknown.returncode == 2 and "hSNN_Figure_2b" in unknown.stderr and "Traceback" not in unknown.stderr
+    shard = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2b", "--shard", "3/3"],
+                           cwd=root, capture_output=True, text=True)
+    assert shard.returncode == 2 and "--shard" in shard.stderr
+
+
+def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
+    args = sweep.build_parser().parse_args(["--sweep_name", "hSNN_Figure_2b", "--results_dir", str(tmp_path)])
+    opened = sweep.open_sweep(args, definitions)
+    assert len(opened.runs) == 180 and opened.folder == tmp_path / "hSNN_Figure_2b"
+    tasks = sweep.make_tasks(opened, opened.runs, args, ship=False)
+    assert len(tasks) == 18 and all(task["seeds"] == list(range(10)) for _, task in tasks)
+
+
+# --- the results table -------------------------------------------------------------------------
+def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    assert sweep.append_line(path, {"key": "a", "x": 1})
+    assert not sweep.append_line(path, {"key": "a", "x": 2})  # never twice
+    with open(path, "ab") as f:
+        f.write(b'{"key": "b", "x"')  # a crash in the middle of a write
+    assert sweep.append_line(path, {"key": "c", "x": 3})
+    assert [line["key"] for line in lines_of(path)] == ["a", "c"]
+    assert set(sweep.read_lines(tmp_path)) == {"a", "c"}
+
+
+def _append_many(path, prefix):
+    for i in range(40):
+        sweep.append_line(Path(path), {"key": f"{prefix}{i}", "payload": "x" * 2000})
+
+
+def test_concurrent_appends_from_processes(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), p)) for p in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    keys = [line["key"] for line in lines_of(path)]
+    assert sorted(keys) == sorted(f"{p}{i}" for p in "ab" for i in range(40))
+
+
+# --- running sweeps ----------------------------------------------------------------------------
+def test_sweep_results_equal_main_per_run(root, tmp_path, jax_cache):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
+    result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                       "--results_dir", str(tmp_path / "results"))
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "results" / "tiny"
+    lines = {line["seed"]: line for line in lines_of(folder / "runs.jsonl")}
+    assert sorted(lines) == [0, 1]
+    for seed in (1,):  # the second seed of the group, trained after the first in one call
+        flags = [f"--{k}={v}" for k, v in {**TINY_FIXED, "delta_tau": 0.4, "seed": seed}.items()]
+        main = subprocess.run([sys.executable, "main.py", *flags, "--results_dir", str(tmp_path / "main"),
+                               "--save_dir_name", f"s{seed}", "--progress", "false"],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+        assert main.returncode == 0, main.stderr
+        ours = json.loads((folder / "runs" / lines[seed]["key"] / "metrics.json").read_text())
+        theirs = json.loads((tmp_path / "main" / f"s{seed}" / "metrics.json").read_text())
+        assert without_timings(ours) == without_timings(theirs)
+        assert lines[seed]["test_acc"] == theirs["test_acc"] and lines[seed]["valid_acc"] == theirs["best_valid_acc"]
+        assert lines[seed]["median_tau_per_layer"] == theirs["median_tau_per_layer"]
+        assert lines[seed]["overrides"]["delta_tau"] == 0.4 and lines[seed]["seconds"] > 0
+    assert (folder / "figure.png").exists() and (folder / "summary.csv").exists()
+    again = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                      "--results_dir", str(tmp_path / "results"))
+    assert again.returncode == 0 and "2 finished, 0 to train" in again.stdout
+    other = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                      "--results_dir", str(tmp_path / "results"), "--set", "n_epochs=1")
+    assert other.returncode == 2 and "set" in other.stderr and "Traceback" not in other.stderr
+
+
+def children_of(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+def test_killed_sweep_resumes_without_training_a_run_twice(root, tmp_path, jax_cache):
+    """SIGKILL the driver of a 2-process sweep while runs are in flight; its workers die
+    with it; the same command finishes the sweep: every run once, finished runs untouched,
+    interrupted runs continued from their last epoch."""
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [-0.4, 0, 0.4]}, n_epochs=4)
+    args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path), "--jobs", "2"]
+    folder = tmp_path / "tiny"
+    proc = subprocess.Popen(sweep_command(root, jax_cache, *args), cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        snapshot = wait_for_runs_in_flight(folder, proc)
+        workers = children_of(proc.pid)
+        assert len(workers) >= 2  # two training processes (and multiprocessing's helper)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "a worker outlived the driver"
+    finally:
+        with_pgroup_killed(proc)
+    before = {line["key"]: line for line in lines_of(folder / "runs.jsonl")}
+    assert 1 <= len(before) < 6
+
+    resumed = run_sweep(root, jax_cache, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = lines_of(folder / "runs.jsonl")
+    assert sorted(line["key"] for line in lines) == sorted(r.key for r in sweep.expand(
+        sweep.load_definitions(sweeps_file)["tiny"]))
+    for line in lines:
+        if line["key"] in before:
+            assert line == before[line["key"]]
+        metrics = json.loads((folder / "runs" / line["key"] / "metrics.json").read_text())
+        assert len(metrics["epochs"]) == 4 and line["test_acc"] == metrics["test_acc"]
+    for key, epochs in snapshot.items():  # the epochs done before the kill were not redone
+        if key in before:
+            continue
+        metrics = json.loads((folder / "runs" / key / "metrics.json").read_text())
+        assert metrics["epochs"][:len(epochs)] == epochs
+
+
+def wait_for_runs_in_flight(folder, proc, timeout=300):
+    """Wait until a line is written and another run has finished an epoch but not the run;
+    return {key: epochs so far} of the unfinished runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        lines = folder / "runs.jsonl"
+        if lines.exists() and lines.read_text().count("\n") >= 1:
+            partial = {}
+            for metrics_file in (folder / "runs").glob("*/metrics.json"):
+                with_retry = _read_json(metrics_file)
+                if with_retry and "test_acc" not in with_retry and with_retry["epochs"]:
+                    partial[metrics_file.parent.name] = with_retry["epochs"]
+            if partial:
+                return partial
+        time.sleep(0.02)
+    pytest.fail("the sweep never had a run in flight after a finished one")
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def with_pgroup_killed(proc):
+    """Clean up what this test started: the process group of its own subprocess."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_shards_append_to_one_table_and_plot_merges(root, tmp_path, jax_cache):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0, 0.4]}, n_epochs=1)
+    common = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
+    procs = [subprocess.Popen(sweep_command(root, jax_cache, *common, "--shard", f"{i}/2"), cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert all("2 runs in shard" in out for out, _ in outputs)
+    lines = lines_of(tmp_path / "tiny" / "runs.jsonl")
+    assert sorted(line["key"] for line in lines) == sorted(
+        f"delta_tau={d}__seed={s}" for d in ("0", "0.4") for s in (0, 1))
+    plot = run_sweep(root, jax_cache, *common, "--plot")
+    assert plot.returncode == 0, plot.stderr
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "summary.csv")))
+    assert [int(r["n_seeds"]) for r in rows if r["n_seeds"] != "0"] == [2, 2]
+
+
+def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
+    result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2b", "--quick", "--set", "n_epochs=1",
+                       "--set", "n_hid=4", "--results_dir", str(tmp_path), "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "hSNN_Figure_2b_quick"
+    assert len(lines_of(folder / "runs.jsonl")) == 12
+    for name in ("figure.png", "figure.pdf"):
+        assert (folder / name).stat().st_size > 10_000
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert len(rows) == 6 and {r["series"] for r in rows} == {"n_layers=3", "n_layers=4"}
+    paper = json.loads(sweep.PAPER_FILE.read_text())["hSNN_Figure_2b"]
+    for row in rows:
+        assert row["stat"] == "median" and row["n_seeds"] == "2"
+        expected = paper["series"][row["series"]][paper["x_values"].index(float(row["x"]))]
+        assert float(row["paper"]) == expected
+        assert float(row["difference"]) == pytest.approx(float(row["ours"]) - expected, abs=0.01)
+    manifest = json.loads((folder / "sweep.json").read_text())
+    assert manifest["quick"] and manifest["set"] == {"n_epochs": 1, "n_hid": 4}
+
+
+# --- figures of every kind, from lines written by the test -----------------------------------
+def fake_results(folder, definition, rng, with_params=False):
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    for run in sweep.expand(definition):
+        cfg = sweep.make_run_config(run.overrides, run.seed)
+        n = cfg.n_layers - 1
+        metrics = dict(best_valid_acc=0.8, test_acc=float(0.8 + 0.05 * rng.random()), best_epoch=1,
+                       epochs=[{}] * 3, seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
+                       median_tau_per_layer=[0.05 * (l + 1) for l in range(n)])
+        if with_params:
+            (folder / "runs" / run.key).mkdir()
+            taus = {f"L{l}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (l + 1))) for l in range(n)}
+            np.savez(folder / "runs" / run.key / "params.npz", **taus)
+        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics))
+
+
+@pytest.mark.parametrize("name,rows,check", [
+    ("hSNN_Figure_S2e", 20, lambda r: r[0]["stat"] == "median gain (points)" and r[0]["paper"] == "2.4"),
+    ("SHD_hCSNN_max_performance", 3, lambda r: r[0]["paper"] == "94.67" and r[0]["n_seeds"] == "10"),
+    ("SSC_hSNN_hierarchy", 2, lambda r: [x["paper"] for x in r] == ["71", "73.07"]),
+    ("hSNN_Figure_S4a", 5, lambda r: r[-1]["x"] == "7" and r[-1]["n_seeds"] == "0"),
+    ("hSNN_Figure_5b", 5, lambda r: all("not recoverable" in x["note"] for x in r)),
+    ("hSNN_Figure_2c", 24, lambda r: sum(x["paper"] != "" for x in r) == 16),
+    ("hSNN_Figure_S2b", 4, lambda r: "settings differ" in r[0]["note"]),
+    ("hSNN_Figure_3b", 4, lambda r: [x["paper"] for x in r] == ["48", "43", "102", "99.21"]
+     and [x["ours"] for x in r[:3]] == ["50", "100", "150"]),
+])
+def test_plot_every_kind_of_figure(root, tmp_path, definitions, name, rows, check):
+    fake_results(tmp_path / name, definitions[name], np.random.default_rng(0), name == "hSNN_Figure_3b")
+    result = subprocess.run([sys.executable, "sweep.py", "--sweep_name", name, "--plot", "--results_dir",
+                             str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = list(csv.DictReader(open(tmp_path / name / "summary.csv")))
+    assert len(summary) == rows and check(summary), summary
+    assert (tmp_path / name / "figure.png").exists() and (tmp_path / name / "figure.pdf").exists()
+
+
+def test_plot_without_results_exits_2(root, tmp_path):
+    result = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2a", "--plot",
+                             "--results_dir", str(tmp_path)], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 2 and "no finished run" in result.stderr
+
+
+def test_sweeps_of_datasets_without_a_loader_stop_with_exit_1(root, tmp_path, jax_cache):
+    result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_3c", "--quick", "--set", "n_epochs=1",
+                       "--results_dir", str(tmp_path))
+    assert result.returncode == 1 and "shd" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- Ray and W&B (optional dependencies, tested for real when installed) ------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+    """A real local Ray instance with 2 CPUs, started and stopped by the test."""
+    pytest.importorskip("ray")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
+    beside_python = Path(sys.executable).parent / "ray"  # the ray of this environment
+    ray_cli = str(beside_python) if beside_python.exists() else shutil.which("ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port),
+                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", temp, "--block"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, head)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        with_pgroup_killed(head)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_port(port, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                time.sleep(2)  # the GCS answers before the raylet has registered
+                return
+        time.sleep(0.5)
+    pytest.fail("ray start did not come up")
+
+
+def test_ray_runs_seed_groups_as_tasks_and_the_driver_writes_results(root, tmp_path, jax_cache, ray_cluster):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
+    local = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                      "--results_dir", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    # an unfinished run folder of seed 1 on the driver: the Ray task must continue it
+    partial = tmp_path / "ray" / "tiny" / "runs"
+    shutil.copytree(tmp_path / "local" / "tiny" / "runs" / "delta_tau=0.4__seed=1", partial / "delta_tau=0.4__seed=1")
+    metrics_file = partial / "delta_tau=0.4__seed=1" / "metrics.json"
+    shutil.copy(metrics_file, tmp_path / "finished_metrics.json")
+    metrics_file.unlink()  # without metrics.json, the run folder is one that never finished
+    (partial / "delta_tau=0.4__seed=1" / "params.npz").unlink()
+    on_ray = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                       "--results_dir", str(tmp_path / "ray"), "--ray", ray_cluster, "--cpus_per_run", "1")
+    assert on_ray.returncode == 0, on_ray.stderr
+    ours = {line["key"]: line for line in lines_of(tmp_path / "ray" / "tiny" / "runs.jsonl")}
+    ref = {line["key"]: line for line in lines_of(tmp_path / "local" / "tiny" / "runs.jsonl")}
+    assert sorted(ours) == sorted(ref)
+    for key in ours:
+        assert ours[key]["test_acc"] == ref[key]["test_acc"]
+        run_dir = tmp_path / "ray" / "tiny" / "runs" / key
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json", "params.npz"]
+        assert without_timings(json.loads((run_dir / "metrics.json").read_text())) == without_timings(
+            json.loads((tmp_path / "local" / "tiny" / "runs" / key / "metrics.json").read_text()))
+    assert (tmp_path / "ray" / "tiny" / "figure.png").exists()
+
+
+def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
+    pytest.importorskip("wandb")
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                       "--results_dir", str(tmp_path), "--wandb", env=env)
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "tiny" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
