@@ -21,7 +21,7 @@ import pytest
 
 import utils_dataset
 from test_main import run_main
-from utils_dataset import DataError, SpikeCounts, cached_counts, frequency_shift, iterate_batches
+from utils_dataset import DataError, cached_counts, frequency_shift, iterate_batches
 from utils_initialization import make_config
 
 ROOT = Path(__file__).resolve().parents[1]

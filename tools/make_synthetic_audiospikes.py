@@ -18,8 +18,8 @@ site serves them (a local `python3 -m http.server` in that folder then stands in
 """
 
 import argparse
+import contextlib
 import gzip
-import hashlib
 import os
 import shutil
 import sys
@@ -29,9 +29,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules
+from utils_dataset import AUDIO_CHANNELS, AUDIO_CLASSES, file_md5  # noqa: E402
+
 SIZES = {"shd": dict(train=8156, test=2264), "ssc": dict(train=75466, valid=9981, test=20382)}
-CLASSES = {"shd": 20, "ssc": 35}
-CHANNELS = 700
 SPIKES = (5000, 10000)    # spikes per sample, drawn uniformly
 RIDGE_FRACTION = 0.7      # share of a sample's spikes on its class's sweep; the rest is noise
 RIDGE_WIDTH = 6.0         # [channels] sd of the spikes around the sweep
@@ -57,12 +58,14 @@ def synthetic_samples(labels: np.ndarray, sweeps: np.ndarray, rng: np.random.Gen
     phase = rng.random(len(sample))
     on_ridge = rng.random(len(sample)) < RIDGE_FRACTION
     ridge_t = onset[sample] + phase * duration[sample]
-    ridge_c = ends[sample, 0] + phase * (ends[sample, 1] - ends[sample, 0]) + rng.normal(0, RIDGE_WIDTH, len(sample))
-    t = np.where(on_ridge, ridge_t, rng.uniform(0, 1.0, len(sample)) * (onset + duration + 0.1)[sample])
-    c = np.where(on_ridge, ridge_c, rng.uniform(0, CHANNELS, len(sample)))
+    start, end = ends[sample, 0], ends[sample, 1]
+    ridge_c = start + phase * (end - start) + rng.normal(0, RIDGE_WIDTH, len(sample))
+    noise_t = rng.uniform(0, 1.0, len(sample)) * (onset + duration + 0.1)[sample]
+    t = np.where(on_ridge, ridge_t, noise_t)
+    c = np.where(on_ridge, ridge_c, rng.uniform(0, AUDIO_CHANNELS, len(sample)))
     order = np.lexsort((t, sample))
     t = t[order].astype(np.float16)
-    c = np.clip(np.round(c[order]), 0, CHANNELS - 1).astype(np.uint16)
+    c = np.clip(np.round(c[order]), 0, AUDIO_CHANNELS - 1).astype(np.uint16)
     splits = np.cumsum(counts)[:-1]
     return np.split(t, splits), np.split(c, splits)
 
@@ -75,20 +78,14 @@ def ragged(arrays) -> np.ndarray:
     return out
 
 
-def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np.random.Generator):
-    """One file in the published layout, generated and written CHUNK samples at a time,
-    through a temporary file (an interrupted run leaves no half-written file)."""
+@contextlib.contextmanager
+def written_atomically(path: Path):
+    """A temporary path next to `path`, renamed to `path` when the block succeeds and removed
+    when it fails: an interrupted run leaves no half-written file under the real name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            times = f.create_dataset("spikes/times", (len(labels),), h5py.vlen_dtype(np.float16))
-            units = f.create_dataset("spikes/units", (len(labels),), h5py.vlen_dtype(np.uint16))
-            f.create_dataset("labels", data=labels.astype(np.uint16))
-            for start in range(0, len(labels), CHUNK):
-                t, c = synthetic_samples(labels[start:start + CHUNK], sweeps, rng)
-                times[start:start + len(t)] = ragged(t)
-                units[start:start + len(c)] = ragged(c)
+        yield tmp
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the data from other users
         os.replace(tmp, path)
     finally:
@@ -96,17 +93,23 @@ def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np
             os.unlink(tmp)
 
 
+def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np.random.Generator):
+    """One file in the published layout, generated and written CHUNK samples at a time."""
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+        times = f.create_dataset("spikes/times", (len(labels),), h5py.vlen_dtype(np.float16))
+        units = f.create_dataset("spikes/units", (len(labels),), h5py.vlen_dtype(np.uint16))
+        f.create_dataset("labels", data=labels.astype(np.uint16))
+        for start in range(0, len(labels), CHUNK):
+            t, c = synthetic_samples(labels[start:start + CHUNK], sweeps, rng)
+            times[start:start + len(t)] = ragged(t)
+            units[start:start + len(c)] = ragged(c)
+
+
 def gzip_file(path: Path) -> Path:
-    """`path` -> `path.gz` (through a temporary file); returns the archive."""
+    """`path` -> `path.gz`; returns the archive."""
     gz = path.with_name(path.name + ".gz")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{gz.name}.", suffix=".tmp")
-    try:
-        with open(path, "rb") as source, os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") as out:
-            shutil.copyfileobj(source, out, 1 << 22)
-        os.replace(tmp, gz)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with written_atomically(gz) as tmp, open(path, "rb") as source, gzip.open(tmp, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 22)
     return gz
 
 
@@ -117,7 +120,7 @@ def update_md5sums(folder: Path, files):
     if listing.exists():
         sums = dict(line.split()[::-1] for line in listing.read_text().splitlines() if len(line.split()) == 2)
     for f in files:
-        sums[f.name] = hashlib.md5(f.read_bytes()).hexdigest()
+        sums[f.name] = file_md5(f)
     listing.write_text("".join(f"{md5}  {name}\n" for name, md5 in sorted(sums.items())))
 
 
@@ -129,11 +132,11 @@ def make_dataset(name: str, out: Path, sizes: dict, seed: int = 0, compress: boo
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --force to overwrite them")
-    sweeps = class_sweeps(CLASSES[name])
-    streams = np.random.SeedSequence([seed, CLASSES[name]]).spawn(len(sizes))
+    sweeps = class_sweeps(AUDIO_CLASSES[name])
+    streams = np.random.SeedSequence([seed, AUDIO_CLASSES[name]]).spawn(len(sizes))
     for (part, n), stream in zip(sizes.items(), streams):
         rng = np.random.default_rng(stream)
-        labels = rng.permutation(np.arange(n) % CLASSES[name])
+        labels = rng.permutation(np.arange(n) % AUDIO_CLASSES[name])
         h5 = out / f"{name}_{part}.h5"
         write_spike_file(h5, labels, sweeps, rng)
         if compress:
