@@ -1,0 +1,534 @@
+"""SHD and SSC: files, download failures, binning, cache, splits, augmentation, training.
+
+Every file here is written by the test into tmp_path; downloads go to a local HTTP server
+or to a closed local port, never to the network.
+"""
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+import socket
+import threading
+import time
+import warnings
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import utils_dataset
+from test_main import run_main
+from utils_dataset import DataError, cached_counts, frequency_shift, iterate_batches
+from utils_initialization import make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- helpers -------------------------------------------------------------------------------
+def load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_audiospikes", ROOT / "tools" / "make_synthetic_audiospikes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = load_generator()
+
+
+def write_h5(path, times, units, labels, times_dtype=np.float16, skip=(), labels_dtype=np.uint16):
+    """A file in the published layout (or without the datasets named in `skip`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for name, rows, dtype in (("spikes/times", times, times_dtype), ("spikes/units", units, np.uint16)):
+            if name not in skip:
+                ds = f.create_dataset(name, (len(rows),), h5py.vlen_dtype(dtype))
+                for i, row in enumerate(rows):
+                    ds[i] = np.asarray(row, dtype)
+        if "labels" not in skip:
+            f.create_dataset("labels", data=np.asarray(labels, labels_dtype))
+    return path
+
+
+def random_samples(n, rng, max_time=1.6, spikes=300):
+    times = [rng.uniform(0, max_time, rng.integers(0, spikes)) for _ in range(n)]
+    units = [rng.integers(0, 700, len(t)) for t in times]
+    return times, units, rng.integers(0, 20, n)
+
+
+def dense_reference(times, units, nb_steps, n_in, time_max):
+    """Straightforward per-spike binning, the definition of DESIGN.md Sec. 3."""
+    stride = -(-700 // n_in)
+    x = np.zeros((len(times), nb_steps, n_in), np.int64)
+    for i, (t, u) in enumerate(zip(times, units)):
+        for ti, ui in zip(np.asarray(t, np.float64), u):
+            b = int(np.floor(ti / (time_max / nb_steps))) if np.isfinite(ti) else -1
+            if 0 <= b < nb_steps and ui % stride == 0:
+                x[i, b, ui // stride] += 1
+    return np.minimum(x, 255).astype(np.uint8)
+
+
+def cfg_for(data_dir, name="shd", **overrides):
+    return make_config(name, data_dir=str(data_dir), **overrides)
+
+
+def files_in(folder):
+    """Every file and folder under `folder` (hidden temporaries included), as relative names."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line(err: DataError, *parts):
+    message = str(err)
+    assert "\n" not in message
+    for part in parts:
+        assert part in message, message
+
+
+@pytest.fixture(scope="module")
+def shd_dir(tmp_path_factory):
+    """A tiny synthetic SHD (48 training, 16 test samples), shared by read-only tests."""
+    data = tmp_path_factory.mktemp("data")
+    synthetic.make_dataset("shd", data / "audiospikes", {"train": 48, "test": 16}, seed=1)
+    return data
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A local HTTP server standing in for zenkelab.org: (its folder, its base URL)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+# --- binning (DESIGN.md Sec. 3) ------------------------------------------------------------
+def test_binning_matches_a_hand_computed_example(tmp_path):
+    """time_max 1 s in 4 bins of 0.25 s; spikes at or after 1 s are dropped; counts add up."""
+    path = write_h5(tmp_path / "shd_train.h5",
+                    times=[[0.0, 0.1, 0.25, 0.3, 0.3, 0.99, 1.0, 1.5], []],
+                    units=[[0, 5, 5, 699, 699, 3, 3, 3], []], labels=[4, 0])
+    X, Y = cached_counts(path, cfg_for(tmp_path, time_max=1.0, nb_steps=4), 20)
+    expected = np.zeros((2, 4, 700), np.uint8)
+    expected[0, 0, 0] = expected[0, 0, 5] = expected[0, 1, 5] = expected[0, 3, 3] = 1
+    expected[0, 1, 699] = 2
+    np.testing.assert_array_equal(X[np.arange(2)], expected)
+    assert X[np.arange(2)].dtype == np.uint8 and X.shape == (2, 4, 700)
+    np.testing.assert_array_equal(Y, [4, 0])
+
+
+@pytest.mark.parametrize("n_in,nb_steps,time_max", [(700, 100, 1.4), (300, 50, 1.4), (64, 7, 0.5)])
+def test_binning_agrees_with_a_per_spike_reference(tmp_path, n_in, nb_steps, time_max):
+    times, units, labels = random_samples(25, np.random.default_rng(n_in))
+    path = write_h5(tmp_path / "shd_train.h5", times, units, labels, times_dtype=np.float32)
+    X, Y = cached_counts(path, cfg_for(tmp_path, n_in=n_in, nb_steps=nb_steps, time_max=time_max), 20)
+    expected = dense_reference([np.float32(t) for t in times], units, nb_steps, n_in, time_max)
+    np.testing.assert_array_equal(X[np.arange(25)], expected)
+    np.testing.assert_array_equal(Y, labels)
+
+
+def test_channel_subsampling_keeps_every_stride_th_channel(tmp_path):
+    """n_in 300: stride ceil(700/300) = 3, channels 0, 3, ..., 699 -> 0..233, 234..299 empty."""
+    path = write_h5(tmp_path / "shd_train.h5", times=[[0.5] * 7],
+                    units=[[0, 1, 2, 3, 6, 698, 699]], labels=[0])
+    x = cached_counts(path, cfg_for(tmp_path, n_in=300, nb_steps=2), 20)[0][0]
+    assert x.shape == (2, 300)
+    assert list(np.flatnonzero(x[0])) == [0, 1, 2, 233] and not x[1].any()
+    assert [utils_dataset.channel_stride(n) for n in (700, 350, 300, 234, 233, 1)] == [1, 2, 3, 3, 4, 700]
+
+
+def test_float16_times_neither_overflow_nor_shift_bins(tmp_path):
+    """float16 as in the published files: 1.3994 -> 1.39941 s, last of 200 bins; 1.4 ->
+    1.40039 s, dropped; huge, infinite, NaN and negative times dropped without a warning
+    (60000 * 200 overflows float16)."""
+    times = [[0.0, 1.3994, 1.4, 60000.0, np.inf, np.nan, -0.5]]
+    path = write_h5(tmp_path / "shd_train.h5", times, [[7] * 7], [3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = cached_counts(path, cfg_for(tmp_path, nb_steps=200), 20)[0][0]
+    assert x.sum() == 2 and x[0, 7] == 1 and x[199, 7] == 1
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float16(60000.0) * np.float16(200))  # what float16 arithmetic would do
+
+
+def test_counts_saturate_at_255(tmp_path):
+    path = write_h5(tmp_path / "shd_train.h5", [[0.1] * 300 + [0.2] * 254], [[9] * 554], [1])
+    x = cached_counts(path, cfg_for(tmp_path, nb_steps=100), 20)[0][0]
+    assert x[7, 9] == 255 and x[14, 9] == 254 and x.sum() == 509
+
+
+def test_spike_counts_index_like_an_array(tmp_path):
+    times, units, labels = random_samples(12, np.random.default_rng(5))
+    path = write_h5(tmp_path / "shd_train.h5", times, units, labels)
+    X, _ = cached_counts(path, cfg_for(tmp_path, nb_steps=30), 20)
+    dense = X[np.arange(12)]
+    for idx in ([11, 0, 5, 5], np.array([3]), np.arange(12)[::-2]):
+        np.testing.assert_array_equal(X[np.asarray(idx)], dense[np.asarray(idx)])
+    np.testing.assert_array_equal(X[4], dense[4])
+    np.testing.assert_array_equal(X[-1], dense[-1])
+    part = X.subset(np.array([2, 7, 9]))
+    assert len(part) == 3 and part.shape == (3, 30, 700)
+    np.testing.assert_array_equal(part[np.array([2, 0])], dense[[9, 2]])
+    with pytest.raises(IndexError):
+        X[np.array([12])]
+
+
+# --- the cache -------------------------------------------------------------------------------
+def cache_folders(data_dir):
+    return sorted(p.name for p in (Path(data_dir) / "audiospikes" / "cache").iterdir())
+
+
+def test_cache_is_reused_without_binning_again(shd_dir, monkeypatch):
+    cfg = cfg_for(shd_dir)
+    first = utils_dataset.load_task(cfg)
+    monkeypatch.setattr(utils_dataset, "bin_file", lambda *a: pytest.fail("binned again"))
+    second = utils_dataset.load_task(cfg)
+    for a, b in zip(first[:3], second[:3]):
+        np.testing.assert_array_equal(a.X[np.arange(len(a))], b.X[np.arange(len(b))])
+        np.testing.assert_array_equal(a.Y, b.Y)
+
+
+def test_cache_is_keyed_by_settings(tmp_path):
+    synthetic.make_dataset("shd", tmp_path / "audiospikes", {"train": 6, "test": 4})
+    for overrides in (dict(), dict(nb_steps=50), dict(n_in=350), dict(time_max=1.0)):
+        task = utils_dataset.load_task(cfg_for(tmp_path, **overrides))
+        assert task.train.X.shape[1:] == (overrides.get("nb_steps", 100), overrides.get("n_in", 700))
+    names = cache_folders(tmp_path)
+    assert len(names) == 8 and not any(n.startswith(".") for n in names)
+    assert any("_T50_C700_1.4s_" in n for n in names) and any("_T100_C350_" in n for n in names)
+    assert any("_T100_C700_1.0s_" in n for n in names)
+
+
+def test_changed_source_rebuilds_the_cache(tmp_path):
+    times, units, labels = random_samples(5, np.random.default_rng(0))
+    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", times, units, labels)
+    cfg = cfg_for(tmp_path, nb_steps=20)
+    _, before = cached_counts(path, cfg, 20)
+    old = cache_folders(tmp_path)
+    write_h5(path, times[::-1], units[::-1], labels[::-1])
+    X, after = cached_counts(path, cfg, 20)
+    np.testing.assert_array_equal(after, labels[::-1])
+    expected = dense_reference([np.float16(t) for t in times[::-1]], units[::-1], 20, 700, 1.4)
+    np.testing.assert_array_equal(X[np.arange(5)], expected)
+    new = cache_folders(tmp_path)
+    assert len(new) == 1 and new != old  # the stale cache of the old file is gone
+    assert utils_dataset.file_md5(path) in new[0]
+
+
+def test_damaged_cache_is_reported(tmp_path):
+    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", [[0.1, 0.2]], [[1, 2]], [0])
+    cfg = cfg_for(tmp_path)
+    cached_counts(path, cfg, 20)
+    (folder,) = (tmp_path / "audiospikes" / "cache").iterdir()
+    (folder / "count.u8").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        cached_counts(path, cfg, 20)
+    assert_one_line(err.value, str(folder), "damaged", "delete")
+
+
+# --- failures: one line, which file, what, how to fix; nothing half-written left ---------------
+def test_unreachable_host_fails_fast_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "audiospikes"
+    start = time.time()
+    with pytest.raises(DataError) as err:
+        utils_dataset.load_audiospikes(cfg_for(tmp_path), base_url=f"http://127.0.0.1:{closed_port()}/")
+    assert time.time() - start < 10
+    assert_one_line(err.value, str(folder / "shd_train.h5.gz"), "Connection refused",
+                    "https://zenkelab.org/datasets/shd_train.h5.gz", "by hand")
+    assert files_in(folder) == []
+
+
+def test_silent_host_times_out(tmp_path, monkeypatch):
+    """A host that accepts the connection but never answers (a listening socket nobody serves)."""
+    monkeypatch.setattr(utils_dataset, "NET_TIMEOUT", (1, 1))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        start = time.time()
+        with pytest.raises(DataError) as err:
+            utils_dataset.audio_file(tmp_path, "shd_test", f"http://127.0.0.1:{silent.getsockname()[1]}/")
+    assert time.time() - start < 10
+    assert_one_line(err.value, "shd_test.h5.gz", "did not answer in time", "by hand")
+    assert files_in(tmp_path) == []
+
+
+def test_http_error_is_reported(tmp_path, site):
+    root, url = site
+    (root / "md5sums.txt").write_text(f"{'0' * 32}  shd_train.h5.gz\n")
+    folder = tmp_path / "audiospikes"
+    with pytest.raises(DataError) as err:
+        utils_dataset.audio_file(folder, "shd_train", base_url=url)
+    assert_one_line(err.value, "shd_train.h5.gz", "HTTP 404", "by hand", str(folder))
+    assert files_in(folder) == []
+
+
+def test_missing_md5_line_is_reported(tmp_path, site):
+    root, url = site
+    (root / "md5sums.txt").write_text(f"{'0' * 32}  ssc_train.h5.gz\n")
+    with pytest.raises(DataError) as err:
+        utils_dataset.audio_file(tmp_path / "audiospikes", "shd_train", base_url=url)
+    assert_one_line(err.value, "md5sums.txt lists no md5", "shd_train.h5.gz")
+    assert files_in(tmp_path / "audiospikes") == []
+
+
+def test_md5_mismatch_discards_the_download(tmp_path, site):
+    root, url = site
+    synthetic.make_dataset("shd", root, {"train": 3}, compress=True)
+    (root / "md5sums.txt").write_text(f"{'0' * 32}  shd_train.h5.gz\n")
+    folder = tmp_path / "audiospikes"
+    with pytest.raises(DataError) as err:
+        utils_dataset.audio_file(folder, "shd_train", base_url=url)
+    assert_one_line(err.value, str(folder / "shd_train.h5.gz"), "does not match its md5", "by hand")
+    assert files_in(folder) == []
+
+
+def test_download_checks_md5_decompresses_once_then_needs_no_network(tmp_path, site):
+    root, url = site
+    synthetic.make_dataset("shd", root, {"train": 10, "test": 4}, compress=True)
+    task = utils_dataset.load_audiospikes(cfg_for(tmp_path), base_url=url)
+    assert (len(task.train), len(task.valid), len(task.test)) == (8, 2, 4)
+    folder = tmp_path / "audiospikes"
+    for name in ("shd_train", "shd_test"):
+        assert (folder / f"{name}.h5.gz").read_bytes() == (root / f"{name}.h5.gz").read_bytes()
+        assert (folder / f"{name}.h5").exists()
+    assert not [n for n in files_in(folder) if Path(n).name.startswith(".")]
+    offline = utils_dataset.load_audiospikes(cfg_for(tmp_path), base_url=f"http://127.0.0.1:{closed_port()}/")
+    np.testing.assert_array_equal(offline.test.Y, task.test.Y)
+
+
+def test_present_archive_is_decompressed_without_network(tmp_path):
+    folder = tmp_path / "audiospikes"
+    synthetic.make_dataset("shd", folder, {"train": 5, "test": 3}, compress=True)
+    (folder / "md5sums.txt").unlink()
+    task = utils_dataset.load_audiospikes(cfg_for(tmp_path), base_url=f"http://127.0.0.1:{closed_port()}/")
+    assert len(task.test) == 3 and (folder / "shd_test.h5").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
+def test_corrupt_archive_leaves_no_h5_and_keeps_the_archive(tmp_path, damage):
+    folder = tmp_path / "audiospikes"
+    synthetic.make_dataset("shd", folder, {"train": 4}, compress=True)
+    gz = folder / "shd_train.h5.gz"
+    data = gz.read_bytes()
+    gz.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a gzip archive" * 10)
+    with pytest.raises(DataError) as err:
+        utils_dataset.audio_file(folder, "shd_train")
+    assert_one_line(err.value, str(gz), "truncated or corrupt", "delete it", "by hand")
+    assert files_in(folder) == ["md5sums.txt", "shd_train.h5.gz"]
+
+
+def malformed_file(path, kind):
+    times, units, labels = [[0.1, 0.2], [0.3]], [[1, 2], [3]], [0, 19]
+    if kind in ("spikes/times", "spikes/units", "labels"):
+        return write_h5(path, times, units, labels, skip=(kind,))
+    if kind == "label_range":
+        return write_h5(path, times, units, [0, 20])
+    if kind == "negative_label":
+        return write_h5(path, times, units, [-1, 0], labels_dtype=np.int16)
+    if kind == "unit_range":
+        return write_h5(path, times, [[1, 2], [700]], labels)
+    if kind == "ragged_mismatch":
+        return write_h5(path, times, [[1, 2], [3, 4]], labels)
+    if kind == "length_mismatch":
+        return write_h5(path, times, units, [0, 1, 2])
+    if kind == "empty":
+        return write_h5(path, [], [], [])
+    path.write_bytes(b"\x00" * 100)  # not HDF5 at all
+    return path
+
+
+@pytest.mark.parametrize("kind,problem", [
+    ("spikes/times", "no 'spikes/times'"), ("spikes/units", "no 'spikes/units'"),
+    ("labels", "no 'labels'"), ("label_range", "sample 1 has label 20, outside the class range 0..19"),
+    ("negative_label", "sample 0 has label -1"), ("unit_range", "sample 1 has unit 700, outside"),
+    ("ragged_mismatch", "sample 1 has 1 spike times but 2 units"),
+    ("length_mismatch", "same, non-zero number of samples"), ("empty", "non-zero number of samples"),
+    ("not_hdf5", "not a readable HDF5 file")])
+def test_malformed_file_is_reported_and_not_cached(tmp_path, kind, problem):
+    folder = tmp_path / "audiospikes"
+    folder.mkdir()
+    path = malformed_file(folder / "shd_train.h5", kind)
+    with pytest.raises(DataError) as err:
+        cached_counts(path, cfg_for(tmp_path), 20)
+    assert_one_line(err.value, str(path), problem, "delete it", "shd_train.h5.gz", "by hand")
+    assert files_in(folder) == ["cache", "shd_train.h5"]  # the cache folder holds nothing
+
+
+def test_main_reports_a_bad_file_in_one_line_with_exit_code_1(root, tmp_path):
+    folder = tmp_path / "audiospikes"
+    synthetic.make_dataset("shd", folder, {"test": 4})
+    malformed_file(folder / "shd_train.h5", "labels")
+    result = run_main(root, "--dataset_name", "shd", "--data_dir", str(tmp_path), "--n_epochs", "1",
+                      "--progress", "false", "--results_dir", str(tmp_path / "results"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("main.py: error: "), result.stderr
+    assert str(folder / "shd_train.h5") in lines[0] and "no 'labels'" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not [n for n in files_in(folder / "cache") if "shd_train" in n]
+
+
+def test_main_reports_a_truncated_archive_in_one_line(root, tmp_path):
+    folder = tmp_path / "audiospikes"
+    synthetic.make_dataset("shd", folder, {"train": 4, "test": 4}, compress=True)
+    gz = folder / "shd_test.h5.gz"
+    gz.write_bytes(gz.read_bytes()[:1000])
+    result = run_main(root, "--dataset_name", "shd", "--data_dir", str(tmp_path), "--n_epochs", "1",
+                      "--progress", "false", "--results_dir", str(tmp_path / "results"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert str(gz) in lines[0] and "truncated or corrupt" in lines[0]
+    assert not (folder / "shd_test.h5").exists()
+
+
+@pytest.mark.parametrize("name,overrides,flag", [("shd", dict(n_in=701), "--n_in 701"),
+                                                 ("ssc", dict(n_out=20), "--n_out 20")])
+def test_settings_the_data_cannot_meet_are_refused_first(tmp_path, name, overrides, flag):
+    with pytest.raises(DataError) as err:
+        utils_dataset.load_task(cfg_for(tmp_path, name, **overrides))
+    assert_one_line(err.value, flag)
+    assert files_in(tmp_path) == []
+
+
+# --- splits ---------------------------------------------------------------------------------
+def test_shd_validation_is_a_seeded_80_20_split_of_the_training_file(shd_dir):
+    full = cached_counts(shd_dir / "audiospikes" / "shd_train.h5", cfg_for(shd_dir), 20)
+    dense = full[0][np.arange(48)]
+    tasks = {seed: utils_dataset.load_task(cfg_for(shd_dir, seed=seed)) for seed in (0, 1)}
+    task = tasks[0]
+    assert (len(task.train), len(task.valid), len(task.test)) == (38, 10, 16)
+    train_rows, valid_rows = utils_dataset.shd_validation_rows(48, 0)
+    assert sorted(np.concatenate([train_rows, valid_rows])) == list(range(48))
+    np.testing.assert_array_equal(task.valid.X[np.arange(10)], dense[valid_rows])
+    np.testing.assert_array_equal(task.train.Y, full[1][train_rows])
+    again = utils_dataset.shd_validation_rows(48, 0)[1]
+    np.testing.assert_array_equal(again, valid_rows)
+    assert not np.array_equal(utils_dataset.shd_validation_rows(48, 1)[1], valid_rows)
+    assert not np.array_equal(tasks[1].valid.Y, task.valid.Y) or not np.array_equal(
+        tasks[1].valid.X[np.arange(10)], task.valid.X[np.arange(10)])
+    assert task.train.augment is None and task.valid.augment is None
+
+
+def test_ssc_validates_on_its_own_file(tmp_path):
+    synthetic.make_dataset("ssc", tmp_path / "audiospikes", {"train": 12, "valid": 5, "test": 7})
+    task = utils_dataset.load_task(cfg_for(tmp_path, "ssc", nb_steps=20))
+    assert (len(task.train), len(task.valid), len(task.test)) == (12, 5, 7)
+    assert task.train.X.shape == (12, 20, 700) and task.train.Y.max() < 35
+
+
+def test_use_test_as_valid_warns_and_validates_on_the_test_set(shd_dir, tmp_path, capsys):
+    task = utils_dataset.load_task(cfg_for(shd_dir, use_test_as_valid=True))
+    err = capsys.readouterr().err
+    assert "warning: --use_test_as_valid" in err and "optimistic" in err and len(err.splitlines()) == 1
+    assert len(task.train) == 48 and task.valid is task.test and len(task.test) == 16
+    synthetic.make_dataset("ssc", tmp_path / "audiospikes", {"train": 6, "test": 4})  # no valid file
+    ssc = utils_dataset.load_task(cfg_for(tmp_path, "ssc", use_test_as_valid=True, nb_steps=10))
+    assert ssc.valid is ssc.test and "optimistic" in capsys.readouterr().err
+    plain = utils_dataset.load_task(cfg_for(shd_dir))
+    assert capsys.readouterr().err == "" and plain.valid is not plain.test
+
+
+# --- frequency-shift augmentation (DESIGN.md Sec. 3) -----------------------------------------
+def expected_shifts(n, freq_shift, seed):
+    rng = np.random.default_rng(seed)
+    size = np.maximum(0, np.trunc(rng.normal(size=n) * 3 + freq_shift)).astype(int)
+    return np.where(rng.random(n) < 0.5, size, -size)
+
+
+@pytest.mark.parametrize("freq_shift", [1, 10])
+def test_frequency_shift_moves_each_sample_by_its_own_draw(freq_shift):
+    n = 4000
+    x = np.zeros((n, 3, 700), np.uint8)
+    x[:, 1, 350] = 1
+    out = frequency_shift(x, np.random.default_rng(7), freq_shift)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    moved = out[:, 1].argmax(axis=1) - 350
+    shifts = expected_shifts(n, freq_shift, 7)
+    np.testing.assert_array_equal(moved, shifts)
+    assert out[:, [0, 2]].sum() == 0 and out.sum() == n
+    assert abs(np.mean(shifts[shifts != 0] > 0) - 0.5) < 0.05 and np.all(np.abs(shifts) <= freq_shift + 15)
+    if freq_shift == 10:  # E[floor(3 z + 10)] = 9.5
+        assert 9.3 < np.abs(shifts).mean() < 9.7
+
+
+def test_frequency_shift_fills_with_zeros():
+    x = np.ones((500, 2, 40), np.uint8)
+    out = frequency_shift(x, np.random.default_rng(3), 10)
+    shifts = expected_shifts(500, 10, 3)
+    for row, s in zip(out, shifts):
+        k = min(abs(s), 40)
+        zeros = row[:, :k] if s > 0 else row[:, 40 - k:]
+        assert zeros.sum() == 0 and row.sum() == 2 * (40 - k)
+
+
+def test_training_batches_are_augmented_only_when_freq_shift_is_set(shd_dir):
+    task = utils_dataset.load_task(cfg_for(shd_dir, freq_shift=10))
+    assert task.valid.augment is None and task.test.augment is None
+    x, y = next(iterate_batches(task.train, 16, np.random.default_rng(0)))
+    assert x.shape == (100, 16, 700) and x.dtype == np.float32 and y.shape == (16,)
+    order = np.random.default_rng(0).permutation(len(task.train))[:16]
+    raw = task.train.X[order]
+    assert x.sum() <= raw.sum() and not np.array_equal(x, raw.transpose(1, 0, 2))
+    again, _ = next(iterate_batches(task.train, 16, np.random.default_rng(0)))
+    np.testing.assert_array_equal(x, again)  # the per-epoch Generator makes it reproducible
+
+
+# --- the synthetic generator and training end to end ------------------------------------------
+def test_generator_writes_the_published_layout(tmp_path):
+    paths = synthetic.make_dataset("ssc", tmp_path, {"train": 40, "valid": 3, "test": 2}, seed=4)
+    assert [p.name for p in paths] == ["ssc_train.h5", "ssc_valid.h5", "ssc_test.h5"]
+    with h5py.File(paths[0], "r") as f:
+        times, units, labels = f["spikes/times"][:], f["spikes/units"][:], f["labels"][:]
+    assert times[0].dtype == np.float16 and units[0].dtype == np.uint16
+    assert sorted(np.unique(labels)) == list(range(35))
+    assert all(5000 <= len(t) == len(u) <= 10000 for t, u in zip(times, units))
+    assert all(np.all(np.diff(t.astype(float)) >= 0) and t.min() >= 0 for t in times)
+    assert max(u.max() for u in units) <= 699
+    with pytest.raises(FileExistsError):
+        synthetic.make_dataset("ssc", tmp_path, {"train": 2})
+    gz = synthetic.make_dataset("shd", tmp_path, {"test": 2}, compress=True)[0]
+    listing = (tmp_path / "md5sums.txt").read_text()
+    assert f"{hashlib.md5(gz.read_bytes()).hexdigest()}  shd_test.h5.gz" in listing
+    with gzip.open(gz) as f:
+        assert f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def test_generator_command_line(root, tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, str(root / "tools" / "make_synthetic_audiospikes.py"),
+                             "--dataset", "shd", "--out", str(tmp_path), "--n_train", "3", "--n_test", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shd_test.h5", "shd_train.h5"]
+
+
+@pytest.mark.parametrize("convolution", [False, True])
+def test_training_runs_end_to_end_on_synthetic_shd(shd_dir, convolution):
+    from training import train_hsnn
+    cfg = cfg_for(shd_dir, n_hid=8, n_layers=3, nb_steps=40, batch_size=16, n_epochs=2,
+                  convolution=convolution)
+    if convolution:
+        assert cfg.freq_shift == 10 and cfg.use_test_as_valid and cfg.hierarchy_conv == "both"
+    metrics = train_hsnn(cfg, progress=False)
+    assert len(metrics["epochs"]) == 2 and np.isfinite(metrics["test_loss"])
+    assert all(np.isfinite(e["loss"]) for e in metrics["epochs"])
+    assert 0 <= metrics["test_acc"] <= 1
