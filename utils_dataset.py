@@ -4,8 +4,9 @@ A task is a `Task(train, valid, test, score_mask)`. Each split holds inputs `X` 
 and labels `Y` ([N] classes, or [N, T] for MTS-XOR); batches are sliced by index and
 converted to float32 one batch at a time. `X` is a numpy array (MTS-XOR), or an object whose
 `X[idx]` (idx an int array) builds the batch [len(idx), T, I] on the fly: SHD and SSC keep
-their binned spikes as events (`SpikeCounts`), MNIST its uint8 images. `score_mask` [T] marks the time steps that count for accuracy
-when every step has a label (MTS-XOR), and is None otherwise.
+their binned spikes as events (`SpikeCounts`), MNIST its uint8 images. `score_mask` [T]
+marks the time steps that count for accuracy when every step has a label (MTS-XOR), and is
+None otherwise.
 """
 
 import functools
