@@ -92,3 +92,11 @@ def test_iterate_batches_time_major_and_complete():
         np.testing.assert_array_equal(x, X[y].transpose(1, 0, 2))
     ordered = np.concatenate([y for _, y in iterate_batches(split, 4)])
     assert list(ordered) == list(range(10))
+
+
+def test_wide_uint8_batches_stay_uint8():
+    """700-channel spike counts travel as uint8 (cast on the device); 40 inputs as float32."""
+    wide = utils_dataset.Split(np.ones((3, 5, 700), np.uint8), np.arange(3))
+    narrow = utils_dataset.Split(np.ones((3, 5, 40), np.uint8), np.arange(3))
+    assert next(iterate_batches(wide, 2))[0].dtype == np.uint8
+    assert next(iterate_batches(narrow, 2))[0].dtype == np.float32

@@ -90,11 +90,12 @@ def test_sequential_mnist_is_the_raster_of_intensities(mnist):
     assert t.extras is None
 
 
-def test_batches_are_time_major_float32(mnist):
+def test_batches_are_time_major(mnist):
+    """Latency-coded spikes travel as uint8 (784 wide); pixel intensities as float32."""
     data_dir, _ = mnist
-    for name, shape in (("mnist", (50, 8, 784)), ("ps-mnist", (784, 8, 1))):
+    for name, shape, dtype in (("mnist", (50, 8, 784), np.uint8), ("ps-mnist", (784, 8, 1), np.float32)):
         x, y = next(utils_dataset.iterate_batches(task(name, data_dir).train, 8))
-        assert x.shape == shape and x.dtype == np.float32 and y.shape == (8,)
+        assert x.shape == shape and x.dtype == dtype and y.shape == (8,)
 
 
 # --- split and permutation -----------------------------------------------------------------
