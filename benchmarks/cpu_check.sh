@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The CPU figures of the README's Performance section, in one go (about 5 minutes on 2 cores):
+#     bash benchmarks/cpu_check.sh [OUT_DIR]
+# Run it on an otherwise idle machine: every figure is wall time.
+set -euo pipefail
+out="${1:-benchmark_results}"
+mkdir -p "$out"
+bench() { name="$1"; shift; python3 benchmarks/benchmark.py --out "$out/$name.json" "$@" > "$out/$name.log" 2>&1; }
+bench mts_xor_4layers --dataset_name mts_xor --n_layers 4 --epochs 3
+bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 3 --events
+bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 2
+bench mts_xor_10_seeds --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 2 --compare_sequential
+python3 - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+reference = {"mts_xor_4layers": 1.95, "shd_4x32": 4.75, "shd_4x128": 15.0}  # published code, s/epoch
+print("| configuration | compile s | s/epoch | published s/epoch | ratio | validation s | peak MB | first-layer matmul s |")
+print("|---|---|---|---|---|---|---|---|")
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    r, name = json.loads(path.read_text()), path.stem
+    ref = reference.get(name)
+    ratio = f"{ref / r['epoch_seconds']:.2f}x" if ref else (f"vmap {r.get('vmap_speedup')}x vs sequential" if r.get("vmap_speedup") else "")
+    print(f"| {name} | {r['compile_seconds']} | {r['epoch_seconds']} | {ref or ''} | {ratio} | "
+          f"{r['validation_seconds']} | {r['peak_rss_mb']} | {r.get('first_layer_matmul_seconds', '')} |")
+PY
