@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from utils_initialization import FIELDS, Config, ConfigError, make_config
+from utils_initialization import Config, ConfigError, make_config
 
 RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache")
 

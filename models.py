@@ -11,7 +11,6 @@ Equations (DESIGN.md Sec. 2, threshold theta):
   with a the per-neuron decay alpha clipped to [1e-5, 0.98] (hidden layers).
 """
 
-from functools import partial
 from typing import NamedTuple
 
 import jax

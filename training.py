@@ -23,7 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 import utils_dataset
-from models import decode, forward
+from models import ALPHA_MAX, ALPHA_MIN, decode, forward
 from utils_initialization import Config, init_params, tau_from_alpha
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
@@ -201,7 +201,6 @@ def evaluate(steps: Steps, params, splits, cfg: Config, score_mask):
 # --- the run -------------------------------------------------------------------------------
 def median_tau_per_layer(params, cfg: Config) -> list:
     """Median time constant [s] of each hidden layer (clipped decays, as the model uses)."""
-    from models import ALPHA_MAX, ALPHA_MIN
     return [float(np.median(tau_from_alpha(np.clip(np.asarray(l["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
             for l in params[:-1]]
 
