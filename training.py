@@ -327,11 +327,12 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
                 epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train_loss[s]),
                 train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
                 valid_acc=float(valid_acc[s]), seconds=time.time() - t0))
+            seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
             if metrics["best_epoch"] is None or valid_acc[s] > metrics["best_valid_acc"]:
-                best[s] = _unstack(params, s)  # a host copy: params' buffers are donated
+                best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
             if run_dirs[s] is not None:
-                _save_checkpoint(run_dirs[s], _unstack(params, s), _unstack(opt_state, s), best[s], metrics)
+                _save_checkpoint(run_dirs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
