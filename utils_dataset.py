@@ -57,25 +57,21 @@ class Task(NamedTuple):
     extras: Optional[dict] = None
 
 
-# Batches narrower than this are converted to float32 on the host; wider uint8 batches
-# (SHD/SSC's 700 channels, MNIST's 784 pixels) travel as uint8 and are cast on the device.
-# Measured on the 2-core CPU: MTS-XOR's 40 inputs train faster with host conversion, SHD's
-# 700 faster with uint8 (the float32 copies' page faults cost more than the device cast).
-HOST_FLOAT_MAX_INPUTS = 256
-
-
-def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None):
-    """Yield time-major (x [T, B, I], y) batches; shuffled and augmented when `rng` is
-    given. The last batch may be smaller (at most one extra compiled shape). x is float32,
-    or uint8 for wide uint8 inputs (see HOST_FLOAT_MAX_INPUTS); the model casts to float32."""
+def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None,
+                    time_major: bool = True):
+    """Yield (x, y) batches; shuffled and augmented when `rng` is given. The last batch may
+    be smaller (at most one extra compiled shape). x is time-major float32 [T, B, I]; with
+    `time_major` False it is the stored [B, T, I] array as it is (uint8 spike counts), for
+    the training loop's `training.HostBatches`, which converts and transposes in one copy."""
     order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x_BTI = split.X[idx]
         if rng is not None and split.augment is not None:
             x_BTI = split.augment(x_BTI, rng)
-        keep = x_BTI.dtype == np.uint8 and x_BTI.shape[-1] > HOST_FLOAT_MAX_INPUTS
-        yield np.ascontiguousarray(x_BTI.transpose(1, 0, 2), dtype=None if keep else np.float32), split.Y[idx]
+        if time_major:
+            x_BTI = np.ascontiguousarray(x_BTI.transpose(1, 0, 2), dtype=np.float32)
+        yield x_BTI, split.Y[idx]
 
 
 def n_batches(split: Split, batch_size: int) -> int:

@@ -94,9 +94,13 @@ def test_iterate_batches_time_major_and_complete():
     assert list(ordered) == list(range(10))
 
 
-def test_wide_uint8_batches_stay_uint8():
-    """700-channel spike counts travel as uint8 (cast on the device); 40 inputs as float32."""
-    wide = utils_dataset.Split(np.ones((3, 5, 700), np.uint8), np.arange(3))
-    narrow = utils_dataset.Split(np.ones((3, 5, 40), np.uint8), np.arange(3))
-    assert next(iterate_batches(wide, 2))[0].dtype == np.uint8
-    assert next(iterate_batches(narrow, 2))[0].dtype == np.float32
+def test_batches_time_major_float32_or_stored():
+    """Time-major float32 by default; the stored batch-major uint8 for the training loop."""
+    X = np.random.default_rng(0).integers(0, 3, (3, 5, 700)).astype(np.uint8)
+    split = utils_dataset.Split(X, np.arange(3))
+    x, _ = next(iterate_batches(split, 2))
+    assert x.dtype == np.float32 and x.shape == (5, 2, 700)
+    np.testing.assert_array_equal(x, X[:2].transpose(1, 0, 2))
+    raw, _ = next(iterate_batches(split, 2, time_major=False))
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(raw, X[:2])

@@ -229,3 +229,25 @@ def test_fixed_seed_metrics_do_not_move():
     for key in ("train_acc", "valid_acc"):
         assert [e[key] for e in metrics["epochs"]] == pytest.approx(ref[key], abs=2e-3)
     assert metrics["test_acc"] == pytest.approx(ref["test_acc"], abs=2e-3)
+
+
+def test_host_batches_convert_alias_and_wait_for_their_step():
+    """HostBatches: time-major float32 in 64-byte aligned buffers that JAX reads in place,
+    reused only after the step fenced on them has finished."""
+    rng = np.random.default_rng(0)
+    xs = [rng.integers(0, 4, (6, 5, 3)).astype(np.uint8) for _ in range(2)]
+    host = training.HostBatches(slots=2)
+    first = host.put(xs)
+    assert first.shape == (2, 5, 6, 3) and first.dtype == np.float32 and first.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(first, np.stack([x.transpose(1, 0, 2) for x in xs]))
+    if jax.default_backend() == "cpu":
+        assert jax.device_put(first).unsafe_buffer_pointer() == first.ctypes.data  # no copy
+    total = jax.jit(lambda x: x.sum())(first)
+    host.fence(total)
+    second = host.put([x + 1 for x in xs])
+    assert second.ctypes.data != first.ctypes.data  # the other slot
+    host.fence(None)
+    third = host.put([x + 2 for x in xs])  # slot 0 again, after `total` is ready
+    assert third.ctypes.data == first.ctypes.data
+    assert float(total) == float(sum(x.sum() for x in xs))
+    np.testing.assert_array_equal(third[1], (xs[1] + 2).transpose(1, 0, 2))
