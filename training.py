@@ -134,11 +134,23 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(scale.init, update)
 
 
+def _alpha_grad_scales(n_layers: int, train_alpha: bool) -> list:
+    return [ALPHA_GRAD_SCALE if train_alpha else 0.0] * (n_layers - 1) + [0.0]
+
+
 def alpha_grad_rule(grads, train_alpha: bool):
     """Decays are fixed unless train_alpha; then hidden-layer decay gradients x 0.1 and the
     output layer's decay stays fixed."""
-    scales = [ALPHA_GRAD_SCALE if train_alpha else 0.0] * (len(grads) - 1) + [0.0]
+    scales = _alpha_grad_scales(len(grads), train_alpha)
     return [dict(layer, alpha=layer["alpha"] * s) for layer, s in zip(grads, scales)]
+
+
+def freeze_fixed_decays(params, train_alpha: bool):
+    """stop_gradient on the decays that `alpha_grad_rule` zeroes, so that their gradients
+    (a reduction over time x batch per layer) are not computed at all; same updates."""
+    scales = _alpha_grad_scales(len(params), train_alpha)
+    return [dict(layer, alpha=jax.lax.stop_gradient(layer["alpha"])) if s == 0.0 else layer
+            for layer, s in zip(params, scales)]
 
 
 # --- compiled steps ------------------------------------------------------------------------
@@ -153,8 +165,9 @@ def make_step_fns(cfg: Config, optimizer):
     """The pure single-seed train and evaluation steps."""
     def train_step(params, opt_state, x_TBI, y, score_mask, key_epoch, batch_index, epoch, lr):
         key = jax.random.fold_in(key_epoch, batch_index)
-        (loss, (terms, yhat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, x_TBI, y, cfg, key, True)
+        (loss, (terms, yhat)), grads = jax.value_and_grad(
+            lambda p: loss_fn(freeze_fixed_decays(p, cfg.train_alpha), x_TBI, y, cfg, key, True),
+            has_aux=True)(params)
         grads = alpha_grad_rule(grads, cfg.train_alpha)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch, lr=lr)
         params = optax.apply_updates(params, updates)
