@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from utils_initialization import Config, conv_hierarchy
-from utils_normalization import normalize
+from utils_normalization import normalize, sum_rows
 
 ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
 
@@ -107,7 +107,7 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
         return dv, dv
 
     _, dV_TBH = jax.lax.scan(step, jnp.zeros_like(V_TBH[0]), (gS_TBH, V_TBH), reverse=True)
-    da_H = jnp.sum(dV_TBH[1:] * V_TBH[:-1], axis=(0, 1))
+    da_H = sum_rows(dV_TBH[1:] * V_TBH[:-1])
     dW = None
     if W_rec is not None:
         h = S_TBH.shape[-1]
@@ -145,7 +145,7 @@ def _decay_scan_bwd(residuals, g_TBH):
         return dy, dy
 
     _, dy_TBH = jax.lax.scan(step, jnp.zeros_like(y_TBH[0]), (g_TBH, y_TBH), reverse=True)
-    da_H = jnp.sum(dy_TBH[1:] * y_TBH[:-1], axis=(0, 1))
+    da_H = sum_rows(dy_TBH[1:] * y_TBH[:-1])
     return dy_TBH, da_H
 
 
