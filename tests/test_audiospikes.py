@@ -483,7 +483,7 @@ def test_training_batches_are_augmented_only_when_freq_shift_is_set(shd_dir):
     task = utils_dataset.load_task(cfg_for(shd_dir, freq_shift=10))
     assert task.valid.augment is None and task.test.augment is None
     x, y = next(iterate_batches(task.train, 16, np.random.default_rng(0)))
-    assert x.shape == (100, 16, 700) and x.dtype == np.uint8 and y.shape == (16,)
+    assert x.shape == (100, 16, 700) and x.dtype == np.float32 and y.shape == (16,)
     order = np.random.default_rng(0).permutation(len(task.train))[:16]
     raw = task.train.X[order]
     assert x.sum() <= raw.sum() and not np.array_equal(x, raw.transpose(1, 0, 2))

@@ -91,11 +91,16 @@ def test_sequential_mnist_is_the_raster_of_intensities(mnist):
 
 
 def test_batches_are_time_major(mnist):
-    """Latency-coded spikes travel as uint8 (784 wide); pixel intensities as float32."""
+    """Time-major float32 batches; stored as uint8 spikes (latency code, 784 wide) or
+    float32 intensities (pixel sequences)."""
     data_dir, _ = mnist
     for name, shape, dtype in (("mnist", (50, 8, 784), np.uint8), ("ps-mnist", (784, 8, 1), np.float32)):
-        x, y = next(utils_dataset.iterate_batches(task(name, data_dir).train, 8))
-        assert x.shape == shape and x.dtype == dtype and y.shape == (8,)
+        split = task(name, data_dir).train
+        x, y = next(utils_dataset.iterate_batches(split, 8))
+        assert x.shape == shape and x.dtype == np.float32 and y.shape == (8,)
+        raw, _ = next(utils_dataset.iterate_batches(split, 8, time_major=False))
+        assert raw.dtype == dtype
+        np.testing.assert_array_equal(raw.transpose(1, 0, 2), x)
 
 
 # --- split and permutation -----------------------------------------------------------------
