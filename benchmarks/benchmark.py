@@ -201,6 +201,11 @@ def main(argv=None):
     import jax
     cfg = build_config(args)
     tasks = [build_task(cfg.replace(seed=s), args) for s in range(args.seeds)]
+    sequential = None
+    if args.compare_sequential and args.seeds > 1:
+        # first, in a process that has run nothing else: after the large vmapped program the
+        # same single-seed programs were measured up to 2x slower
+        sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
     steps = training.make_steps(cfg, training.make_optimizer(cfg))
     compile_s = time_first_step(cfg, tasks[0], steps) if args.seeds == 1 else None
     epochs, valids = time_epochs(cfg, tasks, args.epochs, steps)
@@ -220,8 +225,7 @@ def main(argv=None):
                       epoch_to_first_layer_matmul=round(steady / args.seeds / matmul, 2))
         if args.events:
             result["first_layer_events_seconds"] = round(time_first_layer_events(cfg, tasks[0]), 4)
-    if args.compare_sequential and args.seeds > 1:
-        sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
+    if sequential is not None:
         seq = float(sum(np.median(e[1:]) for e in sequential))
         result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
