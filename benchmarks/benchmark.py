@@ -143,10 +143,14 @@ def time_first_layer_matmul(cfg, task):
 
     # float32 inputs already in memory, as the train step receives them (training.HostBatches);
     # the first four batches stand in for the full ones, the last one for itself
-    batches = [x for x, y in utils_dataset.iterate_batches(task.train, cfg.batch_size)]
-    last = jnp.asarray(batches[-1])
-    full = [jnp.asarray(x) for x in batches[:min(4, len(batches) - 1)]]
-    batches = [full[b % len(full)] for b in range(len(batches) - 1)] + [last]
+    n = utils_dataset.n_batches(task.train, cfg.batch_size)
+    full, last = [], None
+    for b, (x, _) in enumerate(utils_dataset.iterate_batches(task.train, cfg.batch_size)):
+        if b < min(4, n - 1):
+            full.append(jnp.asarray(x))
+        elif b == n - 1:
+            last = jnp.asarray(x)
+    batches = [full[b % len(full)] for b in range(n - 1)] + [last]
     for x in (full[0], last):
         jax.block_until_ready(fwd_and_grad(W, x))
     t0 = time.perf_counter()
