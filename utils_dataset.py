@@ -12,6 +12,7 @@ None otherwise.
 import functools
 import gzip
 import hashlib
+import json
 import math
 import os
 import re
@@ -290,6 +291,40 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+MD5_MEMO = "md5.json"
+
+
+def source_md5(path: Path) -> str:
+    """file_md5 of a source file, remembered in `<folder>/cache/md5.json` against the file's
+    size, inode and modification time (hashing SSC's files took 9 s at every start). As git
+    does for its index, a file modified less than 2 s before it was hashed is not remembered:
+    a rewrite within the same clock tick could otherwise keep its size and time."""
+    memo_path = path.parent / "cache" / MD5_MEMO
+    st = path.stat()
+    key = [st.st_size, st.st_ino, st.st_mtime_ns]
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(path.name)
+    if isinstance(entry, list) and entry[:3] == key:
+        return entry[3]
+    md5 = file_md5(path)
+    if time.time() - st.st_mtime > 2:
+        memo[path.name] = key + [md5]
+        tmp = None
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=f".{MD5_MEMO}.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(memo, f)
+            os.replace(tmp, memo_path)
+        except OSError:  # a read-only data folder: hash again next time
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    return md5
+
+
 # --- binning: HDF5 spike lists -> uint8 counts per (bin, channel) ----------------------------
 def _spike_datasets(f, path: Path):
     """spikes/times, spikes/units and labels of an open file, checked for presence and length."""
@@ -395,7 +430,7 @@ def cached_counts(path: Path, cfg: Config, n_classes: int):
     setting gets a cache of its own; caches of an earlier version of the same file with the
     same settings are removed once the new one exists."""
     settings = f"{path.name[:-len('.h5')]}_T{cfg.nb_steps}_C{cfg.n_in}_{cfg.time_max!r}s_v{CACHE_FORMAT}"
-    cache = path.parent / "cache" / f"{settings}_{file_md5(path)}"
+    cache = path.parent / "cache" / f"{settings}_{source_md5(path)}"
     if not cache.exists():
         build_cache(path, cache, cfg, n_classes)
         for old in cache.parent.glob(f"{settings}_*"):

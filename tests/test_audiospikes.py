@@ -8,6 +8,7 @@ import functools
 import gzip
 import hashlib
 import importlib.util
+import os
 import socket
 import threading
 import time
@@ -193,7 +194,27 @@ def test_spike_counts_index_like_an_array(tmp_path):
 
 # --- the cache -------------------------------------------------------------------------------
 def cache_folders(data_dir):
-    return sorted(p.name for p in (Path(data_dir) / "audiospikes" / "cache").iterdir())
+    return sorted(p.name for p in (Path(data_dir) / "audiospikes" / "cache").iterdir() if p.is_dir())
+
+
+def test_source_md5_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    times, units, labels = random_samples(5, np.random.default_rng(0))
+    path = write_h5(tmp_path / "shd_train.h5", times, units, labels)
+    real, calls = utils_dataset.file_md5, []
+    monkeypatch.setattr(utils_dataset, "file_md5", lambda p: calls.append(p) or real(p))
+    # just written: hashed, but not remembered (a rewrite in the same clock tick could
+    # keep size and time)
+    assert utils_dataset.source_md5(path) == real(path) and len(calls) == 1
+    assert not (tmp_path / "cache" / "md5.json").exists()
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    assert utils_dataset.source_md5(path) == real(path) and len(calls) == 2
+    assert utils_dataset.source_md5(path) == real(path) and len(calls) == 2  # remembered
+    write_h5(path, times[::-1], units[::-1], labels[::-1])  # same size, new content
+    os.utime(path, (old + 1, old + 1))
+    assert utils_dataset.source_md5(path) == real(path) and len(calls) == 3
+    (tmp_path / "cache" / "md5.json").write_text("not json")
+    assert utils_dataset.source_md5(path) == real(path) and len(calls) == 4
 
 
 def test_cache_is_reused_without_binning_again(shd_dir, monkeypatch):
