@@ -70,7 +70,6 @@ def scan_in_place(step, state, xs, reverse=False):
     return jax.lax.fori_loop(0, n, body, (state, buf))
 
 
-
 class LIFState(NamedTuple):
     v: jax.Array  # membrane potential [B, H]
     s: jax.Array  # spikes of the previous step [B, H]
