@@ -28,17 +28,18 @@ def step_seconds(cfg, n_steps):
     optimizer = training.make_optimizer(cfg)
     steps = training.make_steps(cfg, optimizer)
     params = init_params(jax.random.PRNGKey(0), cfg)
-    opt_state = optimizer.init(params)
+    params, opt_state = training._stack([params]), training._stack([optimizer.init(params)])  # one seed
     rng = np.random.default_rng(0)
-    x = (rng.random((cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05).astype(np.float32)
-    y_shape = (cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (cfg.batch_size,)
+    # in memory already, as training.HostBatches hands the batches to the step
+    x = jnp.asarray(rng.random((1, cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05, jnp.float32)
+    y_shape = (1, cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (1, cfg.batch_size)
     y = rng.integers(0, cfg.n_out, y_shape).astype(np.int32)
     mask = jnp.ones(cfg.nb_steps, bool) if cfg.decoder == "vmem_time" else None
     times = []
     for i in range(n_steps + 1):
         t0 = time.perf_counter()
-        params, opt_state, metrics = steps.train(params, opt_state, x, y, mask, jax.random.PRNGKey(i),
-                                                 jnp.int32(0), jnp.float32(0.01))
+        params, opt_state, metrics = steps.train(params, opt_state, x, y, mask, jax.random.PRNGKey(i)[None],
+                                                 jnp.int32(i), jnp.int32(0), jnp.float32(0.01))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))

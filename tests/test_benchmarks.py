@@ -1,0 +1,40 @@
+"""The benchmark scripts run against the current train step (they are not timed here:
+speed is measured by running them, see README "Performance")."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import benchmark  # noqa: E402
+import sweep_step_times  # noqa: E402
+from utils_initialization import make_config  # noqa: E402
+
+
+def test_benchmark_reports_every_figure_for_shd(tmp_path):
+    out = tmp_path / "shd.json"
+    result = benchmark.main(["--dataset_name", "shd", "--n_layers", "2", "--n_hid", "8", "--nb_steps", "20",
+                             "--n_train", "300", "--batch_size", "128", "--epochs", "1", "--events",
+                             "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for key in ("compile_seconds", "epoch_seconds", "validation_seconds", "samples_per_second",
+                "peak_rss_mb", "first_layer_matmul_seconds", "epoch_to_first_layer_matmul",
+                "first_layer_events_seconds"):
+        assert result[key] > 0, key
+    assert result["n_train"] == 300 and result["config"]["n_hid"] == 8
+
+
+def test_benchmark_compares_vmapped_and_sequential_seeds():
+    result = benchmark.main(["--dataset_name", "mts_xor", "--n_layers", "2", "--seeds", "2",
+                             "--epochs", "1", "--compare_sequential"])
+    assert result["seeds"] == 2 and result["sequential_epoch_seconds"] > 0
+    assert result["vmap_speedup"] == pytest.approx(result["sequential_epoch_seconds"] / result["epoch_seconds"], rel=0.02)
+
+
+@pytest.mark.parametrize("dataset, nb_steps", [("mts_xor", 100), ("shd", 20)])
+def test_sweep_step_times_runs_the_train_step(dataset, nb_steps):
+    cfg = make_config(dataset, n_layers=2, n_hid=8, nb_steps=nb_steps, batch_size=16)
+    assert 0 < sweep_step_times.step_seconds(cfg, 1) < 60
