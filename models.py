@@ -20,6 +20,9 @@ from utils_initialization import Config, conv_hierarchy
 from utils_normalization import normalize, sum_rows
 
 ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
+# float32 matmuls in float32 on every backend: GPUs may otherwise round their inputs to
+# TF32 (10-bit mantissa); the published PyTorch code multiplies in float32. No effect on CPU.
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --- surrogate gradient spike function ---------------------------------------------------
@@ -91,7 +94,7 @@ def _lif_forward(I_TBH, a_H, W_rec, v_thr):
     """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
     def step(state, I_BH):
         if W_rec is not None:
-            I_BH = I_BH + state.s @ W_rec
+            I_BH = I_BH + jnp.dot(state.s, W_rec, precision=HIGHEST)
         v = a_H * state.v + I_BH - v_thr * state.s
         return LIFState(v, heaviside(v - v_thr)), v
 
@@ -121,7 +124,7 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
         g_BH, v_BH = inputs
         ds = g_BH - v_thr * dv_next
         if W_rec is not None:
-            ds = ds + dv_next @ W_rec.T
+            ds = ds + jnp.dot(dv_next, W_rec.T, precision=HIGHEST)
         dv = ds * grad_fn(v_BH - v_thr) + a_H * dv_next
         return dv, dv
 
@@ -130,7 +133,7 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
     dW = None
     if W_rec is not None:
         h = S_TBH.shape[-1]
-        dW = S_TBH[:-1].reshape(-1, h).T @ dV_TBH[1:].reshape(-1, h)
+        dW = jnp.dot(S_TBH[:-1].reshape(-1, h).T, dV_TBH[1:].reshape(-1, h), precision=HIGHEST)
     return dV_TBH, da_H, dW
 
 
@@ -177,26 +180,27 @@ def leaky_integrator_scan(I_TBO, alpha):
     return decay_scan((1.0 - a_O) * I_TBO, a_O)
 
 
-def causal_conv(x_TBI, W_KIO, dilation):
+def causal_conv(x_TBI, W_KIO, dilation, precision=HIGHEST):
     """Causal dilated temporal convolution: y[t] = sum_j x[t - (K-1-j) d] W[j]."""
     k = W_KIO.shape[0]
     return jax.lax.conv_general_dilated(
         x_TBI, W_KIO, window_strides=(1,), padding=[((k - 1) * dilation, 0)],
         rhs_dilation=(dilation,), dimension_numbers=("WNC", "WIO", "WNC"),
-        preferred_element_type=jnp.float32)
+        precision=precision, preferred_element_type=jnp.float32)
 
 
 def input_current(layer, x_TBI, cfg: Config, dilation=None):
     """Norm(x W) for every time step at once (dense or convolutional). With
     `matmul_dtype` bfloat16 the matmul's inputs are rounded to bfloat16 and it accumulates
     in float32; the currents, membranes and parameters stay float32."""
-    W = layer["W"]
+    W, precision = layer["W"], HIGHEST
     if cfg.matmul_dtype != "float32":
-        x_TBI, W = x_TBI.astype(cfg.matmul_dtype), W.astype(cfg.matmul_dtype)
+        x_TBI, W, precision = x_TBI.astype(cfg.matmul_dtype), W.astype(cfg.matmul_dtype), None
     if W.ndim == 3:
-        I = causal_conv(x_TBI, W, dilation)
+        I = causal_conv(x_TBI, W, dilation, precision)
     else:  # one 2-D matmul over all (time, batch) rows
-        I = jnp.matmul(x_TBI.reshape(-1, x_TBI.shape[-1]), W, preferred_element_type=jnp.float32)
+        I = jnp.matmul(x_TBI.reshape(-1, x_TBI.shape[-1]), W, precision=precision,
+                       preferred_element_type=jnp.float32)
         I = I.reshape(*x_TBI.shape[:-1], -1)
     return normalize(I.astype(jnp.float32), layer, cfg.normalizer)
 

@@ -185,3 +185,23 @@ def test_sum_rows_equals_sum_over_leading_axes(shape):
         np.testing.assert_allclose(f(x), expected, rtol=1e-5, atol=1e-5 * np.sqrt(x.size))
     w = jnp.arange(shape[-1], dtype=jnp.float32)
     np.testing.assert_allclose(jax.grad(lambda x: sum_rows(x) @ w)(x), jnp.broadcast_to(w, shape))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(convolution=True, conv_kernel=3)])
+def test_float32_matmuls_ask_for_full_precision(kw):
+    """Every matmul and convolution of a float32 network, forward and backward, asks for
+    HIGHEST precision (a GPU would otherwise round its inputs to TF32); bfloat16 networks
+    leave the input currents' products at the default."""
+    cfg = causal_config(**kw)
+    params, x = active_params(cfg), spiky_input()
+
+    def hlo(cfg):
+        loss = lambda p: forward(p, x, cfg)[1].sum()  # noqa: E731
+        return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+    text = hlo(cfg)
+    products = [l for l in text.splitlines() if "dot_general" in l or "convolution" in l]
+    assert products and all("HIGHEST" in l for l in products)
+    bf16 = [l for l in hlo(cfg.replace(matmul_dtype="bfloat16")).splitlines()
+            if ("dot_general" in l or "convolution" in l) and "bf16" in l]
+    assert bf16 and not any("HIGHEST" in l for l in bf16)
