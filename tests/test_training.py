@@ -274,3 +274,7 @@ def test_host_batches_convert_alias_and_wait_for_their_step():
     assert third.ctypes.data == first.ctypes.data
     assert float(total) == float(sum(x.sum() for x in xs))
     np.testing.assert_array_equal(third[1], (xs[1] + 2).transpose(1, 0, 2))
+    # for an accelerator: the stored dtype (a quarter of the bytes to transfer)
+    kept = training.HostBatches(dtype=None).put(xs)
+    assert kept.dtype == np.uint8
+    np.testing.assert_array_equal(kept, np.stack([x.transpose(1, 0, 2) for x in xs]))
