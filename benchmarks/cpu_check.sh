@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The CPU figures of the README's Performance section, in one go (about 5 minutes on 2 cores):
+# The CPU figures of the README's Performance section, in one go (about 4 minutes on 2 cores):
 #     bash benchmarks/cpu_check.sh [OUT_DIR]
 # Run it on an otherwise idle machine: every figure is wall time.
 set -euo pipefail
 out="${1:-benchmark_results}"
 mkdir -p "$out"
 bench() { name="$1"; shift; python3 benchmarks/benchmark.py --out "$out/$name.json" "$@" > "$out/$name.log" 2>&1; }
-bench mts_xor_4layers --dataset_name mts_xor --n_layers 4 --epochs 3
-bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 3 --events
-bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 2 --events
+bench mts_xor_4layers --dataset_name mts_xor --n_layers 4 --epochs 5
+bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 5 --events
+bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 4 --events
 bench mts_xor_10_seeds --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 2 --compare_sequential
 python3 - "$out" <<'PY'
 import json, sys
