@@ -311,17 +311,13 @@ def source_md5(path: Path) -> str:
         return entry[3]
     md5 = file_md5(path)
     if time.time() - st.st_mtime > 2:
+        from training import write_json
         memo[path.name] = key + [md5]
-        tmp = None
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=memo_path.parent, prefix=f".{MD5_MEMO}.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(memo, f)
-            os.replace(tmp, memo_path)
-        except OSError:  # a read-only data folder: hash again next time
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
+            write_json(memo_path, memo)  # atomic; removes its temporary file on failure
+        except OSError:
+            pass  # a read-only data folder: hash again next time
     return md5
 
 
