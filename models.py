@@ -202,7 +202,7 @@ def input_current(layer, x_TBI, cfg: Config, dilation=None):
         I = jnp.matmul(x_TBI.reshape(-1, x_TBI.shape[-1]), W, precision=precision,
                        preferred_element_type=jnp.float32)
         I = I.reshape(*x_TBI.shape[:-1], -1)
-    return normalize(I.astype(jnp.float32), layer, cfg.normalizer)
+    return normalize(I, layer, cfg.normalizer)  # float32: preferred_element_type
 
 
 def dropout(key, S_TBH, rate):

@@ -2,7 +2,8 @@
 folder with its per-epoch checkpoint.
 
 `train_hsnn(cfg)` is main.py's entry point and `train_seeds(cfg, seeds)` sweep.py's: both
-train seeds of one configuration as one vmapped program (a single run is a group of one). Randomness is a pure
+train the seeds of one configuration in vmapped programs (a single run is a group of one;
+on the CPU every seed is a group of its own, see `seeds_per_group`). Randomness is a pure
 function of (seed, epoch): the data order of epoch e comes from numpy's
 `default_rng([seed, e])` and the dropout keys from `fold_in(key_dropout, e)`, so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
