@@ -39,12 +39,17 @@ def parse_args(argv=None):
                         help="also time an event-driven first layer (gather / scatter-add)")
     parser.add_argument("--density", type=float, default=0.07, help="fraction of non-zero SHD/SSC bins")
     parser.add_argument("--n_train", type=int, default=None, help="training samples (default: real size)")
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_config_arguments(parser):
+    """--out, --set and the shape flags that `build_config` reads."""
     parser.add_argument("--out", default=None, help="write the figures to this JSON file")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other Config field, e.g. --set nb_steps=200")
     for field in ("n_layers", "n_hid", "batch_size", "nb_steps"):
         parser.add_argument(f"--{field}", type=int, default=None)
-    return parser.parse_args(argv)
 
 
 def build_config(args):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of the README's Performance section, in one go (about 4 minutes on 2 cores):
+# The CPU figures of the README's Performance section, in one go (about 3 minutes on 2 cores):
 #     bash benchmarks/cpu_check.sh [OUT_DIR]
 # Run it on an otherwise idle machine: every figure is wall time.
 set -euo pipefail
@@ -10,6 +10,7 @@ bench mts_xor_4layers --dataset_name mts_xor --n_layers 4 --epochs 5
 bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 5 --events
 bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 4 --events
 bench mts_xor_10_seeds --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 2 --compare_sequential
+python3 benchmarks/seed_scaling.py --n_layers 4 --out "$out/seed_scaling.json" > "$out/seed_scaling.log" 2>&1
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
@@ -18,8 +19,17 @@ print("| configuration | compile s | s/epoch | published s/epoch | ratio | valid
 print("|---|---|---|---|---|---|---|---|")
 for path in sorted(Path(sys.argv[1]).glob("*.json")):
     r, name = json.loads(path.read_text()), path.stem
+    if name == "seed_scaling":
+        continue
     ref = reference.get(name)
     ratio = f"{ref / r['epoch_seconds']:.2f}x" if ref else (f"vmap {r.get('vmap_speedup')}x vs sequential" if r.get("vmap_speedup") else "")
     print(f"| {name} | {r['compile_seconds']} | {r['epoch_seconds']} | {ref or ''} | {ratio} | "
           f"{r['validation_seconds']} | {r['peak_rss_mb']} | {r.get('first_layer_matmul_seconds', '')} |")
+r = json.loads((Path(sys.argv[1]) / "seed_scaling.json").read_text())
+print(f"\nseed_scaling ({r['hidden_layers']} hidden layers of {r['n_hid']}, batch norm + LIF forward and backward; "
+      f"{r['hidden_layers_share_of_step']:.0%} of the single-seed step of {r['step_seconds'] * 1e3:.1f} ms):")
+for g in r["groups"]:
+    print(f"  {g['seeds_side_by_side']} seeds side by side: {g['layer_seconds'] * 1e3:.2f} ms per layer "
+          f"({g['width_ratio']}x one seed; vmapped: {g['layer_seconds_vmapped'] * 1e3:.2f} ms), "
+          f"speed-up over one after another at most {g['speedup_bound']}x")
 PY

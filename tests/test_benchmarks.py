@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import benchmark  # noqa: E402
+import seed_scaling  # noqa: E402
 import sweep_step_times  # noqa: E402
 from utils_initialization import make_config  # noqa: E402
 
@@ -38,3 +39,18 @@ def test_benchmark_compares_vmapped_and_sequential_seeds():
 def test_sweep_step_times_runs_the_train_step(dataset, nb_steps):
     cfg = make_config(dataset, n_layers=2, n_hid=8, nb_steps=nb_steps, batch_size=16)
     assert 0 < sweep_step_times.step_seconds(cfg, 1) < 60
+
+
+@pytest.mark.parametrize("dataset, nb_steps", [("mts_xor", 100), ("shd", 20)])
+def test_seed_scaling_bounds_the_batched_speedup(dataset, nb_steps, tmp_path):
+    out = tmp_path / "scaling.json"
+    r = seed_scaling.main(["--dataset_name", dataset, "--n_layers", "3", "--n_hid", "4", "--seeds", "3",
+                           "--batch_size", "8", "--nb_steps", str(nb_steps), "--repeats", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == r
+    assert r["hidden_layers"] == 2 and r["currents_shape"] == [nb_steps, 8, 4]
+    assert r["step_seconds"] > 0 and [g["seeds_side_by_side"] for g in r["groups"]] == [1, 2, 3]
+    for g in r["groups"]:
+        assert g["layer_seconds"] > 0 and g["layer_seconds_vmapped"] > 0
+        assert g["speedup_bound"] == pytest.approx(
+            g["seeds_side_by_side"] * r["step_seconds"] / (2 * g["layer_seconds"]), rel=0.02)
+    assert r["speedup_bound"] == max(g["speedup_bound"] for g in r["groups"])
