@@ -17,12 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from utils_initialization import Config, conv_hierarchy
-from utils_normalization import normalize, sum_rows
+from utils_normalization import HIGHEST, normalize, sum_rows
 
 ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
-# float32 matmuls in float32 on every backend: GPUs may otherwise round their inputs to
-# TF32 (10-bit mantissa); the published PyTorch code multiplies in float32. No effect on CPU.
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --- surrogate gradient spike function ---------------------------------------------------
