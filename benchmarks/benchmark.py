@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sweep_step_times import step_times  # noqa: E402
+
 SIZES = {"shd": (6524, 1632), "ssc": (75466, 9981)}  # (train, validation) samples
 
 
@@ -112,24 +114,9 @@ def time_epochs(cfg, tasks, n_epochs, steps=None):
     return epochs, valids
 
 
-def time_first_step(cfg, task, steps):
+def time_first_step(cfg, steps):
     """Compile time: the first call of the train step minus a steady call."""
-    import jax
-    import jax.numpy as jnp
-    import training
-    import utils_dataset
-    optimizer = training.make_optimizer(cfg)
-    params = training._stack([training.init_params(jax.random.PRNGKey(0), cfg)])
-    opt_state = training._stack([optimizer.init(training.init_params(jax.random.PRNGKey(0), cfg))])
-    x, y = next(utils_dataset.iterate_batches(task.train, cfg.batch_size))
-    mask = None if task.score_mask is None else jnp.asarray(task.score_mask)
-    args = (x[None], y[None], mask, jax.random.PRNGKey(0)[None], jnp.int32(0), jnp.int32(0), jnp.float32(0.01))
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        params, opt_state, m = steps.train(params, opt_state, *args)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    times = step_times(cfg, 2, steps)
     return times[0] - min(times[1:])
 
 
@@ -216,7 +203,7 @@ def main(argv=None):
         # same single-seed programs were measured up to 2x slower
         sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
     steps = training.make_steps(cfg, training.make_optimizer(cfg))
-    compile_s = time_first_step(cfg, tasks[0], steps) if args.seeds == 1 else None
+    compile_s = time_first_step(cfg, steps) if args.seeds == 1 else None
     epochs, valids = time_epochs(cfg, tasks, args.epochs, steps)
     steady = float(np.median(epochs[1:]))
     n_train = len(tasks[0].train)

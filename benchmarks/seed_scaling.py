@@ -8,7 +8,8 @@ work: the hidden layers' batch norm and LIF loop over time. The cheapest form th
 take is G seeds side by side in the feature axis (one batch norm and one loop over G * H
 neurons, no layout copies), group after group. This script times, forward and backward,
 the project's own `batch_norm` then `lif_scan` over [T, B, G * H] currents for group sizes
-G = 1, 2, 3, 5 and S, and the whole single-seed train step (the program `train_hsnn` runs);
+G = 1, 2, 3, 5 and S, and the whole single-seed train step (the program `train_hsnn` runs,
+`sweep_step_times.step_seconds`);
 for comparison, also the same G seeds as `jax.vmap` runs them ([G, T, B, H]).
 If every other operation of the batched program (matmuls, output layer, loss, optimizer,
 copies) cost nothing, a group of G seeds would still take the hidden layers' work at width
@@ -31,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark import add_config_arguments, build_config  # noqa: E402
+from sweep_step_times import step_seconds  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -84,35 +86,6 @@ def per_neuron_seconds(cfg, seeds, repeats):
             median_seconds(jax.jit(jax.vmap(fwd_bwd)), I, scale, bias, alpha, g, repeats=repeats))
 
 
-def single_seed_step_seconds(cfg, repeats):
-    """One call of the jitted train step of train_hsnn (a group of one seed), steady state."""
-    import jax.numpy as jnp
-    import training
-    import utils_dataset
-    optimizer = training.make_optimizer(cfg)
-    steps = training.make_steps(cfg, optimizer)
-    run = training._init_run(cfg, optimizer, None)
-    task = utils_dataset.load_task(cfg) if cfg.dataset_name == "mts_xor" else None
-    if task is None:  # SHD-shaped random spikes
-        rng = np.random.default_rng(0)
-        x = (rng.random((cfg.batch_size, cfg.nb_steps, cfg.n_in)) < 0.07).astype(np.float32)
-        x, y = x.transpose(1, 0, 2), rng.integers(0, cfg.n_out, cfg.batch_size)
-        mask = None
-    else:
-        x, y = next(utils_dataset.iterate_batches(task.train, cfg.batch_size))
-        mask = None if task.score_mask is None else jnp.asarray(task.score_mask)
-    params, opt_state = training._stack([run.params]), training._stack([run.opt_state])
-    args = (jnp.asarray(x)[None], jnp.asarray(y)[None], mask, run.key_dropout[None],
-            jnp.int32(0), jnp.int32(0), jnp.float32(cfg.lr))
-    state = [params, opt_state]
-
-    def step():  # parameters are donated: carry them from call to call
-        state[0], state[1], metrics = steps.train(state[0], state[1], *args)
-        return metrics
-
-    return median_seconds(step, repeats=repeats)
-
-
 def main(argv=None):
     args = parse_args(argv)
     import training
@@ -123,7 +96,7 @@ def main(argv=None):
     groups = sorted({g for g in (1, 2, 3, 5) if g < S} | {S})
     times = {g: per_neuron_seconds(cfg, g, args.repeats) for g in groups}
     layer = {g: t[0] for g, t in times.items()}
-    step = single_seed_step_seconds(cfg, args.repeats)
+    step = step_seconds(cfg, args.repeats)
     bound = {g: g * step / (n_hidden * layer[g]) for g in groups}
     best = max(groups, key=bound.get)
     result = dict(

@@ -18,15 +18,17 @@ sys.path.insert(0, str(ROOT))
 TRAIN_SAMPLES = {"mts_xor": 20 * 512, "shd": 6525, "ssc": 75466, "mnist": 50000, "s-mnist": 50000}
 
 
-def step_seconds(cfg, n_steps):
-    """Median seconds of one jitted train step after compilation."""
+def step_times(cfg, n_steps, steps=None):
+    """Seconds of each of n_steps + 1 calls of the jitted train step of one seed (`steps`, or
+    the one train_hsnn builds) on random spikes of the task's shape; the first call includes
+    compilation if the step had not run yet."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import training
     from utils_initialization import init_params
     optimizer = training.make_optimizer(cfg)
-    steps = training.make_steps(cfg, optimizer)
+    steps = steps or training.make_steps(cfg, optimizer)
     params = init_params(jax.random.PRNGKey(0), cfg)
     params, opt_state = training._stack([params]), training._stack([optimizer.init(params)])  # one seed
     rng = np.random.default_rng(0)
@@ -42,7 +44,13 @@ def step_seconds(cfg, n_steps):
                                                  jnp.int32(i), jnp.int32(0), jnp.float32(0.01))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+    return times
+
+
+def step_seconds(cfg, n_steps):
+    """Median seconds of one jitted train step after compilation."""
+    import numpy as np
+    return float(np.median(step_times(cfg, n_steps)[1:]))
 
 
 def network_size(cfg):
