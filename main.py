@@ -15,7 +15,7 @@ from pathlib import Path
 
 from utils_initialization import Config, ConfigError, make_config
 
-RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache")
+RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache", "print_config")
 
 
 def parse_bool(text: str) -> bool:
@@ -49,6 +49,8 @@ def build_parser(prog="main.py") -> argparse.ArgumentParser:
     parser.add_argument("--progress", type=parse_bool, default=True, help="show progress bars")
     parser.add_argument("--compilation_cache", type=parse_bool, default=True,
                         help="reuse compiled programs across runs (JAX's persistent cache)")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved configuration as one JSON object and exit without training")
     return parser
 
 
@@ -80,6 +82,9 @@ def main(argv=None):
         cfg = config_from_args(args)
     except (ConfigError, TypeError) as err:
         fail(err, 2)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict()))
+        return
     print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
     run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
 

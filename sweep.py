@@ -113,42 +113,33 @@ def expand(definition: dict, sets: dict = None) -> list:
 
 def _make_run(definition, point, seed, sets, baseline) -> Run:
     fixed = {k: published_value(k, v) for k, v in definition["fixed"].items()}
-    overrides = faithful_conv_hierarchy({**fixed, **point})
-    overrides.update(sets)
+    overrides = {**fixed, **point, **sets}
     group = group_key(point, baseline)
     key = f"{group}__seed={seed}" if group != "all" else f"seed={seed}"
     return Run(key, group, point, seed, overrides, baseline)
 
 
-def faithful_conv_hierarchy(overrides: dict) -> dict:
-    """The published code applied both spreads (delta_ker and delta_dil) whenever a
-    convolutional hierarchy was on; here 'kernel' uses delta_ker only and 'dilation'
-    delta_dil only. A published 'kernel' run with a nonzero delta_dil (Table 1) therefore
-    runs as 'both', which is what it computed."""
-    cfg = make_run_config(overrides, 0)
-    other = {"kernel": cfg.delta_dil, "dilation": cfg.delta_ker}.get(cfg.hierarchy_conv, 0)
-    return dict(overrides, hierarchy_conv="both") if other else overrides
-
-
 def make_run_config(overrides: dict, seed: int):
-    from utils_initialization import make_config
-    rest = {k: v for k, v in overrides.items() if k != "dataset_name"}
-    return make_config(overrides.get("dataset_name", "shd"), **{**rest, "seed": seed})
+    """A sweep run's Config, built as the published sweeps built theirs: the published
+    SimArgs() defaults (Config's defaults and SWEEP_BASE), then the sweep's values. The task
+    presets of main.py do not apply."""
+    from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise ConfigError(unknown[0], "is not a configuration field")
+    return Config(**{**SWEEP_BASE, **overrides, "seed": seed})
 
 
 def conversion_notes(definition: dict) -> list:
-    """What the mapping from published data changed or inherits, in words (--list, README)."""
+    """What the mapping from published data changed or adds, in words (--list, docs)."""
     notes = []
     values = [definition["fixed"]] + [{k: v} for k, vs in definition["grid"].items() for v in vs]
     if any(d.get("distrib_tau") is True for d in values):
         notes.append("distrib_tau=True (published) runs as 'none', as the published code treated it")
-    given = definition["fixed"].get("hierarchy_conv")
-    if any(r.overrides.get("hierarchy_conv") != r.point.get("hierarchy_conv", given) for r in expand(definition)):
-        notes.append("hierarchy_conv 'kernel' with a nonzero delta_dil runs as 'both' "
-                     "(the published code applied both spreads)")
-    if "use_test_as_valid" not in definition["fixed"] and make_run_config(expand(definition)[0].overrides, 0).use_test_as_valid:
-        notes.append("selects the model on the test set (use_test_as_valid of the convolutional preset, "
-                     "as the published main.py)")
+    if definition.get("added"):
+        notes.append("added here, not in the published code: " + definition["added"])
+    if "baseline" in definition:
+        notes.append("added here: the baseline runs (" + definition["baseline"]["what"] + ")")
     return notes
 
 
@@ -228,13 +219,29 @@ def _keys(content: bytes) -> set:
     return keys
 
 
-def result_line(run: Run, metrics: dict) -> dict:
+def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
+    """A finished run's line: what was trained (the resolved configuration), how it did, and
+    what trained it (the run folder's provenance.json: commit, versions, device, command)."""
+    provenance = run_dir / "provenance.json"
     return dict(key=run.key, group=run.group, point=run.point, seed=run.seed, baseline=run.baseline,
-                overrides=run.overrides, valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
+                overrides=run.overrides, config=make_run_config(run.overrides, run.seed).to_dict(),
+                valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
                 median_tau_init=metrics.get("median_tau_init"), host=socket.gethostname(),
+                provenance=json.loads(provenance.read_text()) if provenance.exists() else None,
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def stale_line(run: Run, line: dict):
+    """Why a results line cannot stand for `run` (it was trained with another configuration,
+    e.g. by an earlier version of this code), else None. Fields that the line does not know
+    (added to Config later) are not compared."""
+    if "config" not in line:
+        return "it does not record its configuration (an older results table)"
+    cfg = make_run_config(run.overrides, run.seed).to_dict()
+    diff = sorted(k for k in line["config"] if k in cfg and line["config"][k] != cfg[k])
+    return f"it was trained with other values of {', '.join(diff)}" if diff else None
 
 
 def finished_metrics(run_dir: Path):
@@ -376,7 +383,7 @@ def check_manifest(sweep: Sweep):
     path = sweep.folder / MANIFEST
     with locked(sweep.folder / f".{MANIFEST}.lock"):
         if not path.exists():
-            from training import write_json
+            from utils_io import write_json
             write_json(path, manifest)
             return
     stored = json.loads(path.read_text())
@@ -387,15 +394,20 @@ def check_manifest(sweep: Sweep):
 
 
 def plan(sweep: Sweep, lines: dict):
-    """Record runs that finished without a line (killed in between); return the rest."""
+    """Record runs that finished without a line (killed in between); return the rest. A line
+    trained with another configuration than the sweep's stops the sweep with exit code 2."""
     runs_dir = sweep.folder / "runs"
     pending = []
     for run in sweep.runs:
         if run.key in lines:
+            why = stale_line(run, lines[run.key])
+            if why:
+                raise SweepError(f"{sweep.folder / LINES}: the line of {run.key} does not match this "
+                                 f"sweep: {why}; use another --results_dir, or move that folder aside")
             continue
         metrics = finished_metrics(runs_dir / run.key)
         if metrics is not None:
-            append_line(sweep.folder / LINES, result_line(run, metrics))
+            append_line(sweep.folder / LINES, result_line(run, metrics, runs_dir / run.key))
         else:
             pending.append(run)
     return pending
@@ -441,7 +453,7 @@ class Recorder:
             run = runs[name]
             if files is not None:
                 install_run_folder(self.sweep.folder / "runs" / name, files)
-            if append_line(self.sweep.folder / LINES, result_line(run, metrics)):
+            if append_line(self.sweep.folder / LINES, result_line(run, metrics, self.sweep.folder / "runs" / name)):
                 self.done += 1
                 print(f"[{self.done}/{self.total}] {name}: test {metrics['test_acc']:.2%}, valid "
                       f"{metrics['best_valid_acc']:.2%} ({metrics.get('seconds_total', 0):.0f} s; "
@@ -563,6 +575,9 @@ FIGURES = {
     "hSNN_Figure_4b": dict(kind="line", x="delta_ker"),
     "hSNN_Figure_4d": dict(kind="line", x="delta_dil"),
     "SHD_hCSNN_max_performance": dict(kind="table", rows={"test set as validation, augmentation": {}}),
+    "SHD_hCSNN_proper_validation": dict(kind="table", rows={
+        "proper validation, augmentation": {"freq_shift": 10},
+        "proper validation, no augmentation": {"freq_shift": 0}}),
     "SSC_hCSNN_max_performance": dict(kind="table", rows={"cSNN delta_ker 0": {"delta_ker": 0},
                                                           "hcSNN delta_ker 3": {"delta_ker": 3}}),
     "SSC_hSNN_hierarchy": dict(kind="table", rows={"SNN delta_tau 0": {"delta_tau": 0},
@@ -992,6 +1007,9 @@ def build_parser():
     p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")
     p.add_argument("--list", action="store_true", help="print every sweep, what it reproduces, its runs")
     p.add_argument("--plot", action="store_true", help="only draw the figure and summary from existing results")
+    p.add_argument("--print_configs", action="store_true",
+                   help="print every run's resolved configuration, one JSON object per line, in run "
+                        "order, and exit without training")
     p.add_argument("--quick", action="store_true", help=f"reduced sweep: {QUICK['seeds']} seeds, "
                    f"<= {QUICK['points']} points per axis, <= {QUICK['n_epochs']} epochs, in <sweep>_quick/")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
@@ -1032,6 +1050,10 @@ def main(argv=None):
             return print_list(definitions)
         check_args(args, definitions)
         sweep = open_sweep(args, definitions)
+        if args.print_configs:
+            for run in sweep.runs:
+                print(json.dumps(make_run_config(run.overrides, run.seed).to_dict()))
+            return
         if not args.plot:
             run_sweep(sweep, args)
         plot_sweep(sweep, json.loads(Path(args.paper_file).read_text()))

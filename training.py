@@ -9,11 +9,17 @@ function of (seed, epoch): the data order of epoch e comes from numpy's
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
 """
 
+import functools
 import json
 import os
+import platform
+import socket
+import subprocess
+import sys
 import shutil
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -26,6 +32,7 @@ from tqdm.auto import tqdm
 import utils_dataset
 from models import ALPHA_MAX, ALPHA_MIN, decode, forward
 from utils_initialization import Config, init_params, tau_from_alpha
+from utils_io import atomic_write, write_json
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
 ALPHA_HIGH = 0.95        # decays above this are penalised ...
@@ -247,20 +254,74 @@ def _unstack(tree, s):
     return jax.device_get(jax.tree_util.tree_map(lambda leaf: leaf[s], tree))
 
 
-def evaluate(steps: Steps, params, splits, cfg: Config, score_mask):
-    """Per seed: mean loss (weighted by batch size) and accuracy over a whole split."""
-    sums = np.zeros((3, len(splits)))  # loss x samples, correct, scored
+def evaluate(steps: Steps, params, splits, cfg: Config, score_mask, rngs=None):
+    """Per seed: mean loss (weighted by batch size) and accuracy over a whole split. The
+    accuracy is the unweighted mean of the per-batch accuracies, as the published code
+    reports it (a smaller last batch counts as much as a full one). A split marked
+    `reshuffle` is evaluated in the order of that seed's generator in `rngs` (batch norm
+    uses the evaluated batch's statistics, so the batches' composition matters)."""
+    rngs = rngs or [None] * len(splits)
+    orders = [utils_dataset.iterate_batches(sp, cfg.batch_size, rng if sp.reshuffle else None,
+                                            time_major=False, augment=False)
+              for sp, rng in zip(splits, rngs)]
+    loss_sum, acc_sum, n_batches = np.zeros(len(splits)), np.zeros(len(splits)), 0
     host = HostBatches()
-    for batches in zip(*(utils_dataset.iterate_batches(sp, cfg.batch_size, time_major=False) for sp in splits)):
+    for batches in zip(*orders):
         x, y = host.put([b[0] for b in batches]), _stack([b[1] for b in batches])
         out = steps.evaluate(params, x, y, score_mask)
         host.fence(out)
         loss, _, correct, scored = out
-        sums += (np.asarray(loss) * y.shape[1], np.asarray(correct), np.asarray(scored))
-    return sums[0] / len(splits[0]), sums[1] / sums[2]
+        loss_sum += np.asarray(loss) * y.shape[1]
+        acc_sum += np.asarray(correct) / np.asarray(scored)
+        n_batches += 1
+    return loss_sum / len(splits[0]), acc_sum / n_batches
+
+
+def eval_rngs(cfgs, epoch: int, purpose: str):
+    """One generator per seed for the evaluation order of `purpose` ('valid' or 'test') after
+    `epoch` (the published loaders reshuffle at every pass)."""
+    tag = {"valid": 0xE7A1, "test": 0x7E57}[purpose]
+    return [np.random.default_rng([c.seed, epoch, tag]) for c in cfgs]
 
 
 # --- the run -------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent
+PROVENANCE = "provenance.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state():
+    """(commit, whether tracked files differ from it) of the project's checkout, else Nones."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def provenance() -> dict:
+    """What produced a run: the code's commit (and whether the checkout had uncommitted
+    changes), Python and library versions, JAX's backend and device, the command line."""
+    import jaxlib
+    commit, dirty = _git_state()
+    return dict(commit=commit, dirty=dirty, python=platform.python_version(), jax=jax.__version__,
+                jaxlib=jaxlib.__version__, numpy=np.__version__, optax=optax.__version__,
+                backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+                host=socket.gethostname(), platform=platform.platform(),
+                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+                time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def record_provenance(run_dir: Path):
+    """Append this process's `provenance()` to the run folder's provenance.json: one entry
+    per start (the first made the folder, any later one resumed it)."""
+    path = run_dir / PROVENANCE
+    entries = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, entries + [provenance()])
+
+
 def median_tau_per_layer(params, cfg: Config) -> list:
     """Median time constant [s] of each hidden layer (clipped decays, as the model uses)."""
     return [float(np.median(tau_from_alpha(np.clip(np.asarray(l["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
@@ -334,6 +395,8 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
              for t, c in zip(tasks or [None] * len(seeds), cfgs)]
     for c, d in zip(cfgs, run_dirs):
         _create_run(c, d)
+        if d is not None:
+            record_provenance(d)
     done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
     size = group_size or seeds_per_group(cfg)
     results = {}
@@ -356,7 +419,8 @@ class _Run(NamedTuple):
 
 def _init_run(cfg: Config, optimizer, state) -> _Run:
     """Fresh parameters from the seed, or the checkpointed ones."""
-    key_init, key_dropout = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    # the published train_hsnn initialises from the second half of PRNGKey(seed)
+    key_dropout, key_init = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(key_init, cfg)
     opt_state = optimizer.init(params)
     if state is not None:
@@ -369,7 +433,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
     cfg = cfgs[0]
     for run_dir, task in zip(run_dirs, tasks):
         if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
-            _atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
+            atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer)
@@ -382,7 +446,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
         t0 = time.time()
         params, opt_state, train_loss, train_acc = _train_epoch(
             steps, params, opt_state, tasks, mask, cfgs, epoch, key_dropout, progress)
-        valid_loss, valid_acc = evaluate(steps, params, [t.valid for t in tasks], cfg, mask)
+        valid_loss, valid_acc = evaluate(steps, params, [t.valid for t in tasks], cfg, mask,
+                                         eval_rngs(cfgs, epoch, "valid"))
         for s, run in enumerate(runs):
             metrics = run.metrics
             metrics["epochs"].append(dict(
@@ -390,7 +455,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
                 train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
                 valid_acc=float(valid_acc[s]), seconds=time.time() - t0))
             seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
-            if metrics["best_epoch"] is None or valid_acc[s] > metrics["best_valid_acc"]:
+            # a tie keeps the later epoch, as the published code did (>=)
+            if metrics["best_epoch"] is None or valid_acc[s] >= metrics["best_valid_acc"]:
                 best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
             if run_dirs[s] is not None:
@@ -399,7 +465,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
                        f"({time.time() - t0:.1f} s)")
-    test_loss, test_acc = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, mask)
+    test_loss, test_acc = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, mask,
+                                   eval_rngs(cfgs, cfg.n_epochs, "test"))
     for s, (run, c) in enumerate(zip(runs, cfgs)):
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
                            median_tau_per_layer=median_tau_per_layer(best[s], c),
@@ -461,25 +528,6 @@ def _new_metrics(cfg, params):
 
 
 # --- run folder: atomic writes, never overwritten --------------------------------------------
-def _atomic_write(path: Path, write):
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj):
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
 def named_arrays(params, prefix=""):
     """{'L0_W': ..., 'L0_alpha': ...}: the golden files' naming."""
     return {f"{prefix}L{l}_{k}": np.asarray(v) for l, layer in enumerate(params) for k, v in layer.items()}
@@ -536,7 +584,7 @@ def _save_checkpoint(run_dir, params, opt_state, best_params, metrics):
     arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
     arrays["metrics_json"] = np.array(json.dumps(metrics))
-    _atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
     write_json(run_dir / "metrics.json", metrics)
 
 
@@ -550,6 +598,6 @@ def _restore(state, params, opt_state):
 
 def _finish_run(run_dir, best_params, metrics):
     """The best parameters and the final metrics; the checkpoint has served its purpose."""
-    _atomic_write(run_dir / "params.npz", lambda f: np.savez(f, **named_arrays(best_params)))
+    atomic_write(run_dir / "params.npz", lambda f: np.savez(f, **named_arrays(best_params)))
     write_json(run_dir / "metrics.json", metrics)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from utils_initialization import Config
+from utils_io import atomic_write, write_json
 
 
 class DataError(RuntimeError):
@@ -43,6 +44,10 @@ class Split(NamedTuple):
     Y: np.ndarray
     # optional per-batch augmentation (x_BTI, rng) -> x_BTI, applied to training batches
     augment: Optional[Callable] = None
+    # evaluated in a fresh random order at every pass, as the published loaders of the SHD
+    # validation set and the SSC validation and test sets were (shuffle=True); batch norm uses
+    # the evaluated batch's statistics, so the batches' composition matters
+    reshuffle: bool = False
 
     def __len__(self):
         return len(self.Y)
@@ -59,8 +64,8 @@ class Task(NamedTuple):
 
 
 def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None,
-                    time_major: bool = True):
-    """Yield (x, y) batches; shuffled and augmented when `rng` is given. The last batch may
+                    time_major: bool = True, augment: bool = True):
+    """Yield (x, y) batches; shuffled (and augmented, if `augment`) when `rng` is given. The last batch may
     be smaller (at most one extra compiled shape). x is time-major float32 [T, B, I]; with
     `time_major` False it is the stored [B, T, I] array as it is (uint8 spike counts), for
     the training loop's `training.HostBatches`, which converts and transposes in one copy."""
@@ -68,7 +73,7 @@ def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Gener
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x_BTI = split.X[idx]
-        if rng is not None and split.augment is not None:
+        if rng is not None and augment and split.augment is not None:
             x_BTI = split.augment(x_BTI, rng)
         if time_major:
             x_BTI = np.ascontiguousarray(x_BTI.transpose(1, 0, 2), dtype=np.float32)
@@ -134,7 +139,7 @@ SHD_TRAIN_FRACTION = 0.8  # SHD has no validation file: seeded 80/20 split of it
 NET_TIMEOUT = (10, 30)    # [s] to connect, and to wait for the next bytes of a download
 BIN_CELLS = 1 << 24       # (sample, bin, channel) cells counted at once: 128 MiB of int64
 MAX_COUNT = 255           # counts are uint8; more spikes in one cell saturate here
-CACHE_FORMAT = 1          # part of every cache folder's name; bump it when the layout changes
+CACHE_FORMAT = 2          # part of every cache folder's name; bump it when the layout changes
 
 
 class SpikeCounts:
@@ -170,19 +175,16 @@ class SpikeCounts:
 
 
 def frequency_shift(x_BTC, rng: np.random.Generator, freq_shift: float):
-    """Frequency-shift augmentation (DESIGN.md Sec. 3): every sample's channels move up
-    (to higher indices) or down, with probability 0.5 each, by
-    max(0, int(N(0,1) * 3 + freq_shift)) channels; channels shifted in are zero. The published
-    code drew one shift per batch; here each sample draws its own, as DESIGN.md says."""
-    n, n_channels = len(x_BTC), x_BTC.shape[-1]
-    shifts = np.maximum(0, np.trunc(rng.normal(size=n) * 3 + freq_shift)).astype(int)
-    up = rng.random(n) < 0.5
+    """Frequency-shift augmentation of one training batch, as the published code does it:
+    one shift size for the whole batch, max(0, int(N(0,1) * 3 + freq_shift)) channels, and
+    for every sample a direction, up (to higher channel indices) or down with probability
+    0.5 each; channels shifted in are zero."""
+    n_channels = x_BTC.shape[-1]
+    shift = min(max(0, int(rng.normal() * 3 + freq_shift)), n_channels)
+    up = rng.random(len(x_BTC)) >= 0.5
     out = np.zeros_like(x_BTC)
-    for i, (s, move_up) in enumerate(zip(np.minimum(shifts, n_channels), up)):
-        if move_up:
-            out[i, :, s:] = x_BTC[i, :, :n_channels - s]
-        else:
-            out[i, :, :n_channels - s] = x_BTC[i, :, s:]
+    out[up, :, shift:] = x_BTC[up, :, :n_channels - shift]
+    out[~up, :, :n_channels - shift] = x_BTC[~up, :, shift:]
     return out
 
 
@@ -270,11 +272,10 @@ def _net_reason(err) -> str:
 def gunzip(gz: Path, h5: Path):
     """Decompress `gz` into `h5` through a temporary file: a truncated or corrupt archive
     (gzip checks length and CRC) leaves no `.h5` behind, and the archive itself is kept."""
-    from training import _atomic_write
     print(f"decompressing {gz}", flush=True)
     try:
         with gzip.open(gz, "rb") as source:
-            _atomic_write(h5, lambda f: shutil.copyfileobj(source, f, 1 << 22))
+            atomic_write(h5, lambda f: shutil.copyfileobj(source, f, 1 << 22))
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise DataError(f"{gz}: truncated or corrupt archive ({err}); delete it and run again to "
                         f"download it anew, or {_by_hand(gz)}") from err
@@ -311,7 +312,6 @@ def source_md5(path: Path) -> str:
         return entry[3]
     md5 = file_md5(path)
     if time.time() - st.st_mtime > 2:
-        from training import write_json
         memo[path.name] = key + [md5]
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
@@ -371,17 +371,22 @@ def _spikes(times, units, path: Path, first: int):
 
 
 def bin_rows(times, units, cfg: Config, path: Path, first: int = 0):
-    """Counts per (bin, channel) of consecutive samples (DESIGN.md Sec. 3).
+    """Counts per (bin, channel) of consecutive samples (paper Sec. 3, SHD/SSC).
 
-    `times` [s] and `units` hold one array per sample. A spike at time t falls into bin
-    floor(t / (time_max / nb_steps)); spikes outside [0, time_max) are dropped; channel u
-    becomes u // stride where u % stride == 0 (stride = ceil(700 / n_in)), and the inputs from
+    `times` [s] and `units` hold one array per sample. With `binning` digitize (the
+    published code), a spike at time t falls into bin np.digitize(t, linspace(0, time_max,
+    nb_steps)): bin 0 stays empty and spikes at or after time_max are dropped; with uniform,
+    into bin floor(t / (time_max / nb_steps)) for t in [0, time_max). Channel u becomes
+    u // stride where u % stride == 0 (stride = ceil(700 / n_in)), and the inputs from
     ceil(700 / stride) to n_in - 1 stay empty. Times are float64 by now: float16 times (as in
     the published files) neither overflow nor round into the wrong bin.
     Returns the number of non-zero cells per sample, their flat positions t * n_in + c
     (uint32) and their counts (uint8, saturating at 255)."""
     sample, t, u = _spikes(times, units, path, first)
-    step = np.floor(t / (cfg.time_max / cfg.nb_steps))
+    if cfg.binning == "digitize":
+        step = np.digitize(t, np.linspace(0, cfg.time_max, cfg.nb_steps))
+    else:
+        step = np.floor(t / (cfg.time_max / cfg.nb_steps))
     stride = channel_stride(cfg.n_in)
     keep = (step >= 0) & (step < cfg.nb_steps) & (u % stride == 0)
     cells_per_sample = cfg.nb_steps * cfg.n_in
@@ -421,11 +426,12 @@ def bin_file(path: Path, out: Path, cfg: Config, n_classes: int):
 def cached_counts(path: Path, cfg: Config, n_classes: int):
     """(SpikeCounts, labels) of one SHD/SSC file, from its cache folder, built on first use.
 
-    The folder `<file's folder>/cache/<stem>_T<nb_steps>_C<n_in>_<time_max>s_v<format>_<md5>`
+    The folder `<file's folder>/cache/<stem>_T<nb_steps>_C<n_in>_<time_max>s_<binning>_v<format>_<md5>`
     is named by the binning settings and the md5 of the source file, so a changed source or
     setting gets a cache of its own; caches of an earlier version of the same file with the
     same settings are removed once the new one exists."""
-    settings = f"{path.name[:-len('.h5')]}_T{cfg.nb_steps}_C{cfg.n_in}_{cfg.time_max!r}s_v{CACHE_FORMAT}"
+    settings = (f"{path.name[:-len('.h5')]}_T{cfg.nb_steps}_C{cfg.n_in}_{cfg.time_max!r}s_"
+                f"{cfg.binning}_v{CACHE_FORMAT}")
     cache = path.parent / "cache" / f"{settings}_{source_md5(path)}"
     if not cache.exists():
         build_cache(path, cache, cfg, n_classes)
@@ -503,11 +509,13 @@ def check_audio_config(cfg: Config):
 
 
 def load_audiospikes(cfg: Config, base_url: str = AUDIO_URL) -> Task:
-    """SHD or SSC (DESIGN.md Sec. 3) from `<data_dir>/audiospikes/`, downloaded if missing.
+    """SHD or SSC from `<data_dir>/audiospikes/`, downloaded if missing.
 
-    SHD validates on a seeded 80/20 split of its training file, SSC on its validation file.
-    `use_test_as_valid` (the paper's Table 1 protocol) trains on the whole training file,
-    selects the model on the test set and warns that the test accuracy is then optimistic.
+    SHD validates on a seeded 80/20 split of its training file, SSC on its validation file;
+    the SHD validation set and the SSC validation and test sets are evaluated in a fresh
+    order at every pass, the SHD test set in file order (as the published loaders did).
+    `use_test_as_valid` (the paper's Table 1 protocol) selects the model on the test set
+    (training stays on the same split) and warns that the test accuracy is then optimistic.
     Training batches get the frequency-shift augmentation when `freq_shift` > 0."""
     check_audio_config(cfg)
     name, folder = cfg.dataset_name, Path(cfg.data_dir) / "audiospikes"
@@ -515,15 +523,20 @@ def load_audiospikes(cfg: Config, base_url: str = AUDIO_URL) -> Task:
     paths = {p: audio_file(folder, f"{name}_{p}", base_url) for p in parts}  # all present first
     data = {p: cached_counts(path, cfg, AUDIO_CLASSES[name]) for p, path in paths.items()}
     augment = functools.partial(frequency_shift, freq_shift=cfg.freq_shift) if cfg.freq_shift > 0 else None
-    (X, Y), test = data["train"], Split(*data["test"])
+    X, Y = data["train"]
+    test = Split(*data["test"], reshuffle=name == "ssc")
+    if name == "ssc":
+        train = Split(X, Y, augment)
+        valid = None if cfg.use_test_as_valid else Split(*data["valid"], reshuffle=True)
+    else:
+        rows_train, rows_valid = shd_validation_rows(len(Y), cfg.seed)
+        train = Split(X.subset(rows_train), Y[rows_train], augment)
+        valid = Split(X.subset(rows_valid), Y[rows_valid], reshuffle=True)
     if cfg.use_test_as_valid:
         print(f"warning: --use_test_as_valid: the model is selected on the {name} test set (the "
               "paper's Table 1 protocol), so the reported test accuracy is optimistic", file=sys.stderr)
-        return Task(Split(X, Y, augment), test, test)
-    if name == "ssc":
-        return Task(Split(X, Y, augment), Split(*data["valid"]), test)
-    train, valid = shd_validation_rows(len(Y), cfg.seed)
-    return Task(Split(X.subset(train), Y[train], augment), Split(X.subset(valid), Y[valid]), test)
+        valid = test
+    return Task(train, valid, test)
 
 
 LOADERS = {"mts_xor": load_mts_xor, "shd": load_audiospikes, "ssc": load_audiospikes}

@@ -1,13 +1,20 @@
-"""Hyper-parameters, per-task presets, the temporal hierarchy and parameter initialisation.
+"""Hyper-parameters, the published protocol as data, the temporal hierarchy and parameter
+initialisation.
 
-Everything a run depends on lives in one frozen `Config`. Presets are plain data applied
-in the order: `Config` defaults -> task preset -> convolutional preset (if `convolution`)
--> explicit overrides (command line or sweep). Derived values (`dt`, decay factors, weight
-scales, per-layer time constants, kernel sizes and dilations) are computed here and only
-here.
+Everything a run depends on lives in one frozen `Config`. Its defaults are the published
+code's `SimArgs()` defaults (but for `SWEEP_BASE`), the base every published sweep started
+from: its sweep.py and Figure 3 notebook build each run as `SimArgs()` plus the sweep's values. The published
+main.py differs: its own command-line defaults (`MAIN_DEFAULTS`), then a block of settings
+per task (`PRESETS`, `CONV_PRESET`). So:
 
-Paper notation: tau = membrane time constant, alpha = exp(-dt / tau) = per-step decay,
-Delta tau = `delta_tau`, the spread of time constants across the hidden layers.
+    sweep run     Config defaults -> SWEEP_BASE -> the sweep's 'fixed' -> one grid point
+    main.py run   Config defaults -> MAIN_DEFAULTS -> task preset -> conv preset
+                  -> the flags given on the command line (`make_config`)
+
+Derived values (`dt`, decay factors, weight scales, per-layer time constants, kernel sizes
+and dilations) are computed here and only here. Paper notation: tau = membrane time constant,
+alpha = exp(-dt / tau) = per-step decay, Delta tau = `delta_tau`, the spread of time
+constants across the hidden layers (paper Sec. 2, Fig. 2).
 """
 
 import dataclasses
@@ -28,70 +35,93 @@ CHOICES = {
     "surrogate": ("box", "fast_sigmoid"),
     "normalizer": ("batch", "layer", "none"),
     "decoder": ("cum", "sum", "vmax", "vlast", "freq", "vmem_time"),
+    "binning": ("digitize", "uniform"),
     "weight_init": ("published", "fan_in"),
     "optimizer": ("published_adam", "adam"),
     "matmul_dtype": ("float32", "bfloat16"),
 }
 
 
+def _field(default, help: str, unit: str = "", symbol: str = ""):
+    """A Config field with what `--help` says of it: meaning, unit and paper symbol."""
+    return dataclasses.field(default=default, metadata=dict(help=help, unit=unit, symbol=symbol))
+
+
 @dataclass(frozen=True)
 class Config:
-    # --- architecture ---------------------------------------------------------------
-    n_in: int = 700              # input channels (SHD/SSC: 700 cochlea channels)
-    n_hid: int = 128             # neurons per hidden layer
-    n_layers: int = 3            # layers *including* the output layer: n_layers-1 hidden
-    n_out: int = 20              # classes
-    recurrent: bool = False      # recurrent weights W_rec inside every hidden layer
-    convolution: bool = False    # causal dilated temporal convolutions instead of dense
-    conv_kernel: int = 5         # k, kernel size in time steps (centre of the hierarchy)
-    conv_dilation: int = 5       # d, dilation in time steps (centre of the hierarchy)
-    hierarchy_conv: str = "none"  # which of kernel/dilation grow with depth
-    delta_ker: float = 0.0       # Delta k, spread of kernel sizes across hidden layers
-    delta_dil: float = 0.0       # Delta d, spread of dilations across hidden layers
-    # --- neurons --------------------------------------------------------------------
-    tau_mem: float = 0.1         # tau_mem [s], centre of the hidden time constants
-    tau_out: float = 0.2         # tau_out [s], leaky-integrator output time constant
-    delta_tau: float = 0.075     # Delta tau [s], deep minus shallow time constant
-    hierarchy_tau: str = "none"  # shape of tau across layers (Fig. 2)
-    tanh_coef: float = 0.5       # steepness of the tanh hierarchy (Fig. S2e)
-    tanh_center: float = 0.5     # centre of the tanh hierarchy, in [0, 1] of depth
-    distrib_tau: str = "uniform"  # per-neuron spread of tau around the layer's value
-    distrib_tau_sd: float = 0.2  # relative spread (uniform: +-sd, normal: sd)
-    v_thr: float = 1.0           # theta, firing threshold
-    surrogate: str = "box"       # surrogate derivative of the Heaviside spike function
-    train_alpha: bool = False    # learn the per-neuron decays alpha (Fig. 3)
-    # --- data -----------------------------------------------------------------------
-    dataset_name: str = "shd"
-    nb_steps: int = 100          # T, time bins per sample
-    time_max: float = 1.4        # [s] of each recording that is binned
-    timestep: Optional[float] = None  # dt [s] of the neurons; None -> time_max / nb_steps
-    noise_rate: float = 0.01     # MTS-XOR background spike probability per step
-    freq_shift: int = 0          # SHD/SSC channel-shift augmentation (mean shift)
-    use_test_as_valid: bool = False  # model selection on the test set (paper Table 1)
-    data_dir: str = "datasets"   # where downloaded data sets live
-    # --- training -------------------------------------------------------------------
-    seed: int = 0
-    n_epochs: int = 5
-    batch_size: int = 256
-    lr: float = 0.01             # Adam learning rate before decay
-    lr_start_decay: int = 25     # [epochs] constant learning rate until this epoch
-    lr_decay: float = 0.5        # multiplicative decay ...
-    lr_decay_every: int = 5      # ... every this many epochs
-    optimizer: str = "published_adam"  # Adam with the published epoch-indexed bias correction
-    dropout: float = 0.0         # dropout rate on hidden spikes (training only)
-    l2_lambda: float = 0.0       # weight of ||weights||_2 (not squared)
-    l2_alpha_sd: float = 0.01    # weight of ||alpha_l - mean(alpha_l)||_2
-    freq_lambda: float = 0.0     # weight of the firing-rate regulariser
-    target_fr: float = 0.1       # target spikes per neuron per sample for freq_lambda
-    normalizer: str = "batch"    # normalisation of every layer's input current
-    decoder: str = "cum"         # readout of the output membrane
-    weight_init: str = "published"  # weight scale rule (see README)
-    matmul_dtype: str = "float32"  # inputs of the input-current matmuls (state stays float32)
+    """Every hyper-parameter of a run. Defaults: the published `SimArgs()` (see module doc)."""
+    # --- architecture ---------------------------------------------------------------------
+    n_in: int = _field(700, "input channels (SHD/SSC: 700 cochlea channels)")
+    n_hid: int = _field(128, "neurons per hidden layer")
+    n_layers: int = _field(3, "layers including the output layer: n_layers - 1 hidden", symbol="L")
+    n_out: int = _field(20, "output neurons = classes")
+    recurrent: bool = _field(False, "recurrent weights W_rec inside every hidden layer")
+    convolution: bool = _field(False, "causal dilated temporal convolutions instead of dense "
+                                      "input weights (paper Sec. 4)")
+    conv_kernel: int = _field(5, "kernel size, centre of the kernel hierarchy", "time steps", "k")
+    conv_dilation: int = _field(5, "dilation, centre of the dilation hierarchy", "time steps", "d")
+    hierarchy_conv: str = _field("none", "kernel/both: kernel sizes spread by delta_ker over "
+                                         "depth; the dilations follow delta_dil in every case")
+    delta_ker: float = _field(0.0, "spread of kernel sizes, deepest minus shallowest", "time steps",
+                              "Delta k")
+    delta_dil: float = _field(0.0, "spread of dilations, deepest minus shallowest", "time steps",
+                              "Delta d")
+    # --- neurons ------------------------------------------------------------------------
+    tau_mem: float = _field(0.1, "centre of the hidden layers' membrane time constants", "s",
+                            "tau_mem")
+    tau_out: float = _field(0.2, "time constant of the leaky-integrator output layer", "s", "tau_out")
+    delta_tau: float = _field(0.075, "deepest minus shallowest hidden-layer time constant "
+                                     "(used by hierarchy_tau tanh/linear)", "s", "Delta tau")
+    hierarchy_tau: str = _field("none", "shape of the time constants across depth (Fig. 2)")
+    tanh_coef: float = _field(0.5, "steepness of the tanh hierarchy (Fig. S2e)")
+    tanh_center: float = _field(0.5, "centre of the tanh hierarchy, as a fraction of depth (Fig. S2e)")
+    distrib_tau: str = _field("uniform", "per-neuron spread of tau around its layer's value; "
+                                         "none: one shared decay per layer")
+    distrib_tau_sd: float = _field(0.2, "relative spread of tau (uniform: +-sd, normal: sd)")
+    v_thr: float = _field(1.0, "firing threshold", symbol="theta")
+    surrogate: str = _field("box", "surrogate derivative of the spike function")
+    train_alpha: bool = _field(False, "train the decays alpha = exp(-dt/tau) (Fig. 3)")
+    # --- data ---------------------------------------------------------------------------
+    dataset_name: str = _field("shd", "task")
+    nb_steps: int = _field(100, "time bins per sample", "steps", "T")
+    time_max: float = _field(1.4, "length of each SHD/SSC recording that is binned", "s")
+    timestep: Optional[float] = _field(None, "neuron time step; none: time_max / nb_steps", "s", "dt")
+    noise_rate: float = _field(0.01, "MTS-XOR background spike probability", "per step")
+    freq_shift: int = _field(0, "SHD/SSC augmentation: mean channel shift per training batch",
+                             "channels")
+    use_test_as_valid: bool = _field(False, "select the model on the test set (paper Table 1 "
+                                            "protocol; training stays on the training split)")
+    data_dir: str = _field("datasets", "folder of the downloaded data sets")
+    binning: str = _field("digitize", "SHD/SSC spike times to bins: digitize (published: bin 0 "
+                                      "empty, spikes at or after time_max dropped) or uniform")
+    # --- training -----------------------------------------------------------------------
+    seed: int = _field(0, "seed of the initialisation, data order, dropout and data splits")
+    n_epochs: int = _field(5, "training epochs", "epochs")
+    batch_size: int = _field(256, "samples per batch")
+    lr: float = _field(0.01, "Adam learning rate before decay")
+    lr_start_decay: int = _field(25, "constant learning rate until this epoch", "epochs")
+    lr_decay: float = _field(0.5, "learning-rate factor every lr_decay_every epochs after that")
+    lr_decay_every: int = _field(5, "epochs between learning-rate decays", "epochs")
+    optimizer: str = _field("published_adam", "published_adam: Adam with the published "
+                                              "epoch-indexed bias correction; adam: optax's")
+    dropout: float = _field(0.1, "dropout rate on hidden spikes, training only")
+    l2_lambda: float = _field(0.0, "weight of ||weights||_2 (not squared) in the loss")
+    l2_alpha_sd: float = _field(0.01, "weight of ||alpha_l - mean(alpha_l)||_2 in the loss")
+    freq_lambda: float = _field(0.0, "weight of the firing-rate loss (target_fr - rate)^2")
+    target_fr: float = _field(12.0, "target of the firing-rate loss", "spikes per neuron per sample")
+    normalizer: str = _field("batch", "normalisation of every layer's input current")
+    decoder: str = _field("cum", "readout of the output membrane into class probabilities")
+    weight_init: str = _field("published", "weight scale rule: published (frozen list, see "
+                                           "w_scale_*) or fan_in (1/sqrt(fan-in))")
+    w_scale_n_in: int = _field(700, "published init: n_in the weight-scale list was built from")
+    w_scale_n_hid: int = _field(128, "published init: n_hid the weight-scale list was built from")
+    w_scale_n_layers: int = _field(3, "published init: n_layers the weight-scale list was built from")
+    matmul_dtype: str = _field("float32", "inputs of the input-current matmuls; state stays float32")
 
     def __post_init__(self):
         validate(self)
 
-    # --- derived values (one place) -------------------------------------------------
+    # --- derived values (one place) -----------------------------------------------------
     @property
     def dt(self) -> float:
         """Neuron time step [s]."""
@@ -110,24 +140,37 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
-# Task presets: the published main.py's per-dataset settings, as data.
+# --- the published sweeps' base ---------------------------------------------------------------
+# SimArgs() where it differs from Config's defaults: it froze timestep at time_max / nb_steps
+# of its defaults (14 ms), so a sweep that changes nb_steps or time_max without setting timestep
+# keeps 14 ms steps (the convolutional sweeps bin 1.4 s into 200 bins of 7 ms and step 14 ms).
+SWEEP_BASE = dict(timestep=1.4 / 100)
+
+# --- the published main.py as data ------------------------------------------------------------
+# main.py's own command-line defaults where they differ from SimArgs().
+MAIN_DEFAULTS = dict(n_layers=4, n_epochs=10)
+# Its per-task blocks, applied after the command line (here: before it, so that a flag given
+# is never silently replaced).
 PRESETS = {
-    "mts_xor": dict(n_in=40, n_out=2, n_hid=10, n_layers=3, decoder="vmem_time", time_max=1.0,
-                    nb_steps=100, tau_mem=0.3, tau_out=0.05, distrib_tau="normal",
-                    distrib_tau_sd=0.1, batch_size=512),
-    "shd": dict(n_in=700, n_out=20, nb_steps=100, time_max=1.4),
-    "ssc": dict(n_in=700, n_out=35, nb_steps=100, time_max=1.4),
-    # latency-coded MNIST: 50 steps of 20 ms, tau_mem = 3 steps (the Fig. 5b/5c sweeps fix
-    # the same values, with batch 256)
-    "mnist": dict(n_in=784, n_out=10, n_hid=128, n_layers=4, nb_steps=50, time_max=1.0,
-                  tau_mem=0.06, tau_out=0.2, distrib_tau="normal", distrib_tau_sd=0.1),
-    # sequential MNIST: 784 steps of 1/784 s, tau_mem = 50 steps, tau_out = 200 steps; batch
-    # 32 as in the published main.py (the Fig. 6 sweep sets batch 256 explicitly)
-    "s-mnist": dict(n_in=1, n_out=10, n_hid=64, n_layers=4, nb_steps=784, time_max=1.0,
-                    tau_mem=50 / 784, tau_out=200 / 784, distrib_tau="normal",
-                    distrib_tau_sd=0.1, batch_size=32),
+    "mts_xor": dict(n_in=40, n_out=2, n_hid=10, decoder="vmem_time", time_max=1.0, timestep=0.01,
+                    tau_out=0.05, tau_mem=0.3, distrib_tau_sd=0.1, batch_size=512, noise_rate=0.01),
+    "shd": dict(n_out=20),
+    "ssc": dict(n_out=35),
+    # latency-coded MNIST: 50 steps of 20 ms, tau_mem = 3 steps
+    "mnist": dict(nb_steps=50, n_in=784, n_out=10, timestep=1 / 50, tau_mem=3 * (1 / 50)),
+    # sequential MNIST: steps of 1/784 s, tau_mem = 50 steps, tau_out = 200 steps. The block's
+    # convolution settings have no effect (convolution stays false), as in the published code.
+    "s-mnist": dict(nb_steps=784, n_in=1, n_out=10, n_hid=64, timestep=1 / 784,
+                    tau_mem=50 * (1 / 784), tau_out=200 * (1 / 784), dropout=0.1, lr=0.01,
+                    batch_size=32, hierarchy_conv="kernel", conv_kernel=3, delta_ker=0,
+                    conv_dilation=10, delta_dil=0),
 }
 PRESETS["ps-mnist"] = dict(PRESETS["s-mnist"])
+# `--convolution true` on SHD/SSC: the hierarchical convolutional network. It bins 1.4 s into
+# 200 bins but keeps SimArgs' 14 ms neuron step (timestep 0.014), as the published code did.
+CONV_PRESET = dict(nb_steps=200, timestep=1.4 / 100, freq_shift=10, use_test_as_valid=True,
+                   hierarchy_conv="kernel", conv_kernel=5, delta_ker=3, conv_dilation=3,
+                   delta_dil=2, dropout=0.4, l2_lambda=1e-4, tau_mem=0.015)
 # Sizes fixed by a task's data; any other value is rejected with the flag's name.
 TASK_SIZES = {
     "mts_xor": dict(n_in=40, nb_steps=100, n_out=2),
@@ -135,22 +178,24 @@ TASK_SIZES = {
     "s-mnist": dict(n_in=1, nb_steps=784, n_out=10),   # one pixel per step
     "ps-mnist": dict(n_in=1, nb_steps=784, n_out=10),
 }
-# `--convolution true` on SHD/SSC: the published main.py's hierarchical convolutional net.
-# It bins 1.4 s into 200 bins but keeps a 14 ms neuron step (timestep 0.014).
-CONV_PRESET = dict(nb_steps=200, timestep=0.014, freq_shift=10, hierarchy_conv="both",
-                   conv_kernel=5, delta_ker=3, conv_dilation=3, delta_dil=2, dropout=0.4,
-                   l2_lambda=1e-4, tau_mem=0.015, use_test_as_valid=True)
+# The published main.py built its weight-scale list from these command-line values, before
+# its task block changed them.
+W_SCALE_FROM = dict(w_scale_n_in="n_in", w_scale_n_hid="n_hid", w_scale_n_layers="n_layers")
 
 
 def make_config(dataset_name: str = "shd", **overrides) -> Config:
-    """Defaults -> task preset -> conv preset (if convolution) -> overrides."""
+    """What the published main.py trains for `--dataset_name` and the flags in `overrides`:
+    Config defaults -> MAIN_DEFAULTS -> task preset -> conv preset (if convolution) ->
+    overrides. Weight scales are frozen at the command line's n_in / n_hid / n_layers."""
     if dataset_name not in DATASETS:
         raise ConfigError("dataset_name", f"unknown data set {dataset_name!r}; choose from "
                           + ", ".join(DATASETS))
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise ConfigError(unknown[0], "is not a configuration field")
-    values = dict(PRESETS[dataset_name])
+    command_line = {**MAIN_DEFAULTS, **overrides}
+    values = dict(MAIN_DEFAULTS, **PRESETS[dataset_name])
+    values.update({k: command_line.get(v, FIELDS[v].default) for k, v in W_SCALE_FROM.items()})
     if overrides.get("convolution") and dataset_name in ("shd", "ssc"):
         values.update(CONV_PRESET)
     values.update(overrides)
@@ -174,7 +219,8 @@ def validate(cfg: Config) -> None:
     for field, options in CHOICES.items():
         need(getattr(cfg, field) in options, field, "must be one of " + ", ".join(options))
     for field in ("n_in", "n_hid", "n_out", "nb_steps", "batch_size", "conv_kernel",
-                  "conv_dilation", "lr_decay_every"):
+                  "conv_dilation", "lr_decay_every", "w_scale_n_in", "w_scale_n_hid",
+                  "w_scale_n_layers"):
         need(getattr(cfg, field) >= 1, field, "must be >= 1")
     need(cfg.n_layers >= 2, "n_layers", "must be >= 2 (it counts the output layer)")
     need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
@@ -217,32 +263,24 @@ def tau_hierarchy(cfg: Config) -> np.ndarray:
 
 
 def conv_hierarchy(cfg: Config) -> tuple:
-    """Kernel sizes and dilations [time steps] of the hidden layers (paper Fig. 4)."""
+    """Kernel sizes and dilations [time steps] of the hidden layers (paper Fig. 4).
+
+    As in the published code, `hierarchy_conv` kernel/both spreads the kernel sizes by
+    `delta_ker`, and the dilations are spread by `delta_dil` whatever `hierarchy_conv` says
+    (so 'dilation' and 'none' give equal kernels, and 'kernel' with a nonzero delta_dil
+    spreads both, as the published Table 1 network did)."""
     n = cfg.n_hidden_layers
     k, d = cfg.conv_kernel, cfg.conv_dilation
-    dk = cfg.delta_ker if cfg.hierarchy_conv in ("kernel", "both") else 0
-    dd = cfg.delta_dil if cfg.hierarchy_conv in ("dilation", "both") else 0
-    kernels = np.linspace(max(int(k - dk / 2), 1), max(int(k + dk / 2), 1), n).astype(int)
+    if cfg.hierarchy_conv in ("kernel", "both"):
+        kernels = np.linspace(max(int(k - cfg.delta_ker / 2), 1), max(int(k + cfg.delta_ker / 2), 1),
+                              n).astype(int)
+    else:
+        kernels = np.full(n, k)
     if n == 1:
         dilations = [d]
     else:
-        dilations = [max(int(d + (l - (n - 1) / 2) * dd / (n - 1)), 0) for l in range(n)]
+        dilations = [max(int(d + (l - (n - 1) / 2) * cfg.delta_dil / (n - 1)), 0) for l in range(n)]
     return tuple(int(v) for v in kernels), tuple(int(v) for v in dilations)
-
-
-def weight_scales(cfg: Config) -> list:
-    """Bound s_l of the uniform weight initialisation of each layer.
-
-    `published`: the published sweeps built [1/sqrt(700), 1/sqrt(128) x 3] once from the
-    code's defaults and used it per layer only when n_layers == 4; any other depth fell back
-    to the mean of that list for every layer. `fan_in`: 1/sqrt(n_pre).
-    """
-    if cfg.weight_init == "fan_in":
-        return [1 / math.sqrt(n) for n in layer_sizes(cfg)[:-1]]
-    published = [1 / math.sqrt(700)] + [1 / math.sqrt(128)] * 3
-    if cfg.n_layers == 4:
-        return published
-    return [float(np.mean(published))] * cfg.n_layers
 
 
 def layer_sizes(cfg: Config) -> list:
@@ -260,29 +298,67 @@ def tau_from_alpha(alpha, dt):
     return -dt / np.log(np.asarray(alpha, dtype=np.float64))
 
 
+# --- initialisation ----------------------------------------------------------------------
+def weight_scales(cfg: Config) -> list:
+    """Bounds (s_W, s_Wrec) of the uniform initialisation of each layer's W and W_rec.
+
+    `published`: the published code built the list [1/sqrt(n_in), 1/sqrt(n_hid) x n_layers]
+    once, from the sizes its settings object was constructed with (w_scale_*: 700 / 128 / 3
+    in sweeps; the command-line values in main.py), and reshaped it per layer: used per layer
+    when it has n_layers entries, else replaced by its mean for every layer (recurrent runs:
+    (W, W_rec) pairs by the same rule). `fan_in`: 1/sqrt(fan-in) of each weight."""
+    n_layers = cfg.n_layers
+    if cfg.weight_init == "fan_in":
+        sizes = layer_sizes(cfg)
+        return [(1 / math.sqrt(sizes[l]), 1 / math.sqrt(sizes[l + 1])) for l in range(n_layers)]
+    w = jnp.asarray([1 / np.sqrt(float(cfg.w_scale_n_in))]
+                    + [1 / np.sqrt(float(cfg.w_scale_n_hid))] * cfg.w_scale_n_layers, jnp.float32)
+    n = len(w)
+    if not cfg.recurrent:
+        per_layer = w if n == n_layers else jnp.full(n_layers, jnp.mean(w))
+        return [(s, s) for s in per_layer]
+    if n == n_layers:
+        pairs = jnp.stack([w, w]).T
+    elif n == 2 * n_layers:
+        pairs = w.reshape(2, n_layers).T
+    elif n == 2:
+        pairs = jnp.tile(w, (n_layers, 1))
+    else:
+        pairs = jnp.full((n_layers, 2), jnp.mean(w))
+    return [(p[0], p[1]) for p in pairs]
+
+
 def init_params(key, cfg: Config) -> list:
     """One dict per layer: W (dense [n_pre, n_post] or conv [k, n_pre, n_post]), alpha,
-    optional W_rec, norm_scale and norm_bias. The last dict is the output layer."""
+    optional W_rec, norm_scale and norm_bias. The last dict is the output layer.
+
+    `published`: the published initialiser's keys. `key` is split into n_layers keys; the
+    first is unused and hidden layer l draws its time constants, W and W_rec all from key
+    l + 1 (so W_rec equals W in hidden layers after the first, where the shapes and bounds
+    agree), and the output layer reuses the last hidden layer's key. `fan_in`: every array
+    from a key of its own."""
     sizes, scales = layer_sizes(cfg), weight_scales(cfg)
     kernels, _ = conv_hierarchy(cfg)
-    taus = tau_hierarchy(cfg)
-    keys = jax.random.split(key, cfg.n_layers)
+    taus = _tau_layers(cfg)
+    keys = jax.random.split(key, cfg.n_layers)[1:]
     params = []
     for l in range(cfg.n_layers):
-        k_w, k_rec, k_tau = jax.random.split(keys[l], 3)
-        n_pre, n_post, s = sizes[l], sizes[l + 1], scales[l]
+        k_layer = keys[min(l, len(keys) - 1)]
+        k_w, k_rec, k_tau = (k_layer,) * 3 if cfg.weight_init == "published" else jax.random.split(k_layer, 3)
+        n_pre, n_post = sizes[l], sizes[l + 1]
+        s_w, s_rec = scales[l]
         hidden = l < cfg.n_layers - 1
         if hidden and cfg.convolution:
-            bound = s / (0.5 * math.sqrt(kernels[l]))
+            bound = s_w / jnp.float32(0.5 * np.sqrt(kernels[l]))
             layer = {"W": _uniform(k_w, (kernels[l], n_pre, n_post), bound)}
         else:
-            layer = {"W": _uniform(k_w, (n_pre, n_post), s)}
+            layer = {"W": _uniform(k_w, (n_pre, n_post), s_w)}
         if hidden and cfg.recurrent:
-            layer["W_rec"] = _uniform(k_rec, (n_post, n_post), s)
+            layer["W_rec"] = _uniform(k_rec, (n_post, n_post), s_rec)
         if hidden:
             layer["alpha"] = _hidden_alpha(k_tau, taus[l], n_post, cfg)
         else:
-            layer["alpha"] = jnp.asarray(alpha_from_tau(cfg.tau_out, cfg.dt), jnp.float32)
+            layer["alpha"] = jnp.exp(jnp.float32(-cfg.dt / cfg.tau_out))
         if cfg.normalizer != "none":
             layer["norm_scale"] = jnp.ones(n_post, jnp.float32)
             layer["norm_bias"] = jnp.zeros(n_post, jnp.float32)
@@ -294,15 +370,28 @@ def _uniform(key, shape, bound):
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
+def _tau_layers(cfg: Config):
+    """`tau_hierarchy` in the number types of the published initialiser (float32 for linear
+    and none, float64 for tanh), so that the drawn time constants round alike."""
+    taus = tau_hierarchy(cfg)
+    if cfg.hierarchy_tau == "linear" and cfg.n_hidden_layers > 1:
+        return jnp.linspace(taus[0], taus[-1], cfg.n_hidden_layers)
+    if cfg.hierarchy_tau == "tanh" and cfg.n_hidden_layers > 1:
+        return taus
+    return jnp.ones(cfg.n_hidden_layers) * cfg.tau_mem
+
+
 def _hidden_alpha(key, tau_l, n, cfg):
-    """Per-neuron decays around the layer's time constant; one shared scalar when
-    `distrib_tau` is none (as in the published code)."""
+    """Per-neuron decays around the layer's time constant tau_l: tau ~ U[tau_l (1 - sd),
+    tau_l (1 + sd)] or N(tau_l, (sd tau_l)^2), clipped to [1e-10, 10] s; one shared scalar
+    when `distrib_tau` is none. alpha = exp(-dt / tau) clipped to [0.1, 0.99]."""
     sd = cfg.distrib_tau_sd
     if cfg.distrib_tau == "uniform":
         tau = jax.random.uniform(key, (n,), jnp.float32, tau_l * (1 - sd), tau_l * (1 + sd))
+        tau = jnp.clip(tau, 1e-10, 10.0)
     elif cfg.distrib_tau == "normal":
-        tau = tau_l + sd * tau_l * jax.random.normal(key, (n,), jnp.float32)
+        tau = jax.random.normal(key, (n,), jnp.float32) * sd * tau_l + tau_l
+        tau = jnp.clip(tau, 1e-10, 10.0)
     else:
-        tau = jnp.asarray(tau_l, jnp.float32)
-    tau = jnp.clip(tau, 1e-10, 10.0)
+        tau = tau_l
     return jnp.clip(jnp.exp(-cfg.dt / tau), 0.1, 0.99).astype(jnp.float32)

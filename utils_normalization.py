@@ -25,28 +25,34 @@ def sum_rows(x):
     return jnp.dot(jnp.ones(x2.shape[0], x.dtype), x2, precision=HIGHEST)
 
 
+def moments(mean_x, mean_x2):
+    """(mean, variance) from E[x] and E[x^2], as the published code computes them:
+    var = max(0, E[x^2] - E[x]^2) (the difference can round below zero)."""
+    return mean_x, jnp.maximum(0.0, mean_x2 - jnp.square(mean_x))
+
+
 @jax.custom_vjp
 def batch_norm(I_TBH, scale, bias):
-    """Per feature over batch x time: (I - mean) / sqrt(var + 1e-5) * scale + bias."""
+    """Per feature over batch x time: (I - mean) * (rsqrt(var + 1e-5) * scale) + bias."""
     return _batch_norm_fwd(I_TBH, scale, bias)[0]
 
 
 def _batch_norm_fwd(I_TBH, scale, bias):
     n = I_TBH.shape[0] * I_TBH.shape[1]
-    mean = sum_rows(I_TBH) / n
-    var = sum_rows(jnp.square(I_TBH - mean)) / n
+    mean, var = moments(sum_rows(I_TBH) / n, sum_rows(jnp.square(I_TBH)) / n)
     inv = jax.lax.rsqrt(var + BATCH_EPS)
-    xhat = (I_TBH - mean) * inv
-    return xhat * scale + bias, (xhat, inv, scale)
+    centred = I_TBH - mean
+    return centred * (inv * scale) + bias, (centred, inv, scale)
 
 
 def _batch_norm_bwd(residuals, g_TBH):
-    """The textbook batch-norm gradient: two reductions and one elementwise pass."""
-    xhat, inv, scale = residuals
-    n = xhat.shape[0] * xhat.shape[1]
+    """The textbook batch-norm gradient (xhat = centred * inv): two reductions and one
+    elementwise pass."""
+    centred, inv, scale = residuals
+    n = centred.shape[0] * centred.shape[1]
     dbias = sum_rows(g_TBH)
-    dscale = sum_rows(g_TBH * xhat)
-    dI = (scale * inv) * (g_TBH - (dbias + xhat * dscale) / n)
+    dscale = inv * sum_rows(g_TBH * centred)
+    dI = (scale * inv) * (g_TBH - (dbias + centred * (inv * dscale)) / n)
     return dI, dscale, dbias
 
 
@@ -54,9 +60,10 @@ batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 def layer_norm(I_TBH, scale, bias, eps=LAYER_EPS):
-    mean = I_TBH.mean(axis=-1, keepdims=True)
-    var = I_TBH.var(axis=-1, keepdims=True)
-    return (I_TBH - mean) / jnp.sqrt(var + eps) * scale + bias
+    """Per (time, sample) over the features: (I - mean) * (rsqrt(var + 1e-6) * scale) + bias."""
+    mean, var = moments(I_TBH.mean(axis=-1, keepdims=True),
+                        jnp.square(I_TBH).mean(axis=-1, keepdims=True))
+    return (I_TBH - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
 
 
 def normalize(I_TBH, layer: dict, normalizer: str):

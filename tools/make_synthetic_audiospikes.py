@@ -18,12 +18,9 @@ site serves them (a local `python3 -m http.server` in that folder then stands in
 """
 
 import argparse
-import contextlib
 import gzip
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -31,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules
 from utils_dataset import AUDIO_CHANNELS, AUDIO_CLASSES, file_md5  # noqa: E402
+from utils_io import atomic_path  # noqa: E402
 
 SIZES = {"shd": dict(train=8156, test=2264), "ssc": dict(train=75466, valid=9981, test=20382)}
 SPIKES = (5000, 10000)    # spikes per sample, drawn uniformly
@@ -78,24 +76,9 @@ def ragged(arrays) -> np.ndarray:
     return out
 
 
-@contextlib.contextmanager
-def written_atomically(path: Path):
-    """A temporary path next to `path`, renamed to `path` when the block succeeds and removed
-    when it fails: an interrupted run leaves no half-written file under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the data from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np.random.Generator):
     """One file in the published layout, generated and written CHUNK samples at a time."""
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         times = f.create_dataset("spikes/times", (len(labels),), h5py.vlen_dtype(np.float16))
         units = f.create_dataset("spikes/units", (len(labels),), h5py.vlen_dtype(np.uint16))
         f.create_dataset("labels", data=labels.astype(np.uint16))
@@ -108,7 +91,7 @@ def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np
 def gzip_file(path: Path) -> Path:
     """`path` -> `path.gz`; returns the archive."""
     gz = path.with_name(path.name + ".gz")
-    with written_atomically(gz) as tmp, open(path, "rb") as source, gzip.open(tmp, "wb") as out:
+    with atomic_path(gz) as tmp, open(path, "rb") as source, gzip.open(tmp, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 22)
     return gz
 

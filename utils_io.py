@@ -1,0 +1,61 @@
+"""Files that are never half-written, and JSON read back with one-line errors.
+
+Every file a run or a sweep writes goes through `atomic_write`: written under a temporary
+name in the same folder, flushed to disk, then renamed over the real name, so that a kill at
+any moment leaves either the old file or the new one, never a torn one.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+FILE_MODE = 0o644  # mkstemp's 0600 would hide results and data from the other users of a machine
+
+
+class FileError(RuntimeError):
+    """A file the project wrote earlier is unreadable or damaged; the message, one line, names
+    the file, what is wrong and what to do."""
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path next to `path`, renamed to `path` when the block succeeds and removed
+    when it fails (for writers that need a file name, such as h5py)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path, write):
+    """`write(f)` on the binary handle of a temporary file, fsync, then rename over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def read_json(path, what: str = "JSON file", fix: str = "delete it and run again"):
+    """The object in `path`; a missing, unreadable or invalid file raises one FileError line."""
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise FileError(f"{path}: not a text file, so not the {what} it should be; {fix}") from None
+    except OSError as err:
+        raise FileError(f"{path}: cannot read it ({err.strerror or err}); {fix}") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise FileError(f"{path}: invalid JSON ({err}), so not the {what} it should be; {fix}") from None
