@@ -7,40 +7,23 @@ Every `Config` field is a flag; flags not given take the task preset's value
 """
 
 import argparse
-import dataclasses
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from cli import OneLineParser, add_config_flags, parse_bool
 from utils_initialization import Config, ConfigError, make_config
 
 RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache", "print_config")
 
 
-def parse_bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "y", "on"):
-        return True
-    if value in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Errors as one line and exit code 2, no usage dump."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog="main.py") -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog, description="Train a hierarchical spiking network.",
+    parser = OneLineParser(prog=prog, usage=f"{prog} [--dataset_name NAME] [--FIELD VALUE ...] [run options]",
+                           description="Train a hierarchical spiking network. Flags not "
+                           "given take the task preset's value (the published main.py's), else the default.",
                            allow_abbrev=False)
-    for field in dataclasses.fields(Config):
-        kind = {bool: parse_bool, int: int, float: float, str: str}.get(field.type, float)
-        parser.add_argument(f"--{field.name}", type=kind, default=None, metavar=field.name.upper(),
-                            help=f"(default: task preset, else {field.default!r})")
+    add_config_flags(parser)
     parser.add_argument("--results_dir", default="results", help="parent folder of run folders")
     parser.add_argument("--save_dir_name", default=None,
                         help="run folder name (default: dataset, shape, seed and a timestamp)")

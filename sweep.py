@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+from cli import OneLineParser, parse_bool, parse_field
+
 ROOT = Path(__file__).resolve().parent
 SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
 PAPER_FILE = ROOT / "paper" / "paper_numbers.json"
@@ -361,17 +363,14 @@ def open_sweep(args, definitions) -> Sweep:
 
 def parse_sets(items: list) -> dict:
     """--set FIELD=VALUE, typed by the Config field (booleans as true/false)."""
-    from main import parse_bool
-    from utils_initialization import FIELDS
     sets = {}
     for item in items:
         field, sep, text = item.partition("=")
-        if not sep or field not in FIELDS:
+        if not sep:
             raise SweepError(f"--set {item}: expected FIELD=VALUE with a Config field (a main.py flag)")
-        kind = {bool: parse_bool, int: int, float: float, str: str}.get(FIELDS[field].type, float)
         try:
-            sets[field] = None if text.lower() == "none" and field == "timestep" else kind(text)
-        except (ValueError, argparse.ArgumentTypeError) as err:
+            sets[field] = parse_field(field, text)
+        except ValueError as err:
             raise SweepError(f"--set {item}: {err}")
     return sets
 
@@ -1001,7 +1000,6 @@ def parse_shard(text: str):
 
 
 def build_parser():
-    from main import OneLineParser, parse_bool
     p = OneLineParser(prog="sweep.py", description="Run a sweep of the paper and draw its figure.",
                       allow_abbrev=False)
     p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")

@@ -55,15 +55,15 @@ def add_config_arguments(parser):
 
 
 def build_config(args):
-    from main import build_parser, config_from_args
-    flags = ["--dataset_name", args.dataset_name]
-    for field in ("n_layers", "n_hid", "batch_size", "nb_steps"):
-        if getattr(args, field) is not None:
-            flags += [f"--{field}", str(getattr(args, field))]
+    """main.py's configuration of --dataset_name with the shape flags and --set overrides."""
+    from cli import parse_field
+    from utils_initialization import make_config
+    overrides = {f: getattr(args, f) for f in ("n_layers", "n_hid", "batch_size", "nb_steps")
+                 if getattr(args, f) is not None}
     for item in args.set:
         key, value = item.split("=", 1)
-        flags += [f"--{key}", value]
-    return config_from_args(build_parser().parse_args(flags))
+        overrides[key] = parse_field(key, value)
+    return make_config(args.dataset_name, **overrides)
 
 
 def synthetic_split(n, cfg, density, rng):

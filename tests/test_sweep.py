@@ -31,8 +31,12 @@ PUBLISHED_RUNS = {  # the grids of paper/sweeps.json, counted by hand
     "hSNN_Figure_4b": 10 * 9, "hSNN_Figure_4d": 10 * 7, "SHD_hCSNN_max_performance": 10,
     "SSC_hCSNN_max_performance": 10 * 2, "SSC_hSNN_hierarchy": 5 * 2, "hSNN_Figure_5b": 5 * 5,
     "hSNN_Figure_5c": 5 * 5, "hSNN_Figure_6": 5 * 5 * 2, "hSNN_Figure_3b": 5, "hSNN_Figure_3c": 5,
+    "SHD_hCSNN_proper_validation": 10 * 2,
 }
-TINY_FIXED = {"dataset_name": "mts_xor", "n_hid": 4, "n_layers": 3, "tau_mem": 0.3,
+# a sweep starts from the published SimArgs() defaults, so the task's sizes are given here,
+# as the published MTS-XOR sweeps gave them
+TINY_FIXED = {"dataset_name": "mts_xor", "n_in": 40, "n_out": 2, "decoder": "vmem_time", "time_max": 1.0,
+              "timestep": 0.01, "batch_size": 512, "n_hid": 4, "n_layers": 3, "tau_mem": 0.3,
               "hierarchy_tau": "tanh", "n_epochs": 2}
 
 
@@ -106,14 +110,15 @@ def test_grid_points_and_baseline(definitions):
 
 
 def test_published_conv_hierarchy_runs_as_it_computed(definitions):
-    """Table 1 says 'kernel' with delta_dil 2; the published code applied both spreads:
-    kernels [3, 6] and dilations [4, 6] (paper_numbers.json)."""
+    """Table 1 says 'kernel' with delta_dil 2; the published code spreads the dilations by
+    delta_dil whatever hierarchy_conv says: kernels [3, 6] and dilations [4, 6]."""
     run = sweep.expand(definitions["SHD_hCSNN_max_performance"])[0]
     cfg = sweep.make_run_config(run.overrides, 0)
-    assert cfg.hierarchy_conv == "both" and conv_hierarchy(cfg) == ((3, 6), (4, 6))
-    assert any("both" in note for note in sweep.conversion_notes(definitions["SHD_hCSNN_max_performance"]))
+    assert cfg.hierarchy_conv == "kernel" and conv_hierarchy(cfg) == ((3, 6), (4, 6))
     fig4b = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_4b"])[-1].overrides, 0)
     assert fig4b.hierarchy_conv == "kernel" and conv_hierarchy(fig4b) == ((3, 7), (5, 5))
+    fig4d = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_4d"])[-1].overrides, 0)
+    assert fig4d.hierarchy_conv == "dilation" and conv_hierarchy(fig4d) == ((5, 5), (3, 6))
 
 
 def test_published_distrib_tau_true_means_none():
@@ -214,8 +219,13 @@ def test_sweep_results_equal_main_per_run(root, tmp_path, jax_cache):
     folder = tmp_path / "results" / "tiny"
     lines = {line["seed"]: line for line in lines_of(folder / "runs.jsonl")}
     assert sorted(lines) == [0, 1]
+    printed = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                        "--print_configs")
+    configs = [json.loads(text) for text in printed.stdout.splitlines()]
+    assert printed.returncode == 0 and [c["seed"] for c in configs] == [0, 1]
+    assert all(lines[c["seed"]]["config"] == c for c in configs)  # each line says what it trained
     for seed in (1,):  # the second seed of the group, trained after the first in one call
-        flags = [f"--{k}={v}" for k, v in {**TINY_FIXED, "delta_tau": 0.4, "seed": seed}.items()]
+        flags = [f"--{k}={'none' if v is None else v}" for k, v in configs[seed].items()]
         main = subprocess.run([sys.executable, "main.py", *flags, "--results_dir", str(tmp_path / "main"),
                                "--save_dir_name", f"s{seed}", "--progress", "false"],
                               cwd=root, capture_output=True, text=True, timeout=300)
@@ -373,7 +383,7 @@ def fake_results(folder, definition, rng, with_params=False):
             (folder / "runs" / run.key).mkdir()
             taus = {f"L{l}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (l + 1))) for l in range(n)}
             np.savez(folder / "runs" / run.key / "params.npz", **taus)
-        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics))
+        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
 @pytest.mark.parametrize("name,rows,check", [
