@@ -2,8 +2,9 @@
 
     python3 main.py --dataset_name mts_xor --n_layers 4 --hierarchy_tau tanh --delta_tau 0.4
 
-Every `Config` field is a flag; flags not given take the task preset's value
-(utils_initialization.PRESETS), then the Config default.
+Every `Config` field is a flag (`--help` lists them with units and defaults); flags not given
+take the published main.py's value for the task (utils_initialization.PRESETS), then the
+default. The run's folder is reserved before anything else happens; see run_folder.py.
 """
 
 import argparse
@@ -13,35 +14,56 @@ from datetime import datetime
 from pathlib import Path
 
 from cli import OneLineParser, add_config_flags, parse_bool
-from utils_initialization import Config, ConfigError, make_config
+from run_folder import CONFIG, RunFolderError, check_name
+from training import OutOfMemory, TrainingDiverged, configure_jax, train_hsnn
+from utils_dataset import DataError
+from utils_initialization import FIELDS, Config, ConfigError, make_config
+from utils_io import FileError, read_json
 
-RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "progress", "compilation_cache", "print_config")
+RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "restart", "force", "progress",
+             "compilation_cache", "print_config")
 
 
 def build_parser(prog="main.py") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, usage=f"{prog} [--dataset_name NAME] [--FIELD VALUE ...] [run options]",
-                           description="Train a hierarchical spiking network. Flags not "
-                           "given take the task preset's value (the published main.py's), else the default.",
+                           description="Train a hierarchical spiking network. Flags not given take the "
+                           "task preset's value (the published main.py's), else the default.",
                            allow_abbrev=False)
     add_config_flags(parser)
-    parser.add_argument("--results_dir", default="results", help="parent folder of run folders")
-    parser.add_argument("--save_dir_name", default=None,
-                        help="run folder name (default: dataset, shape, seed and a timestamp)")
-    parser.add_argument("--resume", type=parse_bool, nargs="?", const=True, default=False,
-                        help="continue the run in --save_dir_name from its last finished epoch")
-    parser.add_argument("--progress", type=parse_bool, default=True, help="show progress bars")
-    parser.add_argument("--compilation_cache", type=parse_bool, default=True,
-                        help="reuse compiled programs across runs (JAX's persistent cache)")
-    parser.add_argument("--print_config", action="store_true",
-                        help="print the resolved configuration as one JSON object and exit without training")
+    run = parser.add_argument_group("run options")
+    run.add_argument("--results_dir", default="results", help="parent folder of run folders")
+    run.add_argument("--save_dir_name", default=None,
+                     help="run folder name, inside --results_dir (default: dataset, shape, seed and a timestamp)")
+    run.add_argument("--resume", type=parse_bool, nargs="?", const=True, default=False,
+                     help="continue the run in --save_dir_name from its last finished epoch")
+    run.add_argument("--restart", type=parse_bool, nargs="?", const=True, default=False,
+                     help="train the run in --save_dir_name again from the start; its files are moved "
+                          "into its previous-<time>/ folder, never deleted")
+    run.add_argument("--force", type=parse_bool, nargs="?", const=True, default=False,
+                     help="train even if the step's memory estimate exceeds the memory available")
+    run.add_argument("--progress", type=parse_bool, default=True, help="show progress bars")
+    run.add_argument("--compilation_cache", type=parse_bool, default=True,
+                     help="reuse compiled programs across runs (JAX's persistent cache)")
+    run.add_argument("--print_config", action="store_true",
+                     help="print the resolved configuration as one JSON object and exit without training")
     return parser
 
 
 def config_from_args(args) -> Config:
+    """The flags' configuration; with --resume (or --restart of a readable run) the run
+    folder's config.json, with the flags given on top."""
     overrides = {k: v for k, v in vars(args).items() if k not in RUN_FLAGS and v is not None}
-    if args.resume:
-        stored = json.loads((Path(args.results_dir) / args.save_dir_name / "config.json").read_text())
-        return Config(**{**stored, **overrides})
+    stored = Path(args.results_dir) / (args.save_dir_name or "") / CONFIG
+    if args.resume or (args.restart and stored.exists()):
+        fix = "add --restart and the run's flags to train it from the start"
+        try:
+            values = read_json(stored, "run configuration", fix)
+            if not isinstance(values, dict) or set(values) - set(FIELDS):
+                raise FileError(f"{stored}: not a run configuration (a JSON object of Config fields); {fix}")
+            return Config(**{**values, **overrides})
+        except FileError:
+            if args.resume:
+                raise
     return make_config(overrides.pop("dataset_name", "shd"), **overrides)
 
 
@@ -55,31 +77,40 @@ def fail(message, code):
     sys.exit(code)
 
 
+def check_run_flags(args):
+    if (args.resume or args.restart) and not args.save_dir_name:
+        fail(f"--{'resume' if args.resume else 'restart'} needs --save_dir_name, the run folder", 2)
+    if args.resume and args.restart:
+        fail("--resume and --restart exclude each other: continue the run, or train it again", 2)
+    if args.resume and not (Path(args.results_dir) / args.save_dir_name / CONFIG).exists():
+        fail(f"--resume: {Path(args.results_dir) / args.save_dir_name} holds no run to continue", 2)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.resume and not args.save_dir_name:
-        fail("--resume needs --save_dir_name, the run folder to continue", 2)
-    if args.resume and not (Path(args.results_dir) / args.save_dir_name / "config.json").exists():
-        fail(f"--resume: {Path(args.results_dir) / args.save_dir_name} holds no run to continue", 2)
+    check_run_flags(args)
+    run_dir = None
     try:
+        if args.save_dir_name:
+            check_name(args.save_dir_name)
         cfg = config_from_args(args)
-    except (ConfigError, TypeError) as err:
-        fail(err, 2)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict()))
-        return
-    print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
-    run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
-
-    from training import RunFolderError, TrainingDiverged, configure_jax, train_hsnn
-    from utils_dataset import DataError
-    configure_jax(args.compilation_cache)
-    try:
-        metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress)
-    except RunFolderError as err:
+        if args.print_config:
+            return print(json.dumps(cfg.to_dict()))
+        run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
+        print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
+        print(f"run folder: {run_dir}", flush=True)
+        configure_jax(args.compilation_cache)
+        metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,
+                             restart=args.restart, force=args.force)
+    except (ConfigError, TypeError, RunFolderError, FileError, OutOfMemory) as err:
         fail(err, 2)
     except (TrainingDiverged, DataError) as err:
         fail(err, 1)
+    except KeyboardInterrupt:
+        if run_dir is None:
+            fail("interrupted", 130)
+        fail(f"interrupted; continue this run with: python3 main.py --results_dir {args.results_dir} "
+             f"--save_dir_name {run_dir.relative_to(args.results_dir)} --resume", 130)
     print(f"best validation accuracy {metrics['best_valid_acc']:.2%} (epoch {metrics['best_epoch'] + 1}), "
           f"test accuracy {metrics['test_acc']:.2%}; run folder {run_dir}")
 

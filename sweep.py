@@ -36,7 +36,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import run_folder
 from cli import OneLineParser, parse_bool, parse_field
+from training import OutOfMemory, TrainingDiverged
+from utils_dataset import DataError
+from utils_io import FileError, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent
 SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
@@ -170,17 +174,31 @@ def shard_runs(runs: list, shard) -> list:
 
 # --- the results table: one line per finished run --------------------------------------------
 def read_lines(folder: Path) -> dict:
-    """{key: line} from runs.jsonl and any runs*.jsonl beside it (shards copied together);
-    a torn last line (a crash mid-write) is skipped; the first line of a key wins."""
-    lines = {}
+    """{key: line} from runs.jsonl and any runs*.jsonl beside it (shards copied together); the
+    first line of a key wins. A line that is not a run record (a torn last line after a
+    crash, junk) is skipped, with one warning."""
+    lines, skipped = {}, 0
     for path in sorted(Path(folder).glob("runs*.jsonl")):
-        for text in path.read_text().splitlines():
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            lines.setdefault(line["key"], line)
+        for raw in path.read_bytes().splitlines():
+            line = parse_line(raw)
+            if line is None:
+                skipped += bool(raw.strip())
+            else:
+                lines.setdefault(line["key"], line)
+    if skipped:
+        print(f"warning: {folder}: skipped {skipped} line(s) of runs*.jsonl that are not run records",
+              file=sys.stderr)
     return lines
+
+
+def parse_line(raw: bytes):
+    """A runs.jsonl line as a run record (a JSON object with a key and a test accuracy), else None."""
+    try:
+        line = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(line, dict) and isinstance(line.get("key"), str) and isinstance(line.get("test_acc"), (int, float))
+    return line if ok else None
 
 
 @contextlib.contextmanager
@@ -214,11 +232,7 @@ def append_line(path: Path, line: dict) -> bool:
 
 
 def _keys(content: bytes) -> set:
-    keys = set()
-    for text in content.decode().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            keys.add(json.loads(text)["key"])
-    return keys
+    return {line["key"] for line in map(parse_line, content.splitlines()) if line is not None}
 
 
 def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
@@ -247,15 +261,14 @@ def stale_line(run: Run, line: dict):
 
 
 def finished_metrics(run_dir: Path):
-    """The final metrics of a finished run folder, else None."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
+    """The final metrics of a finished run folder, else None (also when its files are
+    damaged: `train_task` then trains the run again)."""
+    try:
+        return run_folder.finished_metrics(Path(run_dir)) if Path(run_dir).exists() else None
+    except FileError:
         return None
-    metrics = json.loads(path.read_text())
-    return metrics if "test_acc" in metrics else None
 
 
-# --- training a seed group: the same entry point as main.py ---------------------------------
 def train_task(task: dict) -> list:
     """Train one seed group (a local worker process, the driver itself, or a Ray task).
 
@@ -278,10 +291,16 @@ def train_task(task: dict) -> list:
         for d in sorted(dirs):  # one trainer per run folder, even if two drivers meet
             stack.enter_context(locked(runs_dir / f".{d.name}.lock"))
         todo = [i for i, d in enumerate(dirs) if finished_metrics(d) is None]
+        cfg = _config_from_dict(task["cfg"])
+        for i in todo:  # damaged or foreign files: moved aside (never deleted), the run trained again
+            why = run_folder.problem(dirs[i], cfg.replace(seed=task["seeds"][i])) if dirs[i].exists() else None
+            if why:
+                aside = run_folder.move_aside(dirs[i])
+                print(f"warning: {why}; its files were moved to {aside}; training the run again",
+                      file=sys.stderr, flush=True)
         if todo:
-            cfg = _config_from_dict(task["cfg"])
             train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
-                        resume=True, progress=task.get("progress", False))
+                        resume=True, progress=task.get("progress", False), force=task.get("force", False))
         ship = task["runs_dir"] is None
         return [(d.name, finished_metrics(d), _read_files(d) if ship else None) for d in dirs]
 
@@ -378,15 +397,23 @@ def parse_sets(items: list) -> dict:
 def check_manifest(sweep: Sweep):
     """A sweep folder holds one sweep: what a re-run asks must match what is there."""
     manifest = dict(sweep_name=sweep.name, definition=sweep.definition, quick=sweep.quick, set=sweep.sets)
-    sweep.folder.mkdir(parents=True, exist_ok=True)
     path = sweep.folder / MANIFEST
-    with locked(sweep.folder / f".{MANIFEST}.lock"):
-        if not path.exists():
-            from utils_io import write_json
-            write_json(path, manifest)
-            return
-    stored = json.loads(path.read_text())
-    if stored != json.loads(json.dumps(manifest)):
+    try:
+        (sweep.folder / "runs").mkdir(parents=True, exist_ok=True)
+        with locked(sweep.folder / f".{MANIFEST}.lock"):
+            if not path.exists():
+                write_json(path, manifest)
+                return
+    except OSError as err:
+        raise SweepError(f"cannot write the sweep folder {sweep.folder} ({err.strerror or err}); choose "
+                         "another --results_dir") from None
+    try:
+        stored = read_json(path, "sweep manifest", "move it aside (the sweep then writes it anew) or use "
+                           "another --results_dir")
+    except FileError as err:
+        raise SweepError(err) from None
+    if not isinstance(stored, dict) or stored != json.loads(json.dumps(manifest)):
+        stored = stored if isinstance(stored, dict) else {}
         diff = sorted(k for k in manifest if json.loads(json.dumps(manifest[k])) != stored.get(k))
         raise SweepError(f"{sweep.folder} holds a sweep run with other settings ({', '.join(diff)} differ, "
                          f"see {path}); use another --results_dir or remove that folder")
@@ -421,7 +448,7 @@ def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
                                   names=[r.key for r in group], files=files,
                                   runs_dir=None if ship else str(sweep.folder / "runs"),
                                   jax_cache=(args.jax_cache and NODE_CACHE) if ship else args.jax_cache,
-                                  progress=args.progress and args.jobs == 1 and not ship)))
+                                  progress=args.progress and args.jobs == 1 and not ship, force=args.force)))
     return tasks
 
 
@@ -463,7 +490,6 @@ class Recorder:
 
 def run_sweep(sweep: Sweep, args):
     check_manifest(sweep)
-    (sweep.folder / "runs").mkdir(exist_ok=True)
     pending = plan(sweep, read_lines(sweep.folder))
     done = len(sweep.runs) - len(pending)
     print(f"{sweep.name}{' (quick)' if sweep.quick else ''}: {len(sweep.runs)} runs"
@@ -476,7 +502,12 @@ def run_sweep(sweep: Sweep, args):
         run_in_processes(make_tasks(sweep, pending, args, ship=False), args.jobs, record)
     else:
         for group, task in make_tasks(sweep, pending, args, ship=False):
-            record(group, train_task(task))
+            try:
+                outcome = train_task(task)
+            except Exception as err:  # reported; the other groups go on
+                outcome = err
+            record.result(group, outcome)
+        record.raise_first_error()
     return record.done
 
 
@@ -1024,6 +1055,8 @@ def build_parser():
     p.add_argument("--wandb", action="store_true", help="log every finished run to Weights & Biases")
     p.add_argument("--wandb_project", default="hSNN", help="W&B project")
     p.add_argument("--progress", type=parse_bool, default=True, help="progress bars (with --jobs 1)")
+    p.add_argument("--force", action="store_true",
+                   help="train even if a run's memory estimate exceeds the memory available")
     p.add_argument("--jax_cache", default=None,
                    help="JAX compilation cache folder (default <results_dir>/.jax_cache; 'none': off)")
     p.add_argument("--sweeps_file", default=str(SWEEPS_FILE), help="sweep definitions (JSON)")
@@ -1060,12 +1093,8 @@ def main(argv=None):
         fail(err, 2)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to continue with the unfinished runs", 130)
-    except Exception as err:
-        from training import TrainingDiverged
-        from utils_dataset import DataError
-        if isinstance(err, (DataError, TrainingDiverged)):
-            fail(f"{err}; the other runs' results are kept", 1)
-        raise
+    except (DataError, TrainingDiverged, OutOfMemory, FileError, run_folder.RunFolderError) as err:
+        fail(f"{err}; the other runs' results are kept", 1)
 
 
 def check_args(args, definitions):
@@ -1077,6 +1106,10 @@ def check_args(args, definitions):
                          "(--list shows all)")
     if args.jobs < 1:
         raise SweepError("--jobs must be >= 1")
+    if args.seeds_per_task < 0:
+        raise SweepError("--seeds_per_task must be >= 0 (0: whole seed groups)")
+    if Path(args.results_dir).exists() and not Path(args.results_dir).is_dir():
+        raise SweepError(f"--results_dir {args.results_dir}: is a file, not a folder; choose another")
     if args.jax_cache is None:
         args.jax_cache = str(Path(args.results_dir).resolve() / ".jax_cache")
     elif args.jax_cache.lower() == "none":

@@ -9,6 +9,7 @@ function of (seed, epoch): the data order of epoch e comes from numpy's
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -16,8 +17,6 @@ import platform
 import socket
 import subprocess
 import sys
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,21 +31,18 @@ from tqdm.auto import tqdm
 import utils_dataset
 from models import ALPHA_MAX, ALPHA_MIN, decode, forward
 from utils_initialization import Config, init_params, tau_from_alpha
-from utils_io import atomic_write, write_json
+import run_folder
+from run_folder import RunFolderError  # noqa: F401 (part of this module's interface)
+from utils_io import FileError, atomic_write, write_json
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
 ALPHA_HIGH = 0.95        # decays above this are penalised ...
 ALPHA_HIGH_WEIGHT = 0.1  # ... with this weight
 ALPHA_GRAD_SCALE = 0.1   # train_alpha: hidden-layer decay gradients are scaled by this
-CHECKPOINT = "checkpoint.npz"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class RunFolderError(RuntimeError):
-    """The run folder exists (and --resume was not given) or cannot be resumed."""
 
 
 # --- loss (DESIGN.md Sec. 2) ---------------------------------------------------------------
@@ -352,15 +348,18 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
 
 
 def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool = True,
-               task: Optional[utils_dataset.Task] = None) -> dict:
+               task: Optional[utils_dataset.Task] = None, restart: bool = False,
+               force: bool = False) -> dict:
     """Train one network; returns the metrics dict also written to `run_dir/metrics.json`.
 
     `run_dir` None trains without writing anything. An existing `run_dir` is refused unless
-    `resume`, which continues from its checkpoint of the last finished epoch.
+    `resume` (continue from the checkpoint of the last finished epoch) or `restart` (move its
+    files aside and train from the start); see run_folder.py. `force`: train even if the
+    step's memory estimate exceeds the memory available.
     """
     if resume and run_dir is not None and not Path(run_dir).exists():
         raise RunFolderError(f"cannot resume: {run_dir} does not exist")
-    return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task])[0]
+    return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task], restart=restart, force=force)[0]
 
 
 # Seeds trained together hold one batch per seed and the activations of every layer at once;
@@ -381,32 +380,127 @@ def seeds_per_group(cfg: Config) -> int:
 
 
 def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress: bool = True,
-                tasks=None, group_size: Optional[int] = None) -> list:
+                tasks=None, group_size: Optional[int] = None, restart: bool = False,
+                force: bool = False) -> list:
     """Train the runs `cfg.replace(seed=s)` for every seed in `seeds` as vmapped programs of
     up to `group_size` seeds (default: `seeds_per_group`); returns their metrics in order,
     equal (to float tolerance) to `train_hsnn` run seed by seed. `resume`: run folders that
     exist are continued from their checkpoints; seeds whose checkpoints stand at different
-    epochs are trained in separate groups."""
+    epochs are trained in separate groups.
+
+    The run folders are created (or locked) before the data is loaded, so that a second run
+    on the same folder fails at once; a folder created here is removed again if the data
+    cannot be loaded. A run that fails while training leaves error.txt in its folder."""
     cfgs = [cfg.replace(seed=s) for s in seeds]
     run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
-    states = [_check_run(c, d, resume and d is not None and d.exists()) for c, d in zip(cfgs, run_dirs)]
-    # the data first: a failed download must not leave a run folder behind
-    tasks = [t if t is not None else utils_dataset.load_task(c)
-             for t, c in zip(tasks or [None] * len(seeds), cfgs)]
-    for c, d in zip(cfgs, run_dirs):
-        _create_run(c, d)
-        if d is not None:
-            record_provenance(d)
-    done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
-    size = group_size or seeds_per_group(cfg)
-    results = {}
-    for epoch in sorted(set(done)):
-        members = [i for i in range(len(seeds)) if done[i] == epoch]
-        for group in (members[k:k + size] for k in range(0, len(members), size)):
-            pick = lambda items: [items[i] for i in group]  # noqa: E731
-            out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress)
-            results.update(zip(group, out))
-    return [results[i] for i in range(len(seeds))]
+    with contextlib.ExitStack() as stack:
+        folders, states = [], []
+        for c, d in zip(cfgs, run_dirs):
+            folder, state = run_folder.open_run(c, d, resume, restart) if d is not None else (None, None)
+            if folder is not None:
+                stack.callback(folder.close)
+            folders.append(folder)
+            states.append(state)
+        try:
+            tasks = [t if t is not None else utils_dataset.load_task(c)
+                     for t, c in zip(tasks or [None] * len(seeds), cfgs)]
+        except BaseException:
+            for folder in folders:
+                if folder is not None:
+                    folder.discard()
+            raise
+        for d in run_dirs:
+            if d is not None:
+                record_provenance(d)
+        done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
+        size = group_size or seeds_per_group(cfg)
+        results = {}
+        for epoch in sorted(set(done)):
+            members = [i for i in range(len(seeds)) if done[i] == epoch]
+            for group in (members[k:k + size] for k in range(0, len(members), size)):
+                pick = lambda items: [items[i] for i in group]  # noqa: E731
+                try:
+                    out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress, force)
+                except OutOfMemory:  # nothing was trained: no folder is left behind
+                    for folder in folders:
+                        if folder is not None:
+                            folder.discard()
+                    raise
+                except Exception as err:  # not KeyboardInterrupt: an interrupted run is resumable
+                    for d in pick(run_dirs):
+                        if d is not None:
+                            run_folder.write_error(d, err)
+                    raise
+                results.update(zip(group, out))
+        return [results[i] for i in range(len(seeds))]
+
+
+class OutOfMemory(RuntimeError):
+    """The train step would need more memory than the machine has available."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes still free for training: the accelerator's free memory, on the CPU the host's
+    available memory (Linux MemAvailable, else the free physical pages); None if unknown."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def step_memory(cfg: Config, steps: Steps, optimizer, tasks, mask) -> int:
+    """XLA's estimate of the train step's memory [bytes] for the seeds of `tasks`: arguments,
+    outputs not aliased to them, and temporaries. The step is compiled from shapes alone (no
+    parameter or batch is allocated), and the training reuses the compiled program."""
+    n = len(tasks)
+    per_seed = lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype)  # noqa: E731
+    params = jax.eval_shape(lambda k: init_params(k, cfg), jax.random.PRNGKey(0))
+    opt_state = jax.eval_shape(optimizer.init, params)
+    x_BTI, y = tasks[0].train.X[np.arange(1)], tasks[0].train.Y[:1]
+    dtype = HostBatches().dtype or x_BTI.dtype
+    b = min(cfg.batch_size, len(tasks[0].train))
+    x = jax.ShapeDtypeStruct((n, x_BTI.shape[1], b, x_BTI.shape[2]), dtype)
+    y = jax.ShapeDtypeStruct((n, b, *y.shape[1:]), y.dtype)
+    keys = jax.ShapeDtypeStruct((n, *jax.random.PRNGKey(0).shape), jax.random.PRNGKey(0).dtype)
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+    tree = lambda t: jax.tree_util.tree_map(per_seed, t)  # noqa: E731
+    compiled = steps.train.lower(tree(params), tree(opt_state), x, y, mask, keys, scalar(jnp.int32),
+                                 scalar(jnp.int32), scalar(jnp.float32)).compile()
+    m = compiled.memory_analysis()
+    if m is None:
+        return 0
+    return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+
+# the flags that set the size of the train step, named when it does not fit
+SIZE_FLAGS = ("n_hid", "n_layers", "batch_size", "nb_steps", "n_in")
+
+
+def check_memory(cfg: Config, steps: Steps, optimizer, tasks, force: bool = False):
+    """Stop before training when the step's estimate exceeds the memory available (after the
+    data was loaded); `force` tries anyway."""
+    available = available_memory()
+    if force or available is None:
+        return
+    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
+    need = step_memory(cfg, steps, optimizer, tasks, mask)
+    if need > available:
+        flags = " ".join(f"--{f} {getattr(cfg, f)}" for f in SIZE_FLAGS)
+        seeds = f" x {len(tasks)} seeds" if len(tasks) > 1 else ""
+        raise OutOfMemory(f"the train step needs about {need / 2**30:.1f} GiB (XLA's estimate for {flags}"
+                          f"{seeds}), more than the {available / 2**30:.1f} GiB available; make those "
+                          "flags smaller, or add --force to try anyway")
 
 
 class _Run(NamedTuple):
@@ -417,18 +511,18 @@ class _Run(NamedTuple):
     key_dropout: jax.Array
 
 
-def _init_run(cfg: Config, optimizer, state) -> _Run:
+def _init_run(cfg: Config, optimizer, state, run_dir) -> _Run:
     """Fresh parameters from the seed, or the checkpointed ones."""
     # the published train_hsnn initialises from the second half of PRNGKey(seed)
     key_dropout, key_init = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(key_init, cfg)
     opt_state = optimizer.init(params)
     if state is not None:
-        return _Run(*_restore(state, params, opt_state), key_dropout)
+        return _Run(*_restore(state, params, opt_state, run_dir), key_dropout)
     return _Run(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
 
 
-def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
+def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     """Train seeds of one configuration together, all from the same finished epoch."""
     cfg = cfgs[0]
     for run_dir, task in zip(run_dirs, tasks):
@@ -437,7 +531,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer)
-    runs = [_init_run(c, optimizer, st) for c, st in zip(cfgs, states)]
+    check_memory(cfg, steps, optimizer, tasks, force)
+    runs = [_init_run(c, optimizer, st, d) for c, st, d in zip(cfgs, states, run_dirs)]
     params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
     key_dropout = jnp.stack([r.key_dropout for r in runs])
     best = [r.best_params for r in runs]
@@ -460,7 +555,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress) -> list:
                 best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
             if run_dirs[s] is not None:
-                _save_checkpoint(run_dirs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
+                _save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
@@ -543,61 +638,37 @@ def params_from_arrays(arrays, prefix="") -> list:
     return [layers[l] for l in sorted(layers)]
 
 
-def _check_run(cfg: Config, run_dir: Optional[Path], resume: bool):
-    """Refuse an existing folder unless resuming; when resuming, check that the folder holds
-    this configuration and return its checkpoint (None if no epoch finished). No side effects."""
-    if run_dir is None:
-        return None
-    if run_dir.exists() and not resume:
-        raise RunFolderError(f"run folder {run_dir} already exists; choose another "
-                             "--save_dir_name, or add --resume to continue it")
-    if not resume:
-        return None
-    if not (run_dir / "config.json").exists():
-        raise RunFolderError(f"cannot resume: {run_dir} holds no config.json")
-    stored = json.loads((run_dir / "config.json").read_text())
-    if stored != cfg.to_dict():
-        diff = sorted(k for k in stored if stored[k] != cfg.to_dict().get(k))
-        raise RunFolderError(f"cannot resume {run_dir}: its configuration differs in {diff}")
-    if (run_dir / "metrics.json").exists() and "test_acc" in json.loads((run_dir / "metrics.json").read_text()):
-        raise RunFolderError(f"{run_dir} is a finished run; nothing to resume")
-    path = run_dir / CHECKPOINT
-    return dict(np.load(path)) if path.exists() else None
-
-
-def _create_run(cfg: Config, run_dir: Optional[Path]):
-    """Create the run folder with its config.json in one atomic rename."""
-    if run_dir is None or run_dir.exists():
-        return
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}."))
-    write_json(tmp / "config.json", cfg.to_dict())
-    try:
-        os.rename(tmp, run_dir)  # atomic; fails if another process created it meanwhile
-    except OSError:
-        shutil.rmtree(tmp)
-        raise RunFolderError(f"run folder {run_dir} already exists; choose another --save_dir_name")
-
-
-def _save_checkpoint(run_dir, params, opt_state, best_params, metrics):
-    """Everything needed to continue after the last finished epoch, in one atomic file."""
+def _save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
+    """Everything needed to continue after the last finished epoch, and the configuration it
+    belongs to, in one atomic file."""
     arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
     arrays["metrics_json"] = np.array(json.dumps(metrics))
-    atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
-    write_json(run_dir / "metrics.json", metrics)
+    arrays["config_json"] = np.array(run_folder.config_text(cfg))
+    atomic_write(run_dir / run_folder.CHECKPOINT, lambda f: np.savez(f, **arrays))
+    write_json(run_dir / run_folder.METRICS, metrics)
 
 
-def _restore(state, params, opt_state):
+def _restore(state, params, opt_state, run_dir):
+    """The checkpoint's training state, with the shapes of a fresh initialisation."""
     treedef = jax.tree_util.tree_structure(opt_state)
-    n = treedef.num_leaves
-    opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(state[f"opt_{i}"]) for i in range(n)])
-    return (params_from_arrays(state, "params/"), opt_state, params_from_arrays(state, "best/"),
-            json.loads(str(state["metrics_json"])))
+    try:
+        leaves = [jnp.asarray(state[f"opt_{i}"]) for i in range(treedef.num_leaves)]
+        restored = (params_from_arrays(state, "params/"), jax.tree_util.tree_unflatten(treedef, leaves),
+                    params_from_arrays(state, "best/"), json.loads(str(state["metrics_json"])))
+        shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
+        if shapes(restored[:3]) != shapes((params, opt_state, params)):
+            raise ValueError("its arrays do not have this configuration's shapes")
+    except (KeyError, ValueError) as err:
+        raise FileError(f"{run_dir / run_folder.CHECKPOINT}: incomplete checkpoint ({err}); "
+                        f"{run_folder.RESTART_HINT}") from None
+    return restored
 
 
 def _finish_run(run_dir, best_params, metrics):
-    """The best parameters and the final metrics; the checkpoint has served its purpose."""
-    atomic_write(run_dir / "params.npz", lambda f: np.savez(f, **named_arrays(best_params)))
-    write_json(run_dir / "metrics.json", metrics)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    """The best parameters and the final metrics; the checkpoint has served its purpose, and
+    an error.txt of an earlier, resumed failure no longer describes the run."""
+    atomic_write(run_dir / run_folder.PARAMS, lambda f: np.savez(f, **named_arrays(best_params)))
+    write_json(run_dir / run_folder.METRICS, metrics)
+    (run_dir / run_folder.CHECKPOINT).unlink(missing_ok=True)
+    (run_dir / run_folder.ERROR).unlink(missing_ok=True)

@@ -508,7 +508,7 @@ def check_audio_config(cfg: Config):
         raise DataError(f"--n_out {cfg.n_out}: {name} has {n_classes} classes; use --n_out {n_classes}")
 
 
-def load_audiospikes(cfg: Config, base_url: str = AUDIO_URL) -> Task:
+def load_audiospikes(cfg: Config, base_url: Optional[str] = None) -> Task:
     """SHD or SSC from `<data_dir>/audiospikes/`, downloaded if missing.
 
     SHD validates on a seeded 80/20 split of its training file, SSC on its validation file;
@@ -516,8 +516,10 @@ def load_audiospikes(cfg: Config, base_url: str = AUDIO_URL) -> Task:
     order at every pass, the SHD test set in file order (as the published loaders did).
     `use_test_as_valid` (the paper's Table 1 protocol) selects the model on the test set
     (training stays on the same split) and warns that the test accuracy is then optimistic.
-    Training batches get the frequency-shift augmentation when `freq_shift` > 0."""
+    Training batches get the frequency-shift augmentation when `freq_shift` > 0. Missing
+    files are downloaded from `base_url`, else $HSNN_AUDIO_URL, else zenkelab.org."""
     check_audio_config(cfg)
+    base_url = base_url or os.environ.get("HSNN_AUDIO_URL") or AUDIO_URL  # a mirror, if set
     name, folder = cfg.dataset_name, Path(cfg.data_dir) / "audiospikes"
     parts = [p for p in AUDIO_PARTS[name] if not (p == "valid" and cfg.use_test_as_valid)]
     paths = {p: audio_file(folder, f"{name}_{p}", base_url) for p in parts}  # all present first
@@ -639,6 +641,11 @@ def read_mnist(raw_dir: Path, part: str):
     if len(images) != len(labels) or images.shape[1:] != (MNIST["side"], MNIST["side"]):
         raise DataError(f"{raw_dir}: {image_file} holds {images.shape} images for {len(labels)} labels; "
                         "expected [N, 28, 28] and N labels")
+    bad = labels > 9
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{raw_dir / label_file}: sample {i} has label {labels[i]}, outside the classes "
+                        f"0..9 ({int(bad.sum())} such samples); delete the MNIST files and run again")
     return images.reshape(len(images), MNIST["n_pixels"]), labels
 
 

@@ -224,6 +224,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg, field) >= 1, field, "must be >= 1")
     need(cfg.n_layers >= 2, "n_layers", "must be >= 2 (it counts the output layer)")
     need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
+    need(0 <= cfg.seed < 2 ** 32, "seed", "must be in 0 .. 2**32 - 1")
     for field in ("tau_mem", "tau_out", "time_max", "lr", "v_thr", "tanh_coef"):
         need(getattr(cfg, field) > 0, field, "must be > 0")
     need(cfg.timestep is None or cfg.timestep > 0, "timestep", "must be > 0")

@@ -56,6 +56,9 @@ def test_presets_then_flags():
     (["--bogus", "1"], "--bogus"),
     (["--dataset_name", "mts_xor", "--n_in", "30"], "--n_in"),
     (["--resume"], "--resume"),
+    (["--restart"], "--restart"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "99999999999999999999"], "--seed"),
 ])
 def test_invalid_flags_exit_2_with_one_line(root, args, flag):
     result = run_main(root, *args)
@@ -74,7 +77,7 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config: ") and "test accuracy" in result.stdout
     run = tmp_path / "smoke"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "params.npz",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "metrics.json", "params.npz",
                                                      "provenance.json"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test_acc"] <= 1 and len(metrics["epochs"]) == 1

@@ -171,6 +171,16 @@ def test_malformed_file_is_named(tmp_path):
         task("mnist", tmp_path)
 
 
+def test_labels_outside_0_to_9_are_refused(root, tmp_path):
+    """A label of 10 would train to 0 % accuracy without a word; it stops the run instead."""
+    write_mnist(tmp_path)
+    labels = (np.arange(N_TRAIN) % 10).astype(np.uint8)
+    labels[7] = 10
+    write_idx(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte", labels, 0x801)
+    with pytest.raises(DataError, match="sample 7 has label 10, outside the classes 0..9"):
+        task("mnist", tmp_path)
+
+
 def test_failed_download_is_one_line_on_stderr(root, tmp_path):
     pytest.importorskip("torchvision", reason="pip install -r requirements/requirements_mnist.txt")
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}

@@ -184,18 +184,18 @@ def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
 # --- the results table -------------------------------------------------------------------------
 def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "runs.jsonl"
-    assert sweep.append_line(path, {"key": "a", "x": 1})
-    assert not sweep.append_line(path, {"key": "a", "x": 2})  # never twice
+    assert sweep.append_line(path, {"key": "a", "test_acc": 0.1})
+    assert not sweep.append_line(path, {"key": "a", "test_acc": 0.2})  # never twice
     with open(path, "ab") as f:
-        f.write(b'{"key": "b", "x"')  # a crash in the middle of a write
-    assert sweep.append_line(path, {"key": "c", "x": 3})
+        f.write(b'{"key": "b", "test_acc"')  # a crash in the middle of a write
+    assert sweep.append_line(path, {"key": "c", "test_acc": 0.3})
     assert [line["key"] for line in lines_of(path)] == ["a", "c"]
     assert set(sweep.read_lines(tmp_path)) == {"a", "c"}
 
 
 def _append_many(path, prefix):
     for i in range(40):
-        sweep.append_line(Path(path), {"key": f"{prefix}{i}", "payload": "x" * 2000})
+        sweep.append_line(Path(path), {"key": f"{prefix}{i}", "test_acc": 0.5, "payload": "x" * 2000})
 
 
 def test_concurrent_appends_from_processes(tmp_path):
@@ -413,10 +413,17 @@ def test_plot_without_results_exits_2(root, tmp_path):
     assert result.returncode == 2 and "no finished run" in result.stderr
 
 
-def test_sweeps_of_datasets_without_a_loader_stop_with_exit_1(root, tmp_path, jax_cache):
+def test_a_sweep_without_its_data_stops_with_exit_1(root, tmp_path, jax_cache):
+    """SHD is not in the (empty) data folder and its download is pointed at a closed local
+    port: offline anywhere, nothing is downloaded into the repository."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
     result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_3c", "--quick", "--set", "n_epochs=1",
-                       "--results_dir", str(tmp_path))
+                       "--set", f"data_dir={tmp_path / 'data'}", "--results_dir", str(tmp_path),
+                       env={**os.environ, "HSNN_AUDIO_URL": f"http://127.0.0.1:{closed}/"})
     assert result.returncode == 1 and "shd" in result.stderr and "Traceback" not in result.stderr
+    assert "downloading it failed" in result.stderr
 
 
 # --- Ray and W&B (optional dependencies, tested for real when installed) ------------------------
@@ -498,3 +505,68 @@ def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
     assert result.returncode == 0, result.stderr
     runs = list((tmp_path / "tiny" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+# --- damaged results and bad flags: one line, and the sweep goes on --------------------------------
+def test_a_damaged_run_folder_is_moved_aside_and_trained_again(root, tmp_path, jax_cache):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]}, n_epochs=1)
+    args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
+    folder = tmp_path / "tiny"
+    runs = folder / "runs"
+    (runs / "delta_tau=0.4__seed=0").mkdir(parents=True)
+    (runs / "delta_tau=0.4__seed=0" / "config.json").write_text("{broken")
+    (runs / "delta_tau=0.4__seed=1").mkdir()
+    (runs / "delta_tau=0.4__seed=1" / "config.json").write_text(json.dumps(
+        sweep.make_run_config(sweep.expand(json.loads(sweeps_file.read_text())["tiny"])[1].overrides, 1).to_dict()))
+    (runs / "delta_tau=0.4__seed=1" / "checkpoint.npz").write_bytes(b"\x00" * 100)
+    result = run_sweep(root, jax_cache, *args)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("training the run again" in w for w in warnings), result.stderr
+    assert len(lines_of(folder / "runs.jsonl")) == 2
+    for name in ("delta_tau=0.4__seed=0", "delta_tau=0.4__seed=1"):
+        assert len(list((runs / name).glob("previous-*"))) == 1 and (runs / name / "params.npz").exists()
+
+
+def test_junk_in_runs_jsonl_is_skipped_with_a_warning(root, tmp_path, jax_cache):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
+    args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "runs.jsonl").write_bytes(b'42\n{"a": 1}\n\xff\xfe binary junk\n')
+    result = run_sweep(root, jax_cache, *args)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 3 line(s)" in result.stderr and "Traceback" not in result.stderr
+    assert [parse["key"] for parse in map(sweep.parse_line, (tmp_path / "tiny" / "runs.jsonl").read_bytes().splitlines())
+            if parse] == ["delta_tau=0.4__seed=0"]
+    again = run_sweep(root, jax_cache, *args, "--plot")
+    assert again.returncode == 0 and (tmp_path / "tiny" / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("content", ["{broken", "[]", "\x00\x01"])
+def test_a_damaged_sweep_json_is_one_line(root, tmp_path, jax_cache, content):
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "sweep.json").write_text(content)
+    result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                       "--results_dir", str(tmp_path))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "sweep.json" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [(["--seeds_per_task", "-1"], "--seeds_per_task"),
+                                          (["--jobs", "0"], "--jobs"),
+                                          (["--results_dir", "FILE"], "is a file")])
+def test_bad_sweep_flags_are_one_line(root, tmp_path, jax_cache, args, message):
+    (tmp_path / "FILE").write_text("")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2a", *args)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "FILE").is_dir()
+
+
+def test_an_unwritable_results_dir_is_one_line(root, jax_cache):
+    if not Path("/sys").is_dir():
+        pytest.skip("needs /sys, which not even root can write")
+    result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2a", "--results_dir", "/sys/hsnn")
+    assert result.returncode == 2 and "cannot write the sweep folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import run_folder
 import training
 import utils_dataset
 from conftest import tiny_mts_xor_task
@@ -83,7 +84,7 @@ def test_run_folder_is_complete_and_never_overwritten(tmp_path, tiny_task):
     run = tmp_path / "run"
     cfg = tiny_config(n_epochs=2)
     metrics = train_hsnn(cfg, run, progress=False, task=tiny_task)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "params.npz",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "metrics.json", "params.npz",
                                                      "provenance.json"]
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
     (started,) = json.loads((run / "provenance.json").read_text())
@@ -119,7 +120,7 @@ def test_resume_after_interruption_matches_straight_run(tmp_path, tiny_task, mon
     with pytest.raises(KeyboardInterrupt):
         train_hsnn(cfg, tmp_path / "resumed", progress=False, task=tiny_task)
     saved = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert len(saved["epochs"]) == 2 and (tmp_path / "resumed" / training.CHECKPOINT).exists()
+    assert len(saved["epochs"]) == 2 and (tmp_path / "resumed" / run_folder.CHECKPOINT).exists()
     monkeypatch.setattr(training, "_train_epoch", real_epoch)
     with pytest.raises(RunFolderError, match="differs"):
         train_hsnn(cfg.replace(n_epochs=5), tmp_path / "resumed", resume=True, progress=False, task=tiny_task)
@@ -203,7 +204,7 @@ def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
         training.train_seeds(cfg, seeds, dirs, progress=False, tasks=tasks, group_size=2)
     monkeypatch.setattr(training, "_train_epoch", real_epoch)
     # seeds 0 and 1 stopped after epoch 1; seed 2's group never started
-    assert [(d / training.CHECKPOINT).exists() for d in dirs] == [True, True, False]
+    assert [(d / run_folder.CHECKPOINT).exists() for d in dirs] == [True, True, False]
     assert all((d / "config.json").exists() for d in dirs)
     resumed = training.train_seeds(cfg, seeds, dirs, resume=True, progress=False, tasks=tasks, group_size=2)
     for a, b in zip(whole, resumed):

@@ -1,0 +1,240 @@
+"""A run's folder: created in one atomic step with its config.json, held by one process at a
+time, checked when it is resumed, tidied after a kill, and never overwritten or deleted.
+
+    <results_dir>/<save_dir_name>/
+        config.json       the resolved configuration (written first, never changed)
+        provenance.json   one entry per start: commit, versions, device, command line
+        checkpoint.npz    parameters, optimizer state, best parameters and metrics after the
+                          last finished epoch, with the configuration they belong to
+        metrics.json      per-epoch metrics; with test_acc once the run has finished
+        params.npz        the best epoch's parameters (finished runs)
+        error.txt         why the run stopped, if it failed (diverged or crashed)
+        .lock             held (flock) by the process that trains the run
+        previous-<time>/  files moved aside by --restart or after damage, never deleted
+
+A kill at any moment leaves a folder that the next start or `--resume` completes: every file
+is written atomically (utils_io), a finished run's leftover checkpoint and temporary files
+are removed when the folder is next opened.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from utils_initialization import Config
+from utils_io import FileError, atomic_write, read_json, write_json
+
+CONFIG, METRICS, CHECKPOINT, PARAMS = "config.json", "metrics.json", "checkpoint.npz", "params.npz"
+PROVENANCE, ERROR, LOCK = "provenance.json", "error.txt", ".lock"
+RESTART_HINT = "add --restart to move the run's files aside (never deleted) and train it from the start"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked (exists, busy, finished, another configuration)."""
+
+
+def check_name(name: str) -> str:
+    """A --save_dir_name that stays inside --results_dir: relative, without '..'."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or name.strip() in (".", ""):
+        raise RunFolderError(f"--save_dir_name {name!r}: must be a folder name inside --results_dir "
+                             "(relative, without '..')")
+    return name
+
+
+class RunFolder:
+    """An open run folder; `lock` is the open .lock file whose flock this process holds until
+    `close` (or its exit, even by SIGKILL)."""
+
+    def __init__(self, path: Path, lock, created: bool):
+        self.path, self.lock, self.created = Path(path), lock, created
+
+    def close(self):
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def discard(self):
+        """Remove a folder that this process created and that holds no results yet (the data
+        could not be loaded): a failed start leaves nothing behind."""
+        if self.created and not (self.path / CHECKPOINT).exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.close()
+
+
+def _lock(path: Path):
+    """flock the folder's .lock without waiting; its text names the holder's process."""
+    lock = open(path / LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = (lock.read().strip().splitlines() or ["another process"])[-1]
+        lock.close()
+        raise RunFolderError(f"{path} is being trained by {holder}; wait for it to finish, or choose "
+                             "another --save_dir_name") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def create(cfg: Config, path: Path) -> RunFolder:
+    """The folder with its config.json and a held lock, appearing under its name in one
+    rename: a second run on the same name fails at once, whatever its timing."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise RunFolderError(f"--results_dir {path.parent}: is a file, not a folder; choose another")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as err:
+        raise RunFolderError(f"cannot create the run folder {path} ({err.strerror or err}); choose "
+                             "another --results_dir") from None
+    try:
+        write_json(tmp / CONFIG, cfg.to_dict())
+        lock = _lock(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the results from other users
+        os.rename(tmp, path)  # atomic; fails if the name exists (a non-empty folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if path.exists():
+            raise RunFolderError(f"run folder {path} already exists; choose another --save_dir_name, "
+                                 "or add --resume to continue it") from None
+        raise RunFolderError(f"cannot create the run folder {path} ({err.strerror or err}); choose "
+                             "another --results_dir") from None
+    return RunFolder(path, lock, created=True)
+
+
+def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
+    """(RunFolder, checkpoint arrays or None) for training `cfg` in `path`.
+
+    New folder: created. Existing folder: refused unless `resume` or `restart`; then locked,
+    tidied (temporary files of a killed write), and with `restart` its files are moved aside.
+    A resumed folder must hold `cfg` (config.json) and, if any epoch finished, a checkpoint of
+    the same configuration; a finished run has nothing to resume. A folder without
+    config.json (its files were moved aside) starts afresh."""
+    if not path.exists():
+        return create(cfg, path), None
+    if not (resume or restart):
+        raise RunFolderError(f"run folder {path} already exists; choose another --save_dir_name, "
+                             "or add --resume to continue it")
+    folder = RunFolder(path, _lock(path), created=False)
+    try:
+        tidy(path)
+        if restart:
+            move_aside(path)
+        if not (path / CONFIG).exists():
+            write_json(path / CONFIG, cfg.to_dict())
+            return folder, None
+        check_config(path, cfg)
+        if finished_metrics(path) is not None:
+            raise RunFolderError(f"{path} is a finished run; nothing to resume")
+        return folder, load_checkpoint(path, cfg)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def tidy(path: Path):
+    """Remove what a killed write leaves: temporary files, and a finished run's checkpoint."""
+    for tmp in path.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    try:
+        finished = finished_metrics(path) is not None
+    except FileError:
+        finished = False
+    if finished and (path / PARAMS).exists():
+        (path / CHECKPOINT).unlink(missing_ok=True)
+
+
+def move_aside(path: Path) -> Optional[Path]:
+    """Move every file of the run (not the lock) into `previous-<UTC time>/`; returns it."""
+    files = [p for p in path.iterdir() if p.name != LOCK and not p.name.startswith("previous-")]
+    if not files:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path / f"previous-{stamp}"
+    aside.mkdir()
+    for p in files:
+        os.rename(p, aside / p.name)
+    return aside
+
+
+def check_config(path: Path, cfg: Config):
+    """The folder's config.json holds `cfg` (fields it does not know keep their defaults)."""
+    stored = read_json(path / CONFIG, "run configuration", RESTART_HINT)
+    if not isinstance(stored, dict):
+        raise FileError(f"{path / CONFIG}: not a configuration (a JSON object); {RESTART_HINT}")
+    ours = cfg.to_dict()
+    diff = sorted(k for k in set(stored) | set(ours) if stored.get(k, ours.get(k)) != ours.get(k))
+    if diff:
+        raise RunFolderError(f"cannot resume {path}: its configuration differs in {diff}")
+
+
+def finished_metrics(path: Path) -> Optional[dict]:
+    """The final metrics of a finished run folder (metrics.json with test_acc and params.npz),
+    else None; a damaged metrics.json raises FileError."""
+    if not (path / METRICS).exists():
+        return None
+    metrics = read_json(path / METRICS, "run metrics", RESTART_HINT)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
+        raise FileError(f"{path / METRICS}: not the metrics of a run; {RESTART_HINT}")
+    return metrics if "test_acc" in metrics and (path / PARAMS).exists() else None
+
+
+def config_text(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def load_checkpoint(path: Path, cfg: Config) -> Optional[dict]:
+    """The checkpoint's arrays, checked: readable, complete, and saved for `cfg`."""
+    file = path / CHECKPOINT
+    if not file.exists():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            state = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise FileError(f"{file}: damaged checkpoint ({reason}); {RESTART_HINT}") from None
+    missing = [k for k in ("config_json", "metrics_json", "opt_0") if k not in state]
+    if missing:
+        raise FileError(f"{file}: incomplete checkpoint (no {', '.join(missing)}); {RESTART_HINT}")
+    saved = json.loads(str(state["config_json"]))
+    ours = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(ours) if saved.get(k, ours.get(k)) != ours.get(k))
+    if diff:
+        raise RunFolderError(f"cannot resume {path}: its checkpoint was saved for other values of "
+                             f"{', '.join(diff)} than config.json holds; restore config.json, or "
+                             f"{RESTART_HINT}")
+    return state
+
+
+def problem(path: Path, cfg: Config) -> Optional[str]:
+    """Why an existing run folder cannot be continued as `cfg` (damaged or foreign files),
+    else None; for a sweep, which then moves its files aside and trains the run again."""
+    if not (path / CONFIG).exists():
+        return None
+    try:
+        check_config(path, cfg)
+        if finished_metrics(path) is None:
+            load_checkpoint(path, cfg)
+    except (FileError, RunFolderError) as err:
+        return str(err).split("; ")[0]
+    return None
+
+
+def write_error(path: Path, err: BaseException):
+    """error.txt: when and why the run stopped (a reader and sweep.py can tell a failed run)."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    text = f"{stamp} {type(err).__name__}: {' '.join(str(err).split())}\n"
+    atomic_write(path / ERROR, lambda f: f.write(text.encode()))

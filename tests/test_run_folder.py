@@ -1,0 +1,281 @@
+"""run_folder.py and the run-folder guarantees of main.py, tried as a hostile user would: two
+runs on one name, damaged files, edited configurations, kills at every write, Ctrl-C.
+
+Runs go through main.py as a subprocess, the way users run it (tiny MTS-XOR networks)."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run_folder
+from test_main import run_main
+from utils_initialization import make_config
+
+pytestmark = pytest.mark.slow
+TINY = ["--dataset_name", "mts_xor", "--n_epochs", "2", "--n_hid", "4", "--progress", "false"]
+
+
+def one_line_error(result, code, *parts):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def files(folder):
+    """The run's files: not the lock, not what --restart moved aside."""
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.name != run_folder.LOCK and not p.name.startswith("previous-"))
+
+
+def assert_complete(folder, n_epochs=2):
+    """A finished, consistent run folder: nothing half-written, no leftover checkpoint."""
+    assert files(folder) == ["config.json", "metrics.json", "params.npz", "provenance.json"], files(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "test_acc" in metrics and len(metrics["epochs"]) == n_epochs
+    config = json.loads((folder / "config.json").read_text())
+    params = np.load(folder / "params.npz")
+    assert params["L0_W"].shape == (config["n_in"], config["n_hid"])
+    return metrics
+
+
+def timeless(metrics):
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("seconds", "seconds_total")}  # noqa: E731
+    return {**strip(metrics), "epochs": [strip(e) for e in metrics["epochs"]]}
+
+
+@pytest.fixture(scope="module")
+def straight(root, tmp_path_factory):
+    """An uninterrupted run, to compare resumed runs with."""
+    results = tmp_path_factory.mktemp("straight")
+    result = run_main(root, *TINY, "--results_dir", str(results), "--save_dir_name", "run")
+    assert result.returncode == 0, result.stderr
+    return assert_complete(results / "run")
+
+
+# --- one process per run folder --------------------------------------------------------------
+def test_two_runs_on_one_name_cannot_mix(root, tmp_path):
+    """Started together on the same --save_dir_name: one trains, the other exits 2 at once,
+    and the folder's config, parameters and metrics are all the winner's."""
+    procs = [subprocess.Popen([sys.executable, str(root / "main.py"), *TINY, "--seed", str(k),
+                               "--n_hid", str(10 + 5 * k), "--results_dir", str(tmp_path), "--save_dir_name",
+                               "same"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in (0, 1)]
+    outcomes = [(p.wait(300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
+    winner = [k for k, (code, _) in enumerate(outcomes) if code == 0][0]
+    loser_err = outcomes[1 - winner][1].strip().splitlines()
+    assert len(loser_err) == 1 and "already exists" in loser_err[0]
+    run = tmp_path / "same"
+    assert json.loads((run / "config.json").read_text())["n_hid"] == 10 + 5 * winner
+    assert np.load(run / "params.npz")["L0_W"].shape == (40, 10 + 5 * winner)
+    assert_complete(run)
+
+
+def test_a_resume_waits_for_no_one(root, tmp_path):
+    """--resume takes the same lock: while another process holds the folder, it exits 2."""
+    run = tmp_path / "run"
+    result = run_main(root, *TINY, "--results_dir", str(tmp_path), "--save_dir_name", "run")
+    (run / "metrics.json").write_text(json.dumps({"epochs": []}))  # pretend it is unfinished
+    with open(run / run_folder.LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.truncate(0)
+        lock.write("process 4242\n")
+        lock.flush()
+        result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume")
+    one_line_error(result, 2, "is being trained by process 4242")
+
+
+# --- damaged and edited files ----------------------------------------------------------------
+def killed_after_one_epoch(root, tmp_path, name="run"):
+    """A run folder as a kill after its first epoch leaves it: a checkpoint, no params.npz."""
+    args = [*TINY, "--n_epochs", "3", "--results_dir", str(tmp_path), "--save_dir_name", name]
+    proc = subprocess.Popen([sys.executable, str(root / "main.py"), *args], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = tmp_path / name / "metrics.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not metrics.exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / name / "checkpoint.npz").exists()
+    return tmp_path / name
+
+
+DAMAGE = {
+    "truncated": lambda b: b[:len(b) // 2],
+    "random bytes": lambda b: np.random.default_rng(0).bytes(len(b)),
+    "empty": lambda b: b"",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_is_one_line_and_restart_moves_it_aside(root, tmp_path, damage):
+    run = killed_after_one_epoch(root, tmp_path)
+    original = (run / "checkpoint.npz").read_bytes()
+    (run / "checkpoint.npz").write_bytes(DAMAGE[damage](original))
+    result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume")
+    one_line_error(result, 2, str(run / "checkpoint.npz"), "checkpoint", "--restart")
+    again = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--restart",
+                     "--progress", "false")
+    assert again.returncode == 0, again.stderr
+    (aside,) = run.glob("previous-*")
+    assert (aside / "checkpoint.npz").read_bytes() == DAMAGE[damage](original)  # never deleted
+    assert_complete(run, n_epochs=3)
+
+
+def test_a_checkpoint_without_its_arrays_is_one_line(root, tmp_path):
+    run = killed_after_one_epoch(root, tmp_path)
+    with np.load(run / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("opt_")}
+    np.savez(run / "checkpoint.npz", **arrays)
+    result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume")
+    one_line_error(result, 2, "incomplete checkpoint", "--restart")
+
+
+@pytest.mark.parametrize("name,text", [("config.json", "{not json"), ("metrics.json", "\x00\x01garbage"),
+                                       ("config.json", "[1, 2]"), ("metrics.json", "42")])
+def test_damaged_json_files_are_one_line(root, tmp_path, name, text):
+    run = killed_after_one_epoch(root, tmp_path)
+    (run / name).write_text(text)
+    result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume")
+    one_line_error(result, 2, str(run / name))
+
+
+def test_resume_refuses_an_edited_configuration(root, tmp_path):
+    """config.json edited after a kill: the checkpoint says which configuration it holds."""
+    run = killed_after_one_epoch(root, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "n_hid": 20}))
+    result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume")
+    one_line_error(result, 2, "checkpoint was saved for other values of n_hid")
+
+
+# --- every write point ---------------------------------------------------------------------
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+real_replace, hits = os.replace, [0]
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(str(dst)) == {name!r}:
+        hits[0] += 1
+        if hits[0] == {nth}:
+            if {after!r}:
+                real_replace(src, dst, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+import main
+main.main({argv!r})
+"""
+# (file, how many times a 2-epoch run writes it): config and provenance once, a checkpoint per
+# epoch, metrics per epoch and once more when finished, the best parameters at the end
+WRITES = [("config.json", 1), ("provenance.json", 1), ("checkpoint.npz", 2), ("metrics.json", 3),
+          ("params.npz", 1)]
+KILLS = [(name, nth, after) for name, n in WRITES for nth in range(1, n + 1) for after in (False, True)]
+
+
+@pytest.mark.parametrize("name,nth,after", KILLS, ids=[f"{n}#{k}-{'after' if a else 'before'}" for n, k, a in KILLS])
+def test_a_kill_at_any_write_is_completed_by_the_next_start(root, tmp_path, straight, name, nth, after):
+    """SIGKILL just before or just after the nth write of `name` lands; then the next start
+    (--resume where the folder holds a run, else the same command) ends with a complete,
+    consistent folder whose numbers equal an uninterrupted run's."""
+    argv = [*TINY, "--results_dir", str(tmp_path), "--save_dir_name", "run"]
+    killed = subprocess.run([sys.executable, "-c", KILLER.format(root=str(root), name=name, nth=nth,
+                                                                 after=after, argv=argv)],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "run"
+    if (run / "config.json").exists():
+        result = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume",
+                          "--progress", "false")
+        if result.returncode == 2 and "finished run" in result.stderr:  # killed after its last write
+            assert json.loads((run / "metrics.json").read_text())["test_acc"] is not None
+        else:
+            assert result.returncode == 0, result.stderr
+    else:
+        result = run_main(root, *argv)
+        assert result.returncode == 0, result.stderr
+    assert timeless(assert_complete(run)) == timeless(straight)
+    assert not list(run.glob(".*.tmp"))
+
+
+# --- failures and interruptions -------------------------------------------------------------
+def test_a_diverged_run_leaves_error_txt(root, tmp_path):
+    result = run_main(root, *TINY, "--lr", "1e38", "--results_dir", str(tmp_path), "--save_dir_name", "run")
+    one_line_error(result, 1, "the loss became")
+    error = (tmp_path / "run" / "error.txt").read_text()
+    assert "TrainingDiverged" in error and "the loss became" in error
+
+
+def test_ctrl_c_prints_the_resume_command(root, tmp_path):
+    proc = subprocess.Popen([sys.executable, str(root / "main.py"), *TINY, "--n_epochs", "50",
+                             "--results_dir", str(tmp_path), "--save_dir_name", "run"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "run" / "metrics.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"run folder: {tmp_path / 'run'}" in out.splitlines()[1]
+    assert err.strip().splitlines()[-1].endswith(f"--results_dir {tmp_path} --save_dir_name run --resume")
+    assert not (tmp_path / "run" / "error.txt").exists()  # an interruption is not a failure
+
+
+def test_too_large_a_network_stops_before_training(root, tmp_path):
+    result = run_main(root, *TINY, "--n_hid", "100000", "--results_dir", str(tmp_path))
+    one_line_error(result, 2, "GiB", "--n_hid 100000", "--force")
+    assert not any(tmp_path.iterdir())  # nothing was trained: no folder is left
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../outside", "a/../../b", "."])
+def test_save_dir_name_stays_inside_results_dir(root, tmp_path, name):
+    result = run_main(root, *TINY, "--results_dir", str(tmp_path / "results"), "--save_dir_name", name)
+    one_line_error(result, 2, "--save_dir_name")
+    assert not (tmp_path / "outside").exists() and not Path("/tmp/elsewhere").exists()
+
+
+def test_results_dir_that_is_a_file_or_unwritable(root, tmp_path):
+    (tmp_path / "file").write_text("")
+    one_line_error(run_main(root, *TINY, "--results_dir", str(tmp_path / "file")), 2, "is a file")
+    if Path("/sys").is_dir():  # not writable, even for root
+        one_line_error(run_main(root, *TINY, "--results_dir", "/sys/hsnn-results"), 2, "cannot create")
+
+
+def test_invalid_seeds_leave_no_folder(root, tmp_path):
+    for seed in ("-1", "99999999999999999999"):
+        one_line_error(run_main(root, *TINY, "--seed", seed, "--results_dir", str(tmp_path)), 2, "--seed")
+    assert not any(tmp_path.iterdir())
+
+
+# --- the module itself ---------------------------------------------------------------------
+def test_tidy_removes_temporaries_and_a_finished_runs_checkpoint(tmp_path):
+    (tmp_path / ".params.npz.abc.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoint.npz").write_bytes(b"stale")
+    (tmp_path / "params.npz").write_bytes(b"")
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": [], "test_acc": 0.5}))
+    run_folder.tidy(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "params.npz"]
+
+
+def test_problem_names_damage_and_foreign_runs(tmp_path):
+    cfg = make_config("mts_xor", n_hid=4)
+    folder = run_folder.create(cfg, tmp_path / "run")
+    folder.close()
+    assert run_folder.problem(tmp_path / "run", cfg) is None
+    assert "n_hid" in run_folder.problem(tmp_path / "run", cfg.replace(n_hid=5))
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"junk")
+    assert "damaged checkpoint" in run_folder.problem(tmp_path / "run", cfg)
+    aside = run_folder.move_aside(tmp_path / "run")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint.npz", "config.json"]
