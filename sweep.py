@@ -1,4 +1,4 @@
-"""The paper's sweeps as data, a resumable runner, and the figure of each sweep.
+"""The paper's sweeps as data, a resumable runner, and the command line (figures: figures.py).
 
     python3 sweep.py --list
     python3 sweep.py --sweep_name hSNN_Figure_2b             # 180 runs, then the figure
@@ -8,9 +8,10 @@
     python3 sweep.py --sweep_name hSNN_Figure_2b --plot      # figure from existing results
 
 The sweeps live in paper/sweeps.json (the published code's grids), the published numbers in
-paper/paper_numbers.json. A run = task preset -> the sweep's 'fixed' -> one grid point ->
-`--set` overrides; it trains through `training.train_seeds`, the entry point main.py's
-`train_hsnn` also serves, once per group of runs that differ only in their seed. Results:
+paper/paper_numbers.json. A run = the published SimArgs() defaults (Config defaults and
+SWEEP_BASE) -> the sweep's 'fixed' -> one grid point -> `--set` overrides; it trains through
+`training.train_seeds`, the entry point main.py's `train_hsnn` also serves, once per group of
+runs that differ only in their seed. Results:
 
     results/<sweep>[_quick]/sweep.json     what was run (a re-run must match it)
                             runs.jsonl     one line per finished run (atomic appends)
@@ -19,15 +20,18 @@ paper/paper_numbers.json. A run = task preset -> the sweep's 'fixed' -> one grid
 """
 
 import argparse
+import concurrent.futures as cf
 import contextlib
-import csv
+import ctypes
 import difflib
 import fcntl
+import importlib
 import itertools
 import json
-import math
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -36,10 +40,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import figures
 import run_folder
 from cli import OneLineParser, parse_bool, parse_field
-from training import OutOfMemory, TrainingDiverged
+from figures import fmt
+from training import OutOfMemory, TrainingDiverged, configure_jax, train_seeds
 from utils_dataset import DataError
+from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
 from utils_io import FileError, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -73,10 +80,6 @@ def published_value(field, value):
     """The published sweeps passed distrib_tau=True, which the published code treated as
     homogeneous time constants: 'none' here."""
     return "none" if field == "distrib_tau" and value is True else value
-
-
-def fmt(value) -> str:
-    return json.dumps(value) if isinstance(value, bool) else repr(value)
 
 
 def group_key(point: dict, baseline: bool) -> str:
@@ -129,7 +132,6 @@ def make_run_config(overrides: dict, seed: int):
     """A sweep run's Config, built as the published sweeps built theirs: the published
     SimArgs() defaults (Config's defaults and SWEEP_BASE), then the sweep's values. The task
     presets of main.py do not apply."""
-    from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise ConfigError(unknown[0], "is not a configuration field")
@@ -277,7 +279,6 @@ def train_task(task: dict) -> list:
     unfinished run folders to continue), jax_cache, progress. Returns, per run,
     (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
     None, so that the driver writes them: workers need no shared results folder."""
-    from training import train_seeds
     _use_compilation_cache(task.get("jax_cache"))
     with contextlib.ExitStack() as stack:
         runs_dir = task["runs_dir"]
@@ -306,7 +307,6 @@ def train_task(task: dict) -> list:
 
 
 def _config_from_dict(values: dict):
-    from utils_initialization import Config
     return Config(**values)
 
 
@@ -314,7 +314,6 @@ def _use_compilation_cache(path):
     """The runtime settings of main.py, with JAX's persistent compilation cache in `path`:
     the runs of a sweep compile the same programs (only the seed differs), so all but the
     first load them from disk (about 4 s saved per run of MTS-XOR on a 2-core CPU)."""
-    from training import configure_jax
     if path == NODE_CACHE:
         path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
     configure_jax(compilation_cache=bool(path), cache_dir=path)
@@ -361,7 +360,6 @@ class Sweep(NamedTuple):
 
 def open_sweep(args, definitions) -> Sweep:
     """The sweep a command asks for; with --plot, the one its folder holds (--set included)."""
-    from utils_initialization import ConfigError
     definition = definitions[args.sweep_name]
     if args.quick:
         definition = reduced(definition)
@@ -513,8 +511,6 @@ def run_sweep(sweep: Sweep, args):
 
 def run_in_processes(tasks: list, jobs: int, record):
     """`jobs` worker processes on this machine; the driver writes every line."""
-    import concurrent.futures as cf
-    import multiprocessing
     pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_die_with_parent)
     try:
@@ -530,15 +526,12 @@ def _die_with_parent():
     """Workers end when the driver dies (even by SIGKILL), so that a re-run never meets
     an orphan still training the same run (Linux; elsewhere the run locks serialise)."""
     with contextlib.suppress(Exception):
-        import ctypes
-        import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _module():
     """This file as the module `sweep`, so that workers import the task function by name
     (not as __main__)."""
-    import importlib
     return importlib.import_module("sweep")
 
 
@@ -589,434 +582,18 @@ def log_to_wandb(sweep: Sweep, run: Run, project: str):
     wb.finish()
 
 
-# --- figures -----------------------------------------------------------------------------------
-# The layout of each published panel: kind, x axis, and for tables which paper row each of
-# our configurations is (conditions on the run's configuration; {} matches every run).
-FIGURES = {
-    "hSNN_Figure_2a": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_2b": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_2c": dict(kind="line", x="n_layers", panel="n_hid"),
-    "hSNN_Figure_S2a": dict(kind="line", x="noise_rate"),
-    "hSNN_Figure_S2b": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_S2c": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_S2e": dict(kind="heatmap", x="tanh_center", y="tanh_coef"),
-    "hSNN_Figure_S4a": dict(kind="line", x="conv_dilation"),
-    "hSNN_Figure_S4b": dict(kind="line", x="conv_kernel"),
-    "hSNN_Figure_4b": dict(kind="line", x="delta_ker"),
-    "hSNN_Figure_4d": dict(kind="line", x="delta_dil"),
-    "SHD_hCSNN_max_performance": dict(kind="table", rows={"test set as validation, augmentation": {}}),
-    "SHD_hCSNN_proper_validation": dict(kind="table", rows={
-        "proper validation, augmentation": {"freq_shift": 10},
-        "proper validation, no augmentation": {"freq_shift": 0}}),
-    "SSC_hCSNN_max_performance": dict(kind="table", rows={"cSNN delta_ker 0": {"delta_ker": 0},
-                                                          "hcSNN delta_ker 3": {"delta_ker": 3}}),
-    "SSC_hSNN_hierarchy": dict(kind="table", rows={"SNN delta_tau 0": {"delta_tau": 0},
-                                                   "hSNN tanh delta_tau 0.15": {"delta_tau": 0.15}}),
-    "hSNN_Figure_5b": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_5c": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_6": dict(kind="line", x="delta_tau", x_scale=784, x_label="delta_tau [time steps of 1/784 s]"),
-    "hSNN_Figure_3b": dict(kind="tau", paper="hSNN_Figure_3_mts_xor"),
-    "hSNN_Figure_3c": dict(kind="tau", paper="hSNN_Figure_3_shd"),
-}
-UNITS = {"tau_mem": "s", "delta_tau": "s", "noise_rate": "spike probability per step",
-         "conv_dilation": "steps", "conv_kernel": "steps", "delta_ker": "steps", "delta_dil": "steps"}
-SUMMARY_FIELDS = ["series", "x_name", "x", "stat", "ours", "ours_sd", "ours_median", "n_seeds",
-                  "paper", "paper_sd", "difference", "unit", "paper_source", "note"]
-
-
-def figure_spec(name: str, definition: dict) -> dict:
-    spec = dict(FIGURES.get(name) or definition.get("figure") or {})
-    axes = [k for k in definition["grid"] if k != "seed"]
-    spec.setdefault("kind", "line" if axes else "table")
-    spec.setdefault("x", axes[0] if axes else None)
-    spec.setdefault("paper", definition.get("paper", name))
-    spec.setdefault("rows", {})
-    return spec
-
-
-def plot_sweep(sweep: Sweep, paper_numbers: dict) -> list:
-    """figure.png, figure.pdf and summary.csv of a sweep folder, from its runs.jsonl lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    lines = [line for line in read_lines(sweep.folder).values() if line["key"] in {r.key for r in sweep.all_runs}]
+# --- the figure ----------------------------------------------------------------------------------
+def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
+    """The sweep's figure.png/.pdf and summary.csv from its finished runs (figures.py)."""
+    keys = {r.key for r in sweep.all_runs}
+    lines = [line for line in read_lines(sweep.folder).values() if line["key"] in keys]
     if not lines:
         raise SweepError(f"{sweep.folder} holds no finished run of {sweep.name} yet; nothing to plot")
-    spec = figure_spec(sweep.name, sweep.definition)
-    paper = paper_numbers.get(spec["paper"], {})
-    draw = {"line": line_figure, "heatmap": heatmap_figure, "table": table_figure, "tau": tau_figure}[spec["kind"]]
-    fig, rows = draw(sweep, lines, spec, paper)
-    annotate(fig, sweep, lines, paper)
-    for suffix in ("png", "pdf"):
-        fig.savefig(sweep.folder / f"figure.{suffix}", dpi=150, bbox_inches="tight")
-    write_summary(sweep.folder / "summary.csv", rows, paper)
-    return rows
-
-
-def annotate(fig, sweep: Sweep, lines: list, paper: dict):
-    """Title, what the statistics are, and the warnings a reader must not miss."""
-    n_epochs = "/".join(str(n) for n in sorted({line["n_epochs"] for line in lines}))
-    title = f"{sweep.name}: {sweep.definition['what']}\n{len(lines)} of {len(sweep.all_runs)} runs finished"
-    fig.suptitle(title, fontsize=9, y=1.02)
-    notes = []
-    if sweep.quick:
-        notes.append(f"REDUCED (--quick): at most {QUICK['seeds']} seeds, {QUICK['points']} points per axis, "
-                     f"{n_epochs} epochs - not comparable with the paper")
-    if sweep.sets:
-        notes.append("changed with --set: " + ", ".join(f"{k}={v}" for k, v in sweep.sets.items()))
-    if not paper_recoverable(paper):
-        notes.append("The paper's numbers for this panel are not recoverable "
-                     f"({paper.get('source', 'no entry in paper_numbers.json')}); ours only")
-    if notes:
-        fig.text(0.5, -0.02, "\n".join(notes), ha="center", va="top", fontsize=9, color="firebrick")
-
-
-def paper_recoverable(paper: dict) -> bool:
-    return bool(paper.get("series") or paper.get("rows") or paper.get("tau_median_ms"))
-
-
-def accuracy_pct(lines):
-    import numpy as np
-    return np.array([100 * line["test_acc"] for line in lines])
-
-
-def stat_of(values, stat: str) -> float:
-    import numpy as np
-    return float(np.mean(values) if stat.startswith("mean") else np.median(values))
-
-
-def run_config(line: dict) -> dict:
-    return make_run_config(line["overrides"], line["seed"]).to_dict()
-
-
-def matches(conditions: dict, config: dict) -> bool:
-    return all(math.isclose(float(config[k]), float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool)
-               else config[k] == v for k, v in conditions.items())
-
-
-def parse_series(label: str) -> dict:
-    """'n_hid=32,delta_tau=0.15' -> {'n_hid': 32.0, 'delta_tau': 0.15}."""
-    pairs = [part.split("=", 1) for part in label.split(",") if "=" in part]
-    return {k.strip(): json.loads(v) for k, v in pairs}
-
-
-def series_label(series: dict) -> str:
-    return ",".join(f"{k}={fmt(v)}" for k, v in series.items()) or "all"
-
-
-def line_figure(sweep, lines, spec, paper):
-    """Accuracy against one grid axis, one series per value of the other axes (one panel per
-    value of spec['panel']): median over seeds with the interquartile range and every seed
-    as a dot; the paper's values dashed, in the colour of the series they belong to."""
-    import matplotlib.pyplot as plt
-    panels = lines_by_panel(sweep, lines, spec)
-    names = sorted({label for series in panels.values() for label in series})
-    colours = plt.get_cmap("tab10")
-    fig, axs = plt.subplots(1, len(panels), figsize=(2.2 + 4.2 * len(panels), 4.4), sharey=True, squeeze=False)
-    rows = []
-    for ax, panel in zip(axs[0], sorted(panels, key=lambda v: (v is None, v if v is not None else 0))):
-        series = panels[panel]
-        matched = {}
-        for label, by_x in sorted(series.items()):
-            rows += draw_series(ax, label, by_x, colours(names.index(label)), spec, paper, matched)
-        draw_paper_lines(ax, paper, matched, spec.get("x_scale", 1), only_matched=panel is not None)
-        style_line_axes(ax, spec, panel, single=len(panels) == 1)
-    axs[0][0].set_ylabel("test accuracy [%]")
-    if not sweep.quick:  # a reduced grid lacks most of the paper's points by design
-        rows += paper_only_rows(paper, rows, spec["x"])
-    return fig, rows
-
-
-def lines_by_panel(sweep, lines, spec) -> dict:
-    """{panel value: {series label: {x: [lines]}}}; series named in grid-axis order."""
-    x_name, panel = spec["x"], spec.get("panel")
-    axes = [k for k in sweep.definition["grid"] if k not in ("seed", x_name, panel)]
-    panels = {}
-    for line in lines:
-        if line["baseline"]:
-            continue
-        label = series_label({k: line["point"][k] for k in axes if k in line["point"]})
-        by_x = panels.setdefault(line["point"].get(panel) if panel else None, {}).setdefault(label, {})
-        by_x.setdefault(line["point"].get(x_name), []).append(line)
-    return panels
-
-
-def draw_series(ax, label, by_x, colour, spec, paper, matched) -> list:
-    import numpy as np
-    xs = sorted(by_x)
-    acc = [accuracy_pct(by_x[x]) for x in xs]
-    xv = np.array(xs, dtype=float) * spec.get("x_scale", 1)
-    q25, med, q75 = (np.array([np.percentile(a, q) for a in acc]) for q in (25, 50, 75))
-    ax.plot(xv, med, "o-", color=colour, label=f"ours (median, IQR): {label}")
-    ax.fill_between(xv, q25, q75, color=colour, alpha=0.2, lw=0)
-    for x, a in zip(xv, acc):
-        ax.plot(np.full(len(a), x), a, ".", color=colour, alpha=0.35, ms=4)
-    paper_label = match_paper_series(paper, by_x[xs[0]][0])
-    if paper_label:
-        matched[paper_label] = colour
-    stat = paper.get("stat", "median")
-    return [summary_row(label, spec["x"], x, by_x[x], stat, paper, paper_label) for x in xs]
-
-
-def style_line_axes(ax, spec, panel, single):
-    x_name = spec["x"]
-    ax.set_xlabel(spec.get("x_label") or x_name + (f" [{UNITS[x_name]}]" if x_name in UNITS else ""))
-    if panel is not None:
-        ax.set_title(f"{spec['panel']}={fmt(panel)}", fontsize=9)
-    xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
-    if xs and all(float(x).is_integer() for x in xs) and len(xs) <= 12:
-        ax.set_xticks(xs)
-    ax.grid(alpha=0.3)
-    if single:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    else:
-        ax.legend(fontsize=7, loc="lower right")
-
-
-def match_paper_series(paper: dict, line: dict):
-    """The paper series a run belongs to: the one whose conditions its configuration meets;
-    failing that, the only paper series when there is only one (named in the summary)."""
-    series = paper.get("series") or {}
-    config = run_config(line)
-    hits = [label for label in series if matches(parse_series(label), config)]
-    if hits:
-        return hits[0]
-    return next(iter(series)) if len(series) == 1 else None
-
-
-def draw_paper_lines(ax, paper, matched: dict, scale, only_matched=False):
-    import numpy as np
-    stat, source = paper.get("stat", "?"), paper.get("source", "?")
-    for label, values in (paper.get("series") or {}).items():
-        if only_matched and label not in matched:
-            continue
-        x = np.array(paper["x_values"], dtype=float) * scale
-        sd = (paper.get("std") or {}).get(label)
-        ax.errorbar(x, values, yerr=sd, fmt="x--", color=matched.get(label, "black"), alpha=0.8, capsize=2,
-                    lw=1, label=f"paper ({stat}, {source}): {label}")
-
-
-def summary_row(label, x_name, x, lines, stat, paper, paper_label) -> dict:
-    import numpy as np
-    acc = accuracy_pct(lines)
-    row = dict(series=label, x_name=x_name, x=x, stat=stat, ours=stat_of(acc, stat),
-               ours_sd=float(np.std(acc, ddof=1)) if len(acc) > 1 else "", ours_median=float(np.median(acc)),
-               n_seeds=len(acc), unit="% test accuracy", paper_source=paper.get("source", ""))
-    value, sd = paper_value(paper, paper_label, x)
-    if value is not None:
-        row.update(paper=value, paper_sd=sd if sd is not None else "", difference=row["ours"] - value,
-                   paper_series=paper_label)
-        if not matches(parse_series(paper_label), run_config(lines[0])):
-            row["note"] = f"compared with the paper's only series, {paper_label}, whose settings differ"
-    return row
-
-
-def paper_value(paper, label, x):
-    if not label or x is None:
-        return None, None
-    xs = paper.get("x_values", [])
-    hit = [i for i, v in enumerate(xs) if math.isclose(float(v), float(x), abs_tol=1e-12)]
-    if not hit:
-        return None, None
-    sd = (paper.get("std") or {}).get(label)
-    return paper["series"][label][hit[0]], (sd[hit[0]] if sd else None)
-
-
-def paper_only_rows(paper, rows, x_name) -> list:
-    """Rows for the paper's points that this sweep has no run for (e.g. Fig. S4a's d = 7)."""
-    have = [(r["paper_series"], float(r["x"])) for r in rows if "paper_series" in r]
-    extra = []
-    for label, values in (paper.get("series") or {}).items():
-        for x, v in zip(paper.get("x_values", []), values):
-            if not any(s == label and math.isclose(hx, float(x)) for s, hx in have):
-                extra.append(dict(series=f"paper: {label}", x_name=x_name, x=x, stat=paper.get("stat"),
-                                  n_seeds=0, paper=v, unit="% test accuracy", paper_source=paper.get("source"),
-                                  note="no run of this sweep at this point"))
-    return extra
-
-
-def heatmap_figure(sweep, lines, spec, paper):
-    """Fig. S2e: per (tanh_coef, tanh_center) cell the median accuracy minus the median of
-    the delta_tau = 0 baseline runs, in points; the paper's gain written under ours."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    xn, yn = spec["x"], spec["y"]
-    base = [line for line in lines if line["baseline"]]
-    base_med = float(np.median(accuracy_pct(base))) if base else None
-    cells = {}
-    for line in lines:
-        if not line["baseline"]:
-            cells.setdefault((line["point"][yn], line["point"][xn]), []).append(line)
-    ys = sorted({k[0] for k in cells})
-    xs = sorted({k[1] for k in cells})
-    grid = np.full((len(ys), len(xs)), np.nan)
-    rows = []
-    stat = "median gain (points)" if base_med is not None else "median"
-    for (y, x), cell in cells.items():
-        value = float(np.median(accuracy_pct(cell))) - (base_med or 0)
-        grid[ys.index(y), xs.index(x)] = value
-        pv = cell_paper_value(paper, yn, y, x)
-        rows.append(dict(series=f"{yn}={fmt(y)}", x_name=xn, x=x, stat=stat, ours=value, ours_median=value,
-                         n_seeds=len(cell), paper="" if pv is None else pv,
-                         difference="" if pv is None or base_med is None else value - pv,
-                         unit="points over the delta_tau=0 median" if base_med is not None else "% test accuracy",
-                         paper_source=paper.get("source", ""),
-                         note="" if base_med is not None else "no baseline run finished yet"))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    lim = np.nanmax(np.abs(grid)) if base_med is not None else None
-    im = ax.imshow(grid, cmap="RdBu" if lim else "viridis", vmin=-lim if lim else None, vmax=lim, origin="lower")
-    for (y, x), _ in cells.items():
-        i, j = ys.index(y), xs.index(x)
-        pv = cell_paper_value(paper, yn, y, x)
-        text = f"{grid[i, j]:+.1f}" + ("" if pv is None else f"\npaper {pv:+.1f}")
-        ax.text(j, i, text, ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(xs)), [fmt(x) for x in xs])
-    ax.set_yticks(range(len(ys)), [fmt(y) for y in ys])
-    ax.set_xlabel(xn)
-    ax.set_ylabel(yn)
-    label = (f"median gain over delta_tau=0 (median {base_med:.1f} %, {len(base)} seeds) [points]"
-             if base_med is not None else "median test accuracy [%]")
-    fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(f"ours (top) and paper ({paper.get('stat', '?')}, {paper.get('source', '?')}; below)", fontsize=8)
-    return fig, rows
-
-
-def cell_paper_value(paper, y_name, y, x):
-    label = f"{y_name}={fmt(y)}"
-    return paper_value(paper, label, x)[0] if label in (paper.get("series") or {}) else None
-
-
-def table_figure(sweep, lines, spec, paper):
-    """Tables 1 and 2: each configuration's mean +- sd over seeds (dots: seeds) next to the
-    paper's row; paper rows without a run of ours are drawn as such."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    by_point = {}
-    for line in lines:
-        by_point.setdefault(series_label(line["point"]), []).append(line)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows, labels, used = [], [], set()
-    for i, (label, group) in enumerate(sorted(by_point.items())):
-        acc = accuracy_pct(group)
-        sd = float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0
-        ax.errorbar([i], [acc.mean()], yerr=[sd], fmt="o", color="C0", capsize=3,
-                    label="ours (mean +- sd)" if i == 0 else None)
-        ax.plot(np.full(len(acc), i + 0.08), acc, ".", color="C0", alpha=0.4)
-        row_name = next((name for name, cond in spec["rows"].items() if matches(cond, run_config(group[0]))), None)
-        row = dict(series=label, x_name="configuration", x=label, stat="mean", ours=float(acc.mean()),
-                   ours_sd=sd, ours_median=float(np.median(acc)), n_seeds=len(acc), unit="% test accuracy",
-                   paper_source=paper.get("source", ""))
-        if row_name in (paper.get("rows") or {}):
-            pv, psd = paper["rows"][row_name]
-            used.add(row_name)
-            ax.errorbar([i + 0.2], [pv], yerr=[psd], fmt="x", color="C3", capsize=3,
-                        label="paper (mean +- sd, printed)" if len(used) == 1 else None)
-            row.update(paper=pv, paper_sd=psd, difference=row["ours"] - pv, note=f"paper row: {row_name}")
-        rows.append(row)
-        labels.append((label if label != "all" else "this sweep") + (f"\n[paper: {row_name}]" if row_name else ""))
-    for name, (pv, psd) in (paper.get("rows") or {}).items():
-        if name not in used:
-            i = len(labels)
-            ax.errorbar([i], [pv], yerr=[psd], fmt="x", color="grey", capsize=3)
-            labels.append(f"paper only:\n{name}")
-            rows.append(dict(series=f"paper: {name}", x_name="configuration", x=name, stat="mean", n_seeds=0,
-                             paper=pv, paper_sd=psd, unit="% test accuracy", paper_source=paper.get("source"),
-                             note="a setting this sweep does not run"))
-    ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_ylabel("test accuracy [%]")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
-    return fig, rows
-
-
-def tau_figure(sweep, lines, spec, paper):
-    """Fig. 3: the trained time constants of every hidden layer, all neurons of all seeds
-    (box), each seed's median (dots), the initial value (grey) and the paper's medians."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    per_layer, run_medians = tau_samples(sweep, lines)
-    n = len(run_medians[0])
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    layers = np.arange(1, n + 1)
-    if per_layer:
-        ax.boxplot([1e3 * np.asarray(v) for v in per_layer], positions=layers, widths=0.5, showfliers=False)
-    for medians in run_medians:
-        ax.plot(layers + 0.15, 1e3 * np.asarray(medians), ".", color="C0", alpha=0.6)
-    ax.plot([], [], ".", color="C0", label="ours: median per seed (box: all neurons)")
-    init = lines[0].get("median_tau_init")
-    if init:
-        ax.plot(layers, 1e3 * np.asarray(init), "_", color="grey", ms=20, label="initial tau")
-    paper_ms = paper.get("tau_median_ms")
-    if paper_ms:
-        ax.plot(np.arange(1, len(paper_ms) + 1), paper_ms, "D", color="C3", label=f"paper median ({paper.get('source')})")
-    ax.set_yscale("log")
-    ax.set_xticks(layers)
-    ax.set_xlabel("hidden layer (1 = closest to the input)")
-    ax.set_ylabel("trained membrane time constant [ms]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    rows = [tau_row(l, per_layer, run_medians, paper) for l in range(n)]
-    rows += accuracy_rows(lines, paper)
-    acc = rows[-1]
-    ax.text(1.04, 0.02, f"test accuracy, mean of {acc['n_seeds']} seeds:\nours {acc['ours']:.2f} %"
-            + (f"\npaper {acc['paper']:.2f} %" if "paper" in acc else ""), transform=ax.transAxes, fontsize=8)
-    return fig, rows
-
-
-def tau_samples(sweep: Sweep, lines: list):
-    """Per hidden layer every neuron's trained tau [s] over all seeds (from params.npz), and
-    each run's per-layer medians (from its line)."""
-    import numpy as np
-    from models import ALPHA_MAX, ALPHA_MIN
-    from utils_initialization import tau_from_alpha
-    run_medians = [line["median_tau_per_layer"] for line in lines]
-    pooled = [[] for _ in run_medians[0]]
-    for line in lines:
-        path = sweep.folder / "runs" / line["key"] / "params.npz"
-        if not path.exists():
-            return None, run_medians
-        params, dt = np.load(path), make_run_config(line["overrides"], line["seed"]).dt
-        for l in range(len(pooled)):
-            alpha = np.clip(params[f"L{l}_alpha"], ALPHA_MIN, ALPHA_MAX)
-            pooled[l].extend(np.atleast_1d(tau_from_alpha(alpha, dt)).tolist())
-    return pooled, run_medians
-
-
-def tau_row(l, per_layer, run_medians, paper):
-    import numpy as np
-    values = per_layer[l] if per_layer else [m[l] for m in run_medians]
-    ours = 1e3 * float(np.median(values))
-    paper_ms = paper.get("tau_median_ms") or []
-    row = dict(series="trained tau", x_name="hidden layer", x=l + 1, stat="median", ours=ours,
-               ours_median=ours, n_seeds=len(run_medians), unit="ms", paper_source=paper.get("source", ""),
-               note="over all neurons of all seeds" if per_layer else "median of the per-seed medians")
-    if l < len(paper_ms):
-        row.update(paper=paper_ms[l], difference=ours - paper_ms[l])
-    return row
-
-
-def accuracy_rows(lines, paper):
-    import numpy as np
-    acc = accuracy_pct(lines)
-    row = dict(series="test accuracy", x_name="", x="", stat="mean", ours=float(acc.mean()),
-               ours_sd=float(np.std(acc, ddof=1)) if len(acc) > 1 else "", ours_median=float(np.median(acc)),
-               n_seeds=len(acc), unit="% test accuracy", paper_source=paper.get("source", ""))
-    if paper.get("test_acc"):
-        pv = float(np.mean(paper["test_acc"]))
-        row.update(paper=pv, paper_sd=float(np.std(paper["test_acc"], ddof=1)), difference=row["ours"] - pv)
-    return [row]
-
-
-def write_summary(path: Path, rows: list, paper: dict):
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
-
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            if not paper_recoverable(paper):
-                row.setdefault("note", "the paper's numbers are not recoverable")
-            writer.writerow({k: cell(row.get(k, "")) for k in SUMMARY_FIELDS})
+    for line in lines:  # lines of older versions do not record their configuration
+        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
+    panel = figures.Panel(sweep.name, sweep.folder, sweep.definition, lines, len(sweep.all_runs),
+                          QUICK if sweep.quick else None, sweep.sets)
+    return figures.plot_sweep(panel, paper_numbers)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -1087,7 +664,7 @@ def main(argv=None):
             return
         if not args.plot:
             run_sweep(sweep, args)
-        plot_sweep(sweep, json.loads(Path(args.paper_file).read_text()))
+        draw_figure(sweep, json.loads(Path(args.paper_file).read_text()))
         print(f"figure and summary: {sweep.folder / 'figure.png'}, {sweep.folder / 'summary.csv'}")
     except SweepError as err:
         fail(err, 2)

@@ -158,39 +158,80 @@ def freeze_fixed_decays(params, train_alpha: bool):
 
 
 # --- compiled steps ------------------------------------------------------------------------
+class Batch(NamedTuple):
+    x_TBI: jax.Array   # inputs, time-major [T, B, I]
+    y: jax.Array       # labels [B], or [B, T] with a label per step (MTS-XOR)
+    index: jax.Array   # the batch's position in its epoch (with the epoch, it keys dropout)
+
+
+class Metrics(NamedTuple):
+    loss: jax.Array    # total loss of the batch (M6)
+    terms: dict        # each loss term: ce, alpha_high, alpha_sd, and l2, firing_rate if used
+    correct: jax.Array  # correct predictions (MTS-XOR: per scored step)
+    scored: jax.Array  # predictions that count
+
+
 class Steps(NamedTuple):
     """Jitted steps over a group of seeds: params, optimizer state, batches and keys carry a
     leading seed axis S (S = 1 for a single run)."""
-    train: callable
-    evaluate: callable
+    train: callable     # (params, opt_state, Batch, key_epoch, epoch, lr) -> (params, opt_state, Metrics)
+    evaluate: callable  # (params, Batch) -> Metrics
 
 
-def make_step_fns(cfg: Config, optimizer):
-    """The pure single-seed train and evaluation steps."""
-    def train_step(params, opt_state, x_TBI, y, score_mask, key_epoch, batch_index, epoch, lr):
-        key = jax.random.fold_in(key_epoch, batch_index)
+def make_step_fns(cfg: Config, optimizer, score_mask=None):
+    """The pure single-seed train and evaluation steps; `score_mask` [T] marks the time steps
+    that count for accuracy when every step has a label (MTS-XOR)."""
+    def train_step(params, opt_state, batch: Batch, key_epoch, epoch, lr):
+        key = jax.random.fold_in(key_epoch, batch.index)
         (loss, (terms, yhat)), grads = jax.value_and_grad(
-            lambda p: loss_fn(freeze_fixed_decays(p, cfg.train_alpha), x_TBI, y, cfg, key, True),
+            lambda p: loss_fn(freeze_fixed_decays(p, cfg.train_alpha), batch.x_TBI, batch.y, cfg, key, True),
             has_aux=True)(params)
         grads = alpha_grad_rule(grads, cfg.train_alpha)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch, lr=lr)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, (loss, terms, *correct_counts(yhat, y, score_mask))
+        return params, opt_state, Metrics(loss, terms, *correct_counts(yhat, batch.y, score_mask))
 
-    def eval_step(params, x_TBI, y, score_mask):
-        loss, (terms, yhat) = loss_fn(params, x_TBI, y, cfg)
-        return (loss, terms, *correct_counts(yhat, y, score_mask))
+    def eval_step(params, batch: Batch):
+        loss, (terms, yhat) = loss_fn(params, batch.x_TBI, batch.y, cfg)
+        return Metrics(loss, terms, *correct_counts(yhat, batch.y, score_mask))
 
     return train_step, eval_step
 
 
-def make_steps(cfg: Config, optimizer) -> Steps:
-    """Seeds vmapped into one program (purejaxrl style): per-seed parameters, data, dropout
-    keys; shared score mask, batch index, epoch and learning rate."""
-    train_step, eval_step = make_step_fns(cfg, optimizer)
-    train = jax.vmap(train_step, in_axes=(0, 0, 0, 0, None, 0, None, None, None))
-    evaluate = jax.vmap(eval_step, in_axes=(0, 0, 0, None))
+def make_steps(cfg: Config, optimizer, score_mask=None) -> Steps:
+    """Seeds vmapped into one program (purejaxrl style): per-seed parameters, batches and
+    dropout keys; shared batch index, epoch and learning rate."""
+    train_step, eval_step = make_step_fns(cfg, optimizer, score_mask)
+    per_seed = Batch(0, 0, None)
+    train = jax.vmap(train_step, in_axes=(0, 0, per_seed, 0, None, None))
+    evaluate = jax.vmap(eval_step, in_axes=(0, per_seed))
     return Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
+
+
+class Tally:
+    """Per-seed sums of a split's metrics over an epoch: loss and loss terms weighted by batch
+    size, the accuracy both over all scored predictions and as the mean of per-batch
+    accuracies (how the published code reported validation and test accuracy)."""
+
+    def __init__(self):
+        self.samples, self.batches, self.loss, self.terms = 0, 0, 0.0, {}
+        self.correct, self.scored, self.batch_acc = 0.0, 0.0, 0.0
+
+    def add(self, m: Metrics, size: int):
+        self.samples += size
+        self.batches += 1
+        self.loss = self.loss + np.asarray(m.loss) * size
+        for name, value in m.terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + np.asarray(value) * size
+        correct, scored = np.asarray(m.correct), np.asarray(m.scored)
+        self.correct, self.scored = self.correct + correct, self.scored + scored
+        self.batch_acc = self.batch_acc + correct / scored
+
+    def mean_loss(self):
+        return self.loss / self.samples
+
+    def mean_terms(self, s: int) -> dict:
+        return {name: float(value[s] / self.samples) for name, value in self.terms.items()}
 
 
 class HostBatches:
@@ -250,27 +291,23 @@ def _unstack(tree, s):
     return jax.device_get(jax.tree_util.tree_map(lambda leaf: leaf[s], tree))
 
 
-def evaluate(steps: Steps, params, splits, cfg: Config, score_mask, rngs=None):
-    """Per seed: mean loss (weighted by batch size) and accuracy over a whole split. The
-    accuracy is the unweighted mean of the per-batch accuracies, as the published code
-    reports it (a smaller last batch counts as much as a full one). A split marked
-    `reshuffle` is evaluated in the order of that seed's generator in `rngs` (batch norm
-    uses the evaluated batch's statistics, so the batches' composition matters)."""
+def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
+    """Per seed: the metrics over a whole split (the reported accuracy is the unweighted mean
+    of the per-batch accuracies, as the published code reported it: a smaller last batch
+    counts as much as a full one). A split marked `reshuffle` is evaluated in the order of
+    that seed's generator in `rngs` (batch norm uses the evaluated batch's statistics, so the
+    batches' composition matters)."""
     rngs = rngs or [None] * len(splits)
     orders = [utils_dataset.iterate_batches(sp, cfg.batch_size, rng if sp.reshuffle else None,
                                             time_major=False, augment=False)
               for sp, rng in zip(splits, rngs)]
-    loss_sum, acc_sum, n_batches = np.zeros(len(splits)), np.zeros(len(splits)), 0
-    host = HostBatches()
+    tally, host = Tally(), HostBatches()
     for batches in zip(*orders):
         x, y = host.put([b[0] for b in batches]), _stack([b[1] for b in batches])
-        out = steps.evaluate(params, x, y, score_mask)
+        out = steps.evaluate(params, Batch(x, y, jnp.int32(0)))
         host.fence(out)
-        loss, _, correct, scored = out
-        loss_sum += np.asarray(loss) * y.shape[1]
-        acc_sum += np.asarray(correct) / np.asarray(scored)
-        n_batches += 1
-    return loss_sum / len(splits[0]), acc_sum / n_batches
+        tally.add(out, y.shape[1])
+    return tally
 
 
 def eval_rngs(cfgs, epoch: int, purpose: str):
@@ -459,7 +496,7 @@ def available_memory() -> Optional[int]:
         return None
 
 
-def step_memory(cfg: Config, steps: Steps, optimizer, tasks, mask) -> int:
+def step_memory(cfg: Config, steps: Steps, optimizer, tasks) -> int:
     """XLA's estimate of the train step's memory [bytes] for the seeds of `tasks`: arguments,
     outputs not aliased to them, and temporaries. The step is compiled from shapes alone (no
     parameter or batch is allocated), and the training reuses the compiled program."""
@@ -475,7 +512,7 @@ def step_memory(cfg: Config, steps: Steps, optimizer, tasks, mask) -> int:
     keys = jax.ShapeDtypeStruct((n, *jax.random.PRNGKey(0).shape), jax.random.PRNGKey(0).dtype)
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
     tree = lambda t: jax.tree_util.tree_map(per_seed, t)  # noqa: E731
-    compiled = steps.train.lower(tree(params), tree(opt_state), x, y, mask, keys, scalar(jnp.int32),
+    compiled = steps.train.lower(tree(params), tree(opt_state), Batch(x, y, scalar(jnp.int32)), keys,
                                  scalar(jnp.int32), scalar(jnp.float32)).compile()
     m = compiled.memory_analysis()
     if m is None:
@@ -493,8 +530,7 @@ def check_memory(cfg: Config, steps: Steps, optimizer, tasks, force: bool = Fals
     available = available_memory()
     if force or available is None:
         return
-    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
-    need = step_memory(cfg, steps, optimizer, tasks, mask)
+    need = step_memory(cfg, steps, optimizer, tasks)
     if need > available:
         flags = " ".join(f"--{f} {getattr(cfg, f)}" for f in SIZE_FLAGS)
         seeds = f" x {len(tasks)} seeds" if len(tasks) > 1 else ""
@@ -530,7 +566,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
             atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
-    steps = make_steps(cfg, optimizer)
+    steps = make_steps(cfg, optimizer, mask)
     check_memory(cfg, steps, optimizer, tasks, force)
     runs = [_init_run(c, optimizer, st, d) for c, st, d in zip(cfgs, states, run_dirs)]
     params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
@@ -539,16 +575,18 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     t_run = time.time()
     for epoch in range(len(runs[0].metrics["epochs"]), cfg.n_epochs):
         t0 = time.time()
-        params, opt_state, train_loss, train_acc = _train_epoch(
-            steps, params, opt_state, tasks, mask, cfgs, epoch, key_dropout, progress)
-        valid_loss, valid_acc = evaluate(steps, params, [t.valid for t in tasks], cfg, mask,
-                                         eval_rngs(cfgs, epoch, "valid"))
+        params, opt_state, train = _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout,
+                                                progress)
+        valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, epoch, "valid"))
+        train_loss, train_acc = train.mean_loss(), train.correct / train.scored
+        valid_loss, valid_acc = valid.mean_loss(), valid.batch_acc / valid.batches
         for s, run in enumerate(runs):
             metrics = run.metrics
             metrics["epochs"].append(dict(
                 epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train_loss[s]),
                 train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
-                valid_acc=float(valid_acc[s]), seconds=time.time() - t0))
+                valid_acc=float(valid_acc[s]), terms=train.mean_terms(s), valid_terms=valid.mean_terms(s),
+                seconds=time.time() - t0))
             seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
             # a tie keeps the later epoch, as the published code did (>=)
             if metrics["best_epoch"] is None or valid_acc[s] >= metrics["best_valid_acc"]:
@@ -560,11 +598,11 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
                        f"({time.time() - t0:.1f} s)")
-    test_loss, test_acc = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, mask,
-                                   eval_rngs(cfgs, cfg.n_epochs, "test"))
+    test = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, eval_rngs(cfgs, cfg.n_epochs, "test"))
+    test_loss, test_acc = test.mean_loss(), test.batch_acc / test.batches
     for s, (run, c) in enumerate(zip(runs, cfgs)):
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
-                           median_tau_per_layer=median_tau_per_layer(best[s], c),
+                           test_terms=test.mean_terms(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
                            seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
         if run_dirs[s] is not None:
             _finish_run(run_dirs[s], best[s], run.metrics)
@@ -576,45 +614,42 @@ def _fmt(values, spec):
     return format(values[0], spec) if len(values) == 1 else f"{format(min(values), spec)}..{format(max(values), spec)}"
 
 
-def _train_epoch(steps, params, opt_state, tasks, mask, cfgs, epoch, key_dropout, progress):
-    """One pass over every seed's training set. A step's metrics are read only after the next
-    step has been dispatched, so that preparing a batch overlaps with computing the last one."""
+def _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout, progress):
+    """One pass over every seed's training set; returns the new state and the epoch's Tally.
+    A step's metrics are read only after the next step has been dispatched, so that preparing
+    a batch overlaps with computing the last one."""
     cfg = cfgs[0]
     rngs = [np.random.default_rng([c.seed, epoch]) for c in cfgs]
     key_epoch = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key_dropout, epoch)
-    lr = jnp.float32(learning_rate(cfg, epoch))
+    lr, epoch_ = jnp.float32(learning_rate(cfg, epoch)), jnp.int32(epoch)
     n = utils_dataset.n_batches(tasks[0].train, cfg.batch_size)
     bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.n_epochs}", leave=False, disable=not progress)
-    sums = np.zeros((3, len(cfgs)))  # loss x samples, correct, scored
-    pending = None
+    tally, pending = Tally(), None
 
-    def record(b, step_metrics):
-        loss, _, correct, scored = step_metrics
-        loss, correct, scored = np.asarray(loss), np.asarray(correct), np.asarray(scored)
+    def record(b, size, m: Metrics):
+        loss = np.asarray(m.loss)
         for s in np.flatnonzero(~np.isfinite(loss)):
             seed = f" (seed {cfgs[s].seed})" if len(cfgs) > 1 else ""
             raise TrainingDiverged(f"the loss became {loss[s]} at epoch {epoch + 1}, batch {b + 1}{seed} "
                                    "(try a smaller --lr or a different --seed)")
-        sums[:] += (loss * sizes[b], correct, scored)
+        tally.add(m, size)
         bar.update()
-        bar.set_postfix(loss=_fmt(sums[0] / sizes[:b + 1].sum(), ".4f"), acc=_fmt(sums[1] / sums[2], ".2%"))
+        bar.set_postfix(loss=_fmt(tally.mean_loss(), ".4f"), acc=_fmt(tally.correct / tally.scored, ".2%"))
 
     iterators = [utils_dataset.iterate_batches(t.train, cfg.batch_size, rng, time_major=False)
                  for t, rng in zip(tasks, rngs)]
-    sizes = np.zeros(n)
     host = HostBatches()
     for b, batches in enumerate(zip(*iterators)):
         x, y = host.put([bt[0] for bt in batches]), _stack([bt[1] for bt in batches])
-        sizes[b] = y.shape[1]
-        params, opt_state, step_metrics = steps.train(
-            params, opt_state, x, y, mask, key_epoch, jnp.int32(b), jnp.int32(epoch), lr)
+        params, opt_state, step_metrics = steps.train(params, opt_state, Batch(x, y, jnp.int32(b)),
+                                                      key_epoch, epoch_, lr)
         host.fence(step_metrics)
         if pending is not None:
             record(*pending)
-        pending = (b, step_metrics)
+        pending = (b, y.shape[1], step_metrics)
     record(*pending)
     bar.close()
-    return params, opt_state, sums[0] / len(tasks[0].train), sums[1] / sums[2]
+    return params, opt_state, tally
 
 
 def _new_metrics(cfg, params):

@@ -8,8 +8,7 @@ after its 80/20 split, 75,466 for SSC; 700 channels; `--density` of the bins non
 MTS-XOR uses its generator. Prints and writes as JSON (`--out`): compile time (the first
 training step), steady-state seconds per training epoch and per validation pass, samples
 per second, peak resident memory, and the time of the first layer's dense matmul alone
-(forward and weight gradient, one epoch of batches) with the epoch's ratio to it;
-`--events` also times the same first-layer work done event by event.
+(forward and weight gradient, one epoch of batches) with the epoch's ratio to it.
 `--seeds N` trains N seeds as one vmapped program (the sweeps' default) and, with
 `--compare_sequential`, also N seeds one after another.
 """
@@ -37,8 +36,6 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=1, help="seeds trained as one vmapped program")
     parser.add_argument("--compare_sequential", action="store_true",
                         help="also time the same seeds trained one after another")
-    parser.add_argument("--events", action="store_true",
-                        help="also time an event-driven first layer (gather / scatter-add)")
     parser.add_argument("--density", type=float, default=0.07, help="fraction of non-zero SHD/SSC bins")
     parser.add_argument("--n_train", type=int, default=None, help="training samples (default: real size)")
     add_config_arguments(parser)
@@ -94,24 +91,28 @@ def time_epochs(cfg, tasks, n_epochs, steps=None):
     import jax.numpy as jnp
     import training
     optimizer = training.make_optimizer(cfg)
-    steps = steps or training.make_steps(cfg, optimizer)
+    steps = steps or training.make_steps(cfg, optimizer, task_mask(tasks[0]))
     cfgs = [cfg.replace(seed=s) for s in range(len(tasks))]
-    runs = [training._init_run(c, optimizer, None) for c in cfgs]
+    runs = [training._init_run(c, optimizer, None, None) for c in cfgs]
     params = training._stack([r.params for r in runs])
     opt_state = training._stack([r.opt_state for r in runs])
     keys = jnp.stack([r.key_dropout for r in runs])
-    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     epochs, valids = [], []
     for epoch in range(n_epochs + 1):
         t0 = time.perf_counter()
-        params, opt_state, loss, _ = training._train_epoch(
-            steps, params, opt_state, tasks, mask, cfgs, epoch, keys, progress=False)
+        params, opt_state, _ = training._train_epoch(steps, params, opt_state, tasks, cfgs, epoch, keys,
+                                                     progress=False)
         jax.block_until_ready(params)
         epochs.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        training.evaluate(steps, params, [t.valid for t in tasks], cfg, mask)
+        training.evaluate(steps, params, [t.valid for t in tasks], cfg)
         valids.append(time.perf_counter() - t0)
     return epochs, valids
+
+
+def task_mask(task):
+    import jax.numpy as jnp
+    return None if task.score_mask is None else jnp.asarray(task.score_mask)
 
 
 def time_first_step(cfg, steps):
@@ -152,40 +153,6 @@ def time_first_layer_matmul(cfg, task):
     return time.perf_counter() - t0
 
 
-def time_first_layer_events(cfg, task):
-    """The same epoch of first-layer work done event by event: gather the weight rows of the
-    non-zero input bins and scatter-add them (forward), and the transpose for the weight
-    gradient. Sparse SHD/SSC inputs (5-10 % non-zero) make this 10-20x fewer flops than
-    the dense matmul; whether it is faster depends on the backend's gather/scatter."""
-    import jax
-    import jax.numpy as jnp
-    import utils_dataset
-    W = jnp.zeros((cfg.n_in, cfg.n_hid), jnp.float32)
-
-    @jax.jit
-    def events_fwd_and_grad(W, rows, cols, vals):
-        n_rows = cfg.nb_steps * cfg.batch_size
-        I = jax.ops.segment_sum(W[cols] * vals[:, None], rows, num_segments=n_rows, indices_are_sorted=True)
-        return I, jax.ops.segment_sum(I[rows] * vals[:, None], cols, num_segments=cfg.n_in)
-
-    def events(x_TBI):
-        x2 = x_TBI.reshape(-1, x_TBI.shape[-1])
-        rows, cols = np.nonzero(x2)
-        pad = -len(rows) % 65536  # a few static shapes instead of one per batch
-        return (np.pad(rows, (0, pad)).astype(np.int32), np.pad(cols, (0, pad)).astype(np.int32),
-                np.pad(x2[rows, cols], (0, pad)))
-
-    batches = [events(x) for x, y in utils_dataset.iterate_batches(task.train, cfg.batch_size)
-               if len(y) == cfg.batch_size]
-    for shape in {b[0].shape for b in batches}:
-        jax.block_until_ready(events_fwd_and_grad(W, *next(b for b in batches if b[0].shape == shape)))
-    t0 = time.perf_counter()
-    for b in batches:
-        out = events_fwd_and_grad(W, *b)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t0) * utils_dataset.n_batches(task.train, cfg.batch_size) / len(batches)
-
-
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -202,7 +169,7 @@ def main(argv=None):
         # first, in a process that has run nothing else: after the large vmapped program the
         # same single-seed programs were measured up to 2x slower
         sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
-    steps = training.make_steps(cfg, training.make_optimizer(cfg))
+    steps = training.make_steps(cfg, training.make_optimizer(cfg), task_mask(tasks[0]))
     compile_s = time_first_step(cfg, steps) if args.seeds == 1 else None
     epochs, valids = time_epochs(cfg, tasks, args.epochs, steps)
     steady = float(np.median(epochs[1:]))
@@ -219,8 +186,6 @@ def main(argv=None):
         matmul = time_first_layer_matmul(cfg, tasks[0])
         result.update(first_layer_matmul_seconds=round(matmul, 4),
                       epoch_to_first_layer_matmul=round(steady / args.seeds / matmul, 2))
-        if args.events:
-            result["first_layer_events_seconds"] = round(time_first_layer_events(cfg, tasks[0]), 4)
     if sequential is not None:
         seq = float(sum(np.median(e[1:]) for e in sequential))
         result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))

@@ -7,8 +7,8 @@ out="${1:-benchmark_results}"
 mkdir -p "$out"
 bench() { name="$1"; shift; python3 benchmarks/benchmark.py --out "$out/$name.json" "$@" > "$out/$name.log" 2>&1; }
 bench mts_xor_4layers --dataset_name mts_xor --n_layers 4 --epochs 5
-bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 5 --events
-bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 4 --events
+bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 5
+bench shd_4x128 --dataset_name shd --n_layers 4 --n_hid 128 --epochs 4
 bench mts_xor_10_seeds --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 2 --compare_sequential
 python3 benchmarks/seed_scaling.py --n_layers 4 --out "$out/seed_scaling.json" > "$out/seed_scaling.log" 2>&1
 python3 - "$out" <<'PY'

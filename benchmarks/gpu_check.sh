@@ -26,7 +26,7 @@ bench() {
     timeout 240 python3 benchmarks/benchmark.py --out "$out/$name.json" "$@" 2>&1 | tail -25 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || echo "== $name failed or timed out" | tee -a "$log"
 }
-bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 3 --events
+bench shd_4x32 --dataset_name shd --n_layers 4 --n_hid 32 --epochs 3
 bench ssc_4x128 --dataset_name ssc --n_layers 4 --n_hid 128 --nb_steps 100 --epochs 2
 bench mts_xor_10_seeds --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 3 --compare_sequential
 bench mts_xor_10_seeds_bf16 --dataset_name mts_xor --n_layers 4 --seeds 10 --epochs 3 --set matmul_dtype=bfloat16

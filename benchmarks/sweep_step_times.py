@@ -28,7 +28,8 @@ def step_times(cfg, n_steps, steps=None):
     import training
     from utils_initialization import init_params
     optimizer = training.make_optimizer(cfg)
-    steps = steps or training.make_steps(cfg, optimizer)
+    mask = jnp.ones(cfg.nb_steps, bool) if cfg.decoder == "vmem_time" else None
+    steps = steps or training.make_steps(cfg, optimizer, mask)
     params = init_params(jax.random.PRNGKey(0), cfg)
     params, opt_state = training._stack([params]), training._stack([optimizer.init(params)])  # one seed
     rng = np.random.default_rng(0)
@@ -36,12 +37,12 @@ def step_times(cfg, n_steps, steps=None):
     x = jnp.asarray(rng.random((1, cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05, jnp.float32)
     y_shape = (1, cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (1, cfg.batch_size)
     y = rng.integers(0, cfg.n_out, y_shape).astype(np.int32)
-    mask = jnp.ones(cfg.nb_steps, bool) if cfg.decoder == "vmem_time" else None
     times = []
     for i in range(n_steps + 1):
         t0 = time.perf_counter()
-        params, opt_state, metrics = steps.train(params, opt_state, x, y, mask, jax.random.PRNGKey(i)[None],
-                                                 jnp.int32(i), jnp.int32(0), jnp.float32(0.01))
+        batch = training.Batch(x, y, jnp.int32(i))
+        params, opt_state, metrics = steps.train(params, opt_state, batch, jax.random.PRNGKey(i)[None],
+                                                 jnp.int32(0), jnp.float32(0.01))
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     return times

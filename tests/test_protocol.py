@@ -270,17 +270,19 @@ class CountingSteps:
         self.batches = []
         self.evaluate = self._evaluate
 
-    def _evaluate(self, params, x, y, mask):
-        self.batches.append(np.asarray(y[0]))
-        correct = (np.asarray(y) == 0).sum(axis=1).astype(np.float32)
-        return np.zeros(len(y), np.float32), {}, correct, np.full(len(y), y.shape[1], np.float32)
+    def _evaluate(self, params, batch):
+        y = np.asarray(batch.y)
+        self.batches.append(y[0])
+        correct = (y == 0).sum(axis=1).astype(np.float32)
+        return training.Metrics(np.zeros(len(y), np.float32), {}, correct, np.full(len(y), y.shape[1], np.float32))
 
 
 def test_accuracy_is_the_unweighted_mean_of_batch_accuracies():
     split = utils_dataset.Split(make_split(10).X, np.array([0, 0, 0, 0, 1, 1, 1, 0, 0, 1]))
     cfg = make_config("shd", batch_size=4)
-    _, acc = training.evaluate(CountingSteps(), None, [split], cfg, None)
+    tally = training.evaluate(CountingSteps(), None, [split], cfg)
     per_batch = [np.mean(split.Y[i:i + 4] == 0) for i in range(0, 10, 4)]
+    acc = tally.batch_acc / tally.batches
     assert acc[0] == pytest.approx(np.mean(per_batch))
     assert acc[0] != pytest.approx(np.mean(split.Y == 0))  # 4 + 4 + 2 samples: weights differ
 
@@ -292,7 +294,7 @@ def test_evaluation_order_reshuffles_only_marked_splits():
     for epoch in range(2):
         for split in (fixed, shuffled):
             steps = CountingSteps()
-            training.evaluate(steps, None, [split], cfg, None, training.eval_rngs([cfg], epoch, "valid"))
+            training.evaluate(steps, None, [split], cfg, training.eval_rngs([cfg], epoch, "valid"))
             orders.append(np.concatenate(steps.batches))
     fixed0, shuffled0, fixed1, shuffled1 = orders
     assert np.array_equal(fixed0, fixed.Y) and np.array_equal(fixed1, fixed.Y)
@@ -320,7 +322,12 @@ def test_use_test_as_valid_keeps_training_on_the_80_percent_split(audio_dir, cap
 
 
 def test_a_validation_tie_keeps_the_later_epoch(tmp_path, tiny_task, monkeypatch):
-    monkeypatch.setattr(training, "evaluate", lambda *a, **k: (np.zeros(1), np.full(1, 0.75)))
+    def constant(*args, **kwargs):  # every epoch validates at 75 %
+        tally = training.Tally()
+        tally.add(training.Metrics(np.zeros(1), {}, np.full(1, 3.0), np.full(1, 4.0)), 1)
+        return tally
+
+    monkeypatch.setattr(training, "evaluate", constant)
     metrics = training.train_hsnn(make_config("mts_xor", n_epochs=3, batch_size=64, n_layers=3),
                                   progress=False, task=tiny_task)
     assert metrics["best_epoch"] == 2

@@ -112,7 +112,7 @@ def test_resume_after_interruption_matches_straight_run(tmp_path, tiny_task, mon
     real_epoch = training._train_epoch
 
     def interrupted(*args):
-        if args[6] == 2:  # epoch index: killed while the third epoch is in flight
+        if args[5] == 2:  # epoch index: killed while the third epoch is in flight
             raise KeyboardInterrupt
         return real_epoch(*args)
 
@@ -155,15 +155,17 @@ def test_jit_and_eager_train_steps_agree(tiny_task):
     params = training.init_params(jax.random.PRNGKey(0), cfg)
     x, y = next(utils_dataset.iterate_batches(tiny_task.train, 64))
     mask = jnp.asarray(tiny_task.score_mask)
-    args = (x, y, mask, jax.random.PRNGKey(1), jnp.int32(3), jnp.int32(0), jnp.float32(0.01))
-    train_step, _ = training.make_step_fns(cfg, optimizer)
+    key, epoch, lr = jax.random.PRNGKey(1), jnp.int32(0), jnp.float32(0.01)
+    train_step, _ = training.make_step_fns(cfg, optimizer, mask)
     with jax.disable_jit():
-        eager = train_step(params, optimizer.init(params), *args)
-    batched = [a[None] for a in args[:2]] + [mask, args[3][None]] + list(args[4:])
-    steps = training.make_steps(cfg, optimizer)
-    jitted = steps.train(training._stack([params]), training._stack([optimizer.init(params)]), *batched)
+        eager = train_step(params, optimizer.init(params), training.Batch(x, y, jnp.int32(3)), key, epoch, lr)
+    steps = training.make_steps(cfg, optimizer, mask)
+    jitted = steps.train(training._stack([params]), training._stack([optimizer.init(params)]),
+                         training.Batch(x[None], y[None], jnp.int32(3)), key[None], epoch, lr)
     for a, b in zip(jax.tree_util.tree_leaves(jitted[0]), jax.tree_util.tree_leaves(eager[0])):
         np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6)
+    assert isinstance(jitted[2], training.Metrics) and set(jitted[2].terms) == {"ce", "alpha_high", "alpha_sd"}
+    assert float(jitted[2].loss[0]) == pytest.approx(sum(float(v[0]) for v in jitted[2].terms.values()), rel=1e-5)
 
 
 def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
@@ -194,7 +196,7 @@ def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
     real_epoch = training._train_epoch
 
     def interrupted(*args):
-        if args[6] == 1:
+        if args[5] == 1:
             raise KeyboardInterrupt
         return real_epoch(*args)
 
