@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import figures
+import report
 import run_folder
 from cli import OneLineParser, parse_bool, parse_field
 from figures import fmt
@@ -596,6 +597,42 @@ def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
     return figures.plot_sweep(panel, paper_numbers)
 
 
+# --- the reproduction report ------------------------------------------------------------------------
+def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> report.SweepResults:
+    """The finished runs of the sweep in `folder` (with the definition and --set of its
+    sweep.json when present), sorted by key, and the failures its run folders record."""
+    sets = {}
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        with contextlib.suppress(FileError):
+            stored = read_json(manifest)
+            definition, sets = stored.get("definition", definition), stored.get("set", {})
+    runs = expand(definition, sets)
+    present = read_lines(folder) if folder.exists() else {}
+    lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]
+    for line in lines:
+        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
+    errors = sorted({(d / run_folder.ERROR).read_text().strip() for d in sorted((folder / "runs").glob("*"))
+                     if (d / run_folder.ERROR).exists()}) if (folder / "runs").exists() else []
+    return report.SweepResults(name, definition, lines, len(runs), reduced_, tuple(errors))
+
+
+def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
+    """results_dir/REPORT.md from every sweep's results (the full sweep's, else its --quick
+    reduction's)."""
+    sweeps = {}
+    for name, definition in definitions.items():
+        full = sweep_results(results_dir / name, name, definition, False)
+        if not full.lines and (results_dir / f"{name}_quick").exists():
+            quick = sweep_results(results_dir / f"{name}_quick", name, reduced(definition), True)
+            full = quick if quick.lines else full
+        sweeps[name] = full
+    path = results_dir / "REPORT.md"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    report.write_report(path, sweeps, paper_numbers)
+    return path
+
+
 # --- command line --------------------------------------------------------------------------------
 def parse_shard(text: str):
     try:
@@ -612,6 +649,8 @@ def build_parser():
                       allow_abbrev=False)
     p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")
     p.add_argument("--list", action="store_true", help="print every sweep, what it reproduces, its runs")
+    p.add_argument("--report", action="store_true",
+                   help="(re)write <results_dir>/REPORT.md from the results present, and exit")
     p.add_argument("--plot", action="store_true", help="only draw the figure and summary from existing results")
     p.add_argument("--print_configs", action="store_true",
                    help="print every run's resolved configuration, one JSON object per line, in run "
@@ -656,6 +695,9 @@ def main(argv=None):
         definitions = load_definitions(args.sweeps_file)
         if args.list:
             return print_list(definitions)
+        if args.report:
+            paper = json.loads(Path(args.paper_file).read_text())
+            return print(f"report: {write_report(Path(args.results_dir), definitions, paper)}")
         check_args(args, definitions)
         sweep = open_sweep(args, definitions)
         if args.print_configs:

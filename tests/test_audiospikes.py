@@ -417,6 +417,7 @@ def test_malformed_file_is_reported_and_not_cached(tmp_path, kind, problem):
     assert files_in(folder) == ["cache", "shd_train.h5"]  # the cache folder holds nothing
 
 
+@pytest.mark.slow
 def test_main_reports_a_bad_file_in_one_line_with_exit_code_1(root, tmp_path):
     folder = tmp_path / "audiospikes"
     synthetic.make_dataset("shd", folder, {"test": 4})
@@ -431,6 +432,7 @@ def test_main_reports_a_bad_file_in_one_line_with_exit_code_1(root, tmp_path):
     assert not [n for n in files_in(folder / "cache") if "shd_train" in n]
 
 
+@pytest.mark.slow
 def test_main_reports_a_truncated_archive_in_one_line(root, tmp_path):
     folder = tmp_path / "audiospikes"
     synthetic.make_dataset("shd", folder, {"train": 4, "test": 4}, compress=True)
@@ -557,6 +559,7 @@ def test_generator_writes_the_published_layout(tmp_path):
         assert f.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_generator_command_line(root, tmp_path):
     import subprocess
     import sys
@@ -567,6 +570,7 @@ def test_generator_command_line(root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shd_test.h5", "shd_train.h5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convolution", [False, True])
 def test_training_runs_end_to_end_on_synthetic_shd(shd_dir, convolution):
     from training import train_hsnn

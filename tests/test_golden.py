@@ -76,14 +76,14 @@ def test_step_case(name):
         assert [p["W"].shape[0] for p in params[:-1]] == meta["conv_kernels"][:-1]
         assert len(conv_hierarchy(cfg)[1]) == cfg.n_layers - 1
 
-    hidden, out_TBO = forward(params, x, cfg)
+    hidden, out_TBO = jax.jit(forward, static_argnums=2)(params, x, cfg)
     for l, S_TBH in enumerate(hidden):
         assert_spikes_match(np.swapaxes(S_TBH, 0, 1), z[f"L{l}_output"], f"L{l}_output")
     last = cfg.n_layers - 1
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z["out_vmem"], RTOL, ATOL)
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z[f"L{last}_output"], RTOL, ATOL)
 
-    (loss, (terms, yhat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (terms, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
         params, x, jnp.asarray(z["Y"]), cfg)
     np.testing.assert_allclose(yhat, z["Yhat"], RTOL, ATOL)
     np.testing.assert_allclose(terms["ce"], z["loss_ce"], RTOL)

@@ -42,6 +42,7 @@ def test_presets_then_flags():
     assert conv.use_test_as_valid and conv.hierarchy_conv == "kernel" and conv.delta_dil == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,flag", [
     (["--n_layers", "1"], "--n_layers"),
     (["--n_hid", "0"], "--n_hid"),
@@ -68,6 +69,7 @@ def test_invalid_flags_exit_2_with_one_line(root, args, flag):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8",
             "--results_dir", str(tmp_path), "--save_dir_name", "smoke"]
@@ -86,6 +88,7 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     assert "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_compilation_cache_can_be_switched_off(root, tmp_path):
     cache = tmp_path / "cache"
     result = run_main(root, "--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4",
@@ -95,6 +98,7 @@ def test_compilation_cache_can_be_switched_off(root, tmp_path):
     assert not cache.exists() or not any(cache.iterdir())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
     common = ["--dataset_name", "mts_xor", "--n_epochs", "5", "--n_hid", "8", "--dropout", "0.1",
               "--results_dir", str(tmp_path), "--progress", "false"]
@@ -125,6 +129,7 @@ def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
         assert {k: v for k, v in ea.items() if k != "seconds"} == {k: v for k, v in eb.items() if k != "seconds"}
 
 
+@pytest.mark.slow
 def test_help_describes_every_field(root):
     """--help is generated from Config: each field's meaning, unit, paper symbol, choices and
     the default main.py gives it."""
@@ -138,6 +143,7 @@ def test_help_describes_every_field(root):
     assert "--n_epochs N_EPOCHS training epochs [epochs] (default: 10)" in text
 
 
+@pytest.mark.slow
 def test_print_config_prints_the_resolved_configuration(root):
     result = run_main(root, "--dataset_name", "mts_xor", "--seed", "3", "--print_config")
     assert result.returncode == 0, result.stderr

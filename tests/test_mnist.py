@@ -128,6 +128,7 @@ def test_permutation_is_seeded_and_shared_by_the_splits(mnist):
         np.testing.assert_array_equal(permuted.Y, raster.Y)
 
 
+@pytest.mark.slow
 def test_permutation_is_saved_in_the_run_folder(mnist, tmp_path):
     data_dir, _ = mnist
     cfg = make_config("ps-mnist", data_dir=str(data_dir), seed=5, n_epochs=1, n_hid=4,
@@ -181,6 +182,7 @@ def test_labels_outside_0_to_9_are_refused(root, tmp_path):
         task("mnist", tmp_path)
 
 
+@pytest.mark.slow
 def test_failed_download_is_one_line_on_stderr(root, tmp_path):
     pytest.importorskip("torchvision", reason="pip install -r requirements/requirements_mnist.txt")
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}

@@ -174,19 +174,6 @@ def test_bfloat16_matmuls_keep_float32_state():
     assert not np.array_equal(I16, I32)
 
 
-@pytest.mark.parametrize("shape", [(100, 256, 32), (7, 3, 5), (1, 1, 4)])
-def test_sum_rows_equals_sum_over_leading_axes(shape):
-    """sum_rows (a ones-vector matmul, faster on XLA's CPU backend) is the float32 sum over
-    every axis but the last, jitted or not, with the same gradient."""
-    from utils_normalization import sum_rows
-    x = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
-    expected = np.asarray(x, np.float64).reshape(-1, shape[-1]).sum(0)
-    for f in (sum_rows, jax.jit(sum_rows)):
-        np.testing.assert_allclose(f(x), expected, rtol=1e-5, atol=1e-5 * np.sqrt(x.size))
-    w = jnp.arange(shape[-1], dtype=jnp.float32)
-    np.testing.assert_allclose(jax.grad(lambda x: sum_rows(x) @ w)(x), jnp.broadcast_to(w, shape))
-
-
 @pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(convolution=True, conv_kernel=3)])
 def test_float32_matmuls_ask_for_full_precision(kw):
     """Every matmul and convolution of a float32 network, forward and backward, asks for

@@ -321,6 +321,7 @@ def test_use_test_as_valid_keeps_training_on_the_80_percent_split(audio_dir, cap
     assert "optimistic" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_validation_tie_keeps_the_later_epoch(tmp_path, tiny_task, monkeypatch):
     def constant(*args, **kwargs):  # every epoch validates at 75 %
         tally = training.Tally()

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import figures
 import sweep
 from utils_initialization import conv_hierarchy
 
@@ -79,7 +80,7 @@ def without_timings(metrics):
 # --- definitions -------------------------------------------------------------------------------
 def test_every_published_sweep_is_defined(definitions):
     assert set(definitions) == set(PUBLISHED_RUNS)
-    assert set(sweep.FIGURES) == set(PUBLISHED_RUNS)
+    assert set(figures.FIGURES) == set(PUBLISHED_RUNS)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
@@ -160,6 +161,7 @@ def test_shards_cover_every_run_once_with_whole_seed_groups(definitions):
     assert max(map(len, shards)) - min(map(len, shards)) <= 6  # balanced to one group of 6 seeds
 
 
+@pytest.mark.slow
 def test_list_and_unknown_names(root):
     listing = subprocess.run([sys.executable, "sweep.py", "--list"], cwd=root, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
@@ -198,6 +200,7 @@ def _append_many(path, prefix):
         sweep.append_line(Path(path), {"key": f"{prefix}{i}", "test_acc": 0.5, "payload": "x" * 2000})
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_processes(tmp_path):
     path = tmp_path / "runs.jsonl"
     ctx = multiprocessing.get_context("spawn")
@@ -211,6 +214,7 @@ def test_concurrent_appends_from_processes(tmp_path):
 
 
 # --- running sweeps ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_results_equal_main_per_run(root, tmp_path, jax_cache):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
     result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
@@ -259,6 +263,7 @@ def alive(pid):
     return state not in ("Z", "X")
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_training_a_run_twice(root, tmp_path, jax_cache):
     """SIGKILL the driver of a 2-process sweep while runs are in flight; its workers die
     with it; the same command finishes the sweep: every run once, finished runs untouched,
@@ -333,6 +338,7 @@ def with_pgroup_killed(proc):
         pass
 
 
+@pytest.mark.slow
 def test_shards_append_to_one_table_and_plot_merges(root, tmp_path, jax_cache):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0, 0.4]}, n_epochs=1)
     common = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
@@ -350,6 +356,7 @@ def test_shards_append_to_one_table_and_plot_merges(root, tmp_path, jax_cache):
     assert [int(r["n_seeds"]) for r in rows if r["n_seeds"] != "0"] == [2, 2]
 
 
+@pytest.mark.slow
 def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
     result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2b", "--quick", "--set", "n_epochs=1",
                        "--set", "n_hid=4", "--results_dir", str(tmp_path), "--jobs", "2")
@@ -386,6 +393,7 @@ def fake_results(folder, definition, rng, with_params=False):
         sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,rows,check", [
     ("hSNN_Figure_S2e", 20, lambda r: r[0]["stat"] == "median gain (points)" and r[0]["paper"] == "2.4"),
     ("SHD_hCSNN_max_performance", 3, lambda r: r[0]["paper"] == "94.67" and r[0]["n_seeds"] == "10"),
@@ -407,12 +415,14 @@ def test_plot_every_kind_of_figure(root, tmp_path, definitions, name, rows, chec
     assert (tmp_path / name / "figure.png").exists() and (tmp_path / name / "figure.pdf").exists()
 
 
+@pytest.mark.slow
 def test_plot_without_results_exits_2(root, tmp_path):
     result = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2a", "--plot",
                              "--results_dir", str(tmp_path)], cwd=root, capture_output=True, text=True)
     assert result.returncode == 2 and "no finished run" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_without_its_data_stops_with_exit_1(root, tmp_path, jax_cache):
     """SHD is not in the (empty) data folder and its download is pointed at a closed local
     port: offline anywhere, nothing is downloaded into the repository."""
@@ -469,6 +479,7 @@ def wait_for_port(port, proc, timeout=120):
     pytest.fail("ray start did not come up")
 
 
+@pytest.mark.slow
 def test_ray_runs_seed_groups_as_tasks_and_the_driver_writes_results(root, tmp_path, jax_cache, ray_cluster):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
     local = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
@@ -496,6 +507,7 @@ def test_ray_runs_seed_groups_as_tasks_and_the_driver_writes_results(root, tmp_p
     assert (tmp_path / "ray" / "tiny" / "figure.png").exists()
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
     pytest.importorskip("wandb")
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
@@ -508,6 +520,7 @@ def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
 
 
 # --- damaged results and bad flags: one line, and the sweep goes on --------------------------------
+@pytest.mark.slow
 def test_a_damaged_run_folder_is_moved_aside_and_trained_again(root, tmp_path, jax_cache):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]}, n_epochs=1)
     args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
@@ -528,6 +541,7 @@ def test_a_damaged_run_folder_is_moved_aside_and_trained_again(root, tmp_path, j
         assert len(list((runs / name).glob("previous-*"))) == 1 and (runs / name / "params.npz").exists()
 
 
+@pytest.mark.slow
 def test_junk_in_runs_jsonl_is_skipped_with_a_warning(root, tmp_path, jax_cache):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
     args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path)]
@@ -542,6 +556,7 @@ def test_junk_in_runs_jsonl_is_skipped_with_a_warning(root, tmp_path, jax_cache)
     assert again.returncode == 0 and (tmp_path / "tiny" / "summary.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["{broken", "[]", "\x00\x01"])
 def test_a_damaged_sweep_json_is_one_line(root, tmp_path, jax_cache, content):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
@@ -553,6 +568,7 @@ def test_a_damaged_sweep_json_is_one_line(root, tmp_path, jax_cache, content):
     assert "sweep.json" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [(["--seeds_per_task", "-1"], "--seeds_per_task"),
                                           (["--jobs", "0"], "--jobs"),
                                           (["--results_dir", "FILE"], "is a file")])
@@ -564,6 +580,7 @@ def test_bad_sweep_flags_are_one_line(root, tmp_path, jax_cache, args, message):
     assert not (tmp_path / "FILE").is_dir()
 
 
+@pytest.mark.slow
 def test_an_unwritable_results_dir_is_one_line(root, jax_cache):
     if not Path("/sys").is_dir():
         pytest.skip("needs /sys, which not even root can write")

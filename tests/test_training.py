@@ -64,6 +64,7 @@ def test_alpha_gradient_rule():
     assert float(trained[1]["alpha"]) == 0 and float(trained[0]["W"].sum()) == 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_task):
     a = train_hsnn(tiny_config(), progress=False, task=tiny_task)
     b = train_hsnn(tiny_config(), progress=False, task=tiny_task)
@@ -73,6 +74,7 @@ def test_same_seed_same_metrics(tiny_task):
     assert a["test_acc"] > 0 and len(a["epochs"]) == 3
 
 
+@pytest.mark.slow
 def test_time_constants_move_only_when_trained(tiny_task):
     fixed = train_hsnn(tiny_config(), progress=False, task=tiny_task)
     assert fixed["median_tau_per_layer"] == pytest.approx(fixed["median_tau_init"], rel=1e-6)
@@ -80,6 +82,7 @@ def test_time_constants_move_only_when_trained(tiny_task):
     assert trained["median_tau_per_layer"] != pytest.approx(trained["median_tau_init"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_run_folder_is_complete_and_never_overwritten(tmp_path, tiny_task):
     run = tmp_path / "run"
     cfg = tiny_config(n_epochs=2)
@@ -105,6 +108,7 @@ def test_run_folder_is_complete_and_never_overwritten(tmp_path, tiny_task):
         train_hsnn(cfg, run, resume=True, progress=False, task=tiny_task)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_straight_run(tmp_path, tiny_task, monkeypatch):
     cfg = tiny_config(n_epochs=4, dropout=0.2)
     straight = train_hsnn(cfg, tmp_path / "straight", progress=False, task=tiny_task)
@@ -130,6 +134,7 @@ def test_resume_after_interruption_matches_straight_run(tmp_path, tiny_task, mon
                                   np.load(tmp_path / "straight" / "params.npz")["L0_W"])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_batch(tiny_task, monkeypatch):
     """A spiking network swallows NaN inputs (NaN > theta is no spike), so the NaN is put
     into the loss of the samples that the first epoch visits in its second batch."""
@@ -148,6 +153,7 @@ def test_nan_loss_stops_with_epoch_and_batch(tiny_task, monkeypatch):
         train_hsnn(tiny_config(), progress=False, task=bad)
 
 
+@pytest.mark.slow
 def test_jit_and_eager_train_steps_agree(tiny_task):
     """The compiled, seed-vmapped train step computes what the plain function computes."""
     cfg = tiny_config(dropout=0.2)
@@ -168,6 +174,7 @@ def test_jit_and_eager_train_steps_agree(tiny_task):
     assert float(jitted[2].loss[0]) == pytest.approx(sum(float(v[0]) for v in jitted[2].terms.values()), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
     """Runs that differ only in their seed, vmapped into one program, give the numbers of
     the same seeds trained one by one (per-seed data, initialisation, order and dropout)."""
@@ -187,6 +194,7 @@ def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
     assert json.loads((tmp_path / "s1" / "config.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
     """Groups smaller than the seed list give the same numbers; interrupted runs continue."""
     cfg = tiny_config(n_epochs=3)
@@ -230,6 +238,7 @@ def _fixed_seed_run():
     return ref, train_hsnn(cfg, progress=False, task=tiny_mts_xor_task())
 
 
+@pytest.mark.slow
 def test_fixed_seed_metrics_do_not_move():
     """A fixed-seed run's numbers (tests/data/regression_mts_xor.json, made by this function's
     run on the shipped code) stay put to float tolerance: a change of the step, the

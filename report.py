@@ -1,0 +1,452 @@
+"""The reproduction report: which of the paper's claims the results here reproduce, and how
+closely.
+
+`write_report(path, results, paper_numbers)` writes one Markdown page from the sweeps' results
+lines (nothing else: no data set, no network), in the paper's order, one section per figure
+or table: what the panel tests, the command that reproduces it, its status, our numbers next
+to the paper's point by point with one summary line, the figure, the claim's verdict computed
+by a rule the report states, and the provenance of the runs. The same results give the same
+bytes: everything is sorted and no clock is read.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+import figures
+from utils_io import atomic_write
+
+
+class SweepResults(NamedTuple):
+    """What the report knows of one sweep: its definition, its results lines (of the full
+    sweep, or of its --quick reduction when only that ran), how many runs the sweep has, and
+    why runs failed (error.txt of its run folders)."""
+    name: str
+    definition: dict
+    lines: list
+    n_runs: int
+    reduced: bool = False
+    errors: tuple = ()
+
+
+class Claim(NamedTuple):
+    text: str   # the paper's claim, in words
+    rule: str   # the verdict's rule: "rises", "rises_more", "beats", "deeper_slower", "gains"
+    args: dict = {}
+
+
+class Section(NamedTuple):
+    title: str
+    sweeps: tuple
+    tests: str                      # what the panel tests, one sentence
+    claim: Optional[Claim] = None   # None: the paper makes no claim this report can test
+
+
+# The paper's figures and tables, in its order.
+SECTIONS = [
+    Section("Fig. 2a", ("hSNN_Figure_2a",), "MTS-XOR with one time constant in every layer: how "
+            "accuracy depends on that time constant, for 2 and 3 hidden layers.",
+            Claim("accuracy rises with tau_mem: short time constants cannot hold the task's slow signal",
+                  "rises", dict(x="tau_mem"))),
+    Section("Fig. 2b", ("hSNN_Figure_2b",), "MTS-XOR with a tanh hierarchy of time constants: "
+            "accuracy against delta_tau (deep minus shallow), for 2 and 3 hidden layers.",
+            Claim("accuracy rises with delta_tau (a hierarchy helps, an anti-hierarchy hurts), more with "
+                  "2 hidden layers than with 3", "rises_more",
+                  dict(x="delta_tau", more={"n_layers": 3}, less={"n_layers": 4}))),
+    Section("Fig. 2c", ("hSNN_Figure_2c",), "SHD: networks of 2 to 5 hidden layers of 32, 64 or 128 "
+            "neurons, with (delta_tau 0.15 s) and without a hierarchy.",
+            Claim("the hierarchy beats no hierarchy at every depth and width", "beats",
+                  dict(field="delta_tau", better=0.15, worse=0, by=("n_layers", "n_hid")))),
+    Section("Fig. 3b", ("hSNN_Figure_3b",), "MTS-XOR: per-neuron time constants trained from equal "
+            "values (0.2 s); the trained time constant of each hidden layer.",
+            Claim("a hierarchy emerges: the trained time constants grow with depth", "deeper_slower")),
+    Section("Fig. 3c", ("hSNN_Figure_3c",), "SHD: time constants trained from 0.1 s in 5 hidden "
+            "layers; the trained time constant of each layer.",
+            Claim("a hierarchy emerges: the trained time constants grow with depth", "deeper_slower")),
+    Section("Fig. S2a", ("hSNN_Figure_S2a",), "MTS-XOR: robustness to input noise of a linear "
+            "hierarchy (delta_tau 0.4 s) and an anti-hierarchy (-0.4 s).",
+            Claim("the hierarchy beats the anti-hierarchy at every noise level", "beats",
+                  dict(field="delta_tau", better=0.4, worse=-0.4, by=("noise_rate",)))),
+    Section("Fig. S2b", ("hSNN_Figure_S2b",), "SHD without hierarchy: accuracy against tau_mem "
+            "(the tuning behind the SHD runs' 0.1 s)."),
+    Section("Fig. S2c", ("hSNN_Figure_S2c",), "SHD, 5 hidden layers of 32: accuracy against the tanh "
+            "hierarchy's delta_tau.",
+            Claim("accuracy rises with delta_tau", "rises", dict(x="delta_tau"))),
+    Section("Fig. S2e", ("hSNN_Figure_S2e",), "SHD: the shape of the tanh hierarchy (steepness x "
+            "centre), as the gain over no hierarchy (delta_tau 0).",
+            Claim("every shape of the hierarchy gains over no hierarchy", "gains")),
+    Section("Fig. 4b", ("hSNN_Figure_4b",), "SHD, convolutional: a hierarchy of kernel sizes "
+            "(delta_ker, deep minus shallow).",
+            Claim("accuracy rises with delta_ker", "rises", dict(x="delta_ker"))),
+    Section("Fig. 4d", ("hSNN_Figure_4d",), "SHD, convolutional: a hierarchy of dilations (delta_dil).",
+            Claim("accuracy rises with delta_dil", "rises", dict(x="delta_dil"))),
+    Section("Fig. S4a", ("hSNN_Figure_S4a",), "SHD, convolutional: the dilation without hierarchy "
+            "(tuning)."),
+    Section("Fig. S4b", ("hSNN_Figure_S4b",), "SHD, convolutional: the kernel size without hierarchy "
+            "(tuning)."),
+    Section("Fig. 5b", ("hSNN_Figure_5b",), "Latency-coded MNIST: accuracy against tau_mem."),
+    Section("Fig. 5c", ("hSNN_Figure_5c",), "Latency-coded MNIST: a linear hierarchy's delta_tau."),
+    Section("Fig. 6", ("hSNN_Figure_6",), "Sequential MNIST: a linear hierarchy's delta_tau, "
+            "feed-forward and recurrent."),
+    Section("Table 1", ("SHD_hCSNN_max_performance", "SHD_hCSNN_proper_validation"),
+            "SHD: the best hierarchical convolutional network, selected on the test set (the published "
+            "protocol) and on a proper validation split, with and without augmentation.",
+            Claim("the frequency-shift augmentation helps (proper validation)", "beats",
+                  dict(field="freq_shift", better=10, worse=0, by=()))),
+    Section("Table 2", ("SSC_hCSNN_max_performance", "SSC_hSNN_hierarchy"),
+            "SSC: convolutional networks with and without a kernel hierarchy, feed-forward networks with "
+            "and without a time-constant hierarchy.",
+            Claim("each hierarchical network beats its homogeneous counterpart", "beats",
+                  dict(field=("delta_ker", "delta_tau"), better=(3, 0.15), worse=(0, 0), by=()))),
+]
+
+RULES = {
+    "rises": "Spearman's rank correlation between {x} and test accuracy over all runs of a series "
+             "is positive in every series",
+    "rises_more": "Spearman's rank correlation between {x} and test accuracy is positive in every "
+                  "series, and the rise (median at the largest {x} minus median at the smallest) is "
+                  "larger for {more} than for {less}",
+    "beats": "the median test accuracy with {field} = {better} is above the one with {field} = {worse} "
+             "in at least three quarters of the comparisons{by}",
+    "deeper_slower": "Spearman's rank correlation between the hidden layer's depth and each run's "
+                     "median trained time constant is positive, and the deepest hidden layer's median "
+                     "over runs is above the first's",
+    "gains": "the median gain over the delta_tau 0 runs is positive in at least three quarters of "
+             "the cells",
+}
+DATA_OF = {"mts_xor": None, "shd": "SHD", "ssc": "SSC", "mnist": "MNIST", "s-mnist": "MNIST",
+           "ps-mnist": "MNIST"}
+
+
+# --- statistics ---------------------------------------------------------------------------------
+def ranks(values) -> np.ndarray:
+    """Ranks 1..n, ties sharing their mean rank."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    r = np.empty(len(values))
+    r[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        tied = values == v
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (NaN when either side is constant)."""
+    rx, ry = ranks(x), ranks(y)
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def num(v, digits=2) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+# --- points: ours next to the paper's ------------------------------------------------------------
+class Point(NamedTuple):
+    series: str
+    x: object
+    stat: str
+    ours: float
+    spread: str        # "q25-q75" (median) or "+-sd" (mean)
+    n: int
+    paper: Optional[float] = None
+    paper_sd: Optional[float] = None
+    in_iqr: Optional[bool] = None
+    in_paper_bar: Optional[bool] = None
+
+
+def point(series, x, acc, stat, paper=None, paper_sd=None) -> Point:
+    acc = np.asarray(acc, dtype=float)
+    q25, q75 = np.percentile(acc, 25), np.percentile(acc, 75)
+    ours = figures.stat_of(acc, stat)
+    spread = (f"+-{np.std(acc, ddof=1):.2f}" if len(acc) > 1 else "") if stat.startswith("mean") \
+        else f"{q25:.2f}-{q75:.2f}"
+    in_iqr = None if paper is None else bool(q25 <= paper <= q75)
+    in_bar = None if paper is None or not paper_sd else bool(abs(ours - paper) <= paper_sd)
+    return Point(series, x, stat, ours, spread, len(acc), paper, paper_sd, in_iqr, in_bar)
+
+
+def line_points(sweep: SweepResults, spec, paper) -> list:
+    panel = figures.Panel(sweep.name, None, sweep.definition, sweep.lines, sweep.n_runs)
+    points = []
+    stat = paper.get("stat", "median")
+    for panel_value, series in sorted(figures.lines_by_panel(panel, sweep.lines, spec).items(),
+                                      key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0)):
+        for label, by_x in sorted(series.items()):
+            name = label if panel_value is None else f"{spec['panel']}={figures.fmt(panel_value)}" + (
+                "" if label == "all" else f",{label}")
+            paper_label = figures.match_paper_series(paper, by_x[min(by_x)][0])
+            for x in sorted(by_x):
+                value, sd = figures.paper_value(paper, paper_label, x)
+                points.append(point(name, x, figures.accuracy_pct(by_x[x]), stat, value, sd))
+    return points
+
+
+def heatmap_points(sweep: SweepResults, spec, paper) -> list:
+    base = [line for line in sweep.lines if line["baseline"]]
+    if not base:
+        return []
+    base_median = float(np.median(figures.accuracy_pct(base)))
+    cells = {}
+    for line in sweep.lines:
+        if not line["baseline"]:
+            cells.setdefault((line["point"][spec["y"]], line["point"][spec["x"]]), []).append(line)
+    points = []
+    for (y, x), cell in sorted(cells.items()):
+        gain = figures.accuracy_pct(cell) - base_median
+        paper_gain = figures.cell_paper_value(paper, spec["y"], y, x)
+        points.append(point(f"{spec['y']}={figures.fmt(y)}", x, gain, "median", paper_gain))
+    return points
+
+
+def table_points(sweep: SweepResults, spec, paper) -> list:
+    by_point = {}
+    for line in sweep.lines:
+        by_point.setdefault(figures.series_label(line["point"]), []).append(line)
+    points = []
+    for label, group in sorted(by_point.items()):
+        row = next((name for name, cond in spec["rows"].items() if figures.matches(cond, group[0]["config"])), None)
+        value, sd = (paper.get("rows") or {}).get(row, (None, None))
+        points.append(point(row or (label if label != "all" else sweep.name), "", figures.accuracy_pct(group),
+                            "mean", value, sd))
+    return points
+
+
+def tau_points(sweep: SweepResults, spec, paper) -> list:
+    medians = np.array([line["median_tau_per_layer"] for line in sweep.lines]) * 1e3
+    paper_ms = paper.get("tau_median_ms") or []
+    return [point("trained tau [ms], median of the runs' medians", l + 1, medians[:, l], "median",
+                  paper_ms[l] if l < len(paper_ms) else None) for l in range(medians.shape[1])]
+
+
+POINTS = {"line": line_points, "heatmap": heatmap_points, "table": table_points, "tau": tau_points}
+
+
+def summary(points) -> str:
+    compared = [p for p in points if p.paper is not None]
+    if not compared:
+        return "no published numbers to compare with"
+    diff = np.mean([abs(p.ours - p.paper) for p in compared])
+    text = (f"{len(compared)} points compared, mean absolute difference {diff:.2f}; "
+            f"{sum(bool(p.in_iqr) for p in compared)} of {len(compared)} paper values inside our seeds' "
+            "interquartile range")
+    with_bar = [p for p in compared if p.in_paper_bar is not None]
+    if with_bar:
+        text += f", {sum(p.in_paper_bar for p in with_bar)} of {len(with_bar)} of ours inside the paper's +-sd"
+    return text
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+def _values(lines, field):
+    return [line["config"][field] for line in lines]
+
+
+def _series(lines, x):
+    """Runs grouped by every grid value but x and the seed."""
+    groups = {}
+    for line in lines:
+        if not line.get("baseline"):
+            key = figures.series_label({k: v for k, v in line["point"].items() if k != x})
+            groups.setdefault(key, []).append(line)
+    return groups
+
+
+def verdict_rises(lines, x, more=None, less=None):
+    groups = _series(lines, x)
+    rhos = {k: spearman(_values(g, x), figures.accuracy_pct(g)) for k, g in sorted(groups.items())}
+    if not rhos or any(np.isnan(r) for r in rhos.values()):
+        return None, "not enough distinct values to rank"
+    text = "rank correlation " + ", ".join(f"{k}: {r:+.2f}" for k, r in rhos.items())
+    ok = all(r > 0 for r in rhos.values())
+    if more is not None:
+        def rise(cond):
+            group = [line for line in lines if figures.matches(cond, line["config"]) and not line.get("baseline")]
+            xs = sorted(set(_values(group, x)))
+            at = lambda v: np.median([100 * l["test_acc"] for l in group if l["config"][x] == v])  # noqa: E731
+            return at(xs[-1]) - at(xs[0]) if len(xs) > 1 else float("nan")
+        r_more, r_less = rise(more), rise(less)
+        text += f"; rise {figures.series_label(more)}: {r_more:+.2f}, {figures.series_label(less)}: {r_less:+.2f}"
+        ok = ok and r_more > r_less
+    return ok, text
+
+
+def verdict_beats(lines, field, better, worse, by):
+    fields, betters, worses = ((field,), (better,), (worse,)) if isinstance(field, str) else (field, better, worse)
+    wins, cells = 0, 0
+    parts = []
+    for f, b, w in zip(fields, betters, worses):
+        relevant = [line for line in lines if f in line["point"] or f in line["config"]]
+        groups = {}
+        for line in relevant:
+            key = figures.series_label({k: line["config"][k] for k in by})
+            groups.setdefault(key, {}).setdefault(line["config"][f], []).append(line)
+        for key, by_value in sorted(groups.items()):
+            hi = [l for v, ls in by_value.items() if figures.matches({f: b}, {f: v}) for l in ls]
+            lo = [l for v, ls in by_value.items() if figures.matches({f: w}, {f: v}) for l in ls]
+            if hi and lo and (len(fields) == 1 or set(by_value) == {b, w}):
+                diff = np.median(figures.accuracy_pct(hi)) - np.median(figures.accuracy_pct(lo))
+                cells += 1
+                wins += diff > 0
+                parts.append(f"{key if key != 'all' else f}: {diff:+.2f}")
+    if not cells:
+        return None, "no pair of runs to compare yet"
+    return wins >= 0.75 * cells, f"better in {wins} of {cells} ({'; '.join(parts)} points)"
+
+
+def verdict_deeper_slower(lines):
+    medians = np.array([line["median_tau_per_layer"] for line in lines]) * 1e3
+    depth = np.tile(np.arange(medians.shape[1]), len(medians))
+    rho = spearman(depth, medians.ravel())
+    first, last = np.median(medians[:, 0]), np.median(medians[:, -1])
+    if np.isnan(rho):
+        return None, "not enough layers or runs to rank"
+    return bool(rho > 0 and last > first), (f"rank correlation {rho:+.2f}; first hidden layer {first:.0f} ms, "
+                                            f"deepest {last:.0f} ms")
+
+
+def verdict_gains(points):
+    if not points:
+        return None, "no delta_tau 0 runs to compare with yet"
+    wins = sum(p.ours > 0 for p in points)
+    return wins >= 0.75 * len(points), f"positive in {wins} of {len(points)} cells"
+
+
+def verdict(claim: Claim, lines, points):
+    if claim.rule == "rises":
+        return verdict_rises(lines, claim.args["x"])
+    if claim.rule == "rises_more":
+        return verdict_rises(lines, claim.args["x"], claim.args["more"], claim.args["less"])
+    if claim.rule == "beats":
+        return verdict_beats(lines, **claim.args)
+    if claim.rule == "deeper_slower":
+        return verdict_deeper_slower(lines)
+    return verdict_gains(points)
+
+
+def rule_text(claim: Claim) -> str:
+    args = dict(claim.args)
+    if claim.rule == "rises_more":
+        args.update(more=figures.series_label(args["more"]), less=figures.series_label(args["less"]))
+    if claim.rule == "beats":
+        by = args.get("by") or ()
+        args["by"] = f" (one comparison per value of {', '.join(by)})" if by else ""
+        if not isinstance(args["field"], str):
+            pairs = [f"{f} = {b} against {f} = {w}" for f, b, w in zip(args["field"], args["better"], args["worse"])]
+            return ("the mean test accuracy is higher with " + "; with ".join(pairs)).replace(
+                "mean", "median") + ", in at least three quarters of the comparisons"
+    return RULES[claim.rule].format(**args)
+
+
+# --- the page -------------------------------------------------------------------------------------
+def status(sweep: SweepResults) -> str:
+    n = len(sweep.lines)
+    if sweep.reduced:
+        return f"reduced (--quick): {n} runs"
+    if n == 0:
+        if sweep.errors:
+            return f"not run: failed ({sweep.errors[0]})"
+        data = DATA_OF.get(sweep.definition["fixed"].get("dataset_name"))
+        return "not run" + (f" (needs the {data} data set: docs/datasets.md)" if data else "")
+    return f"complete ({n} of {sweep.n_runs} runs)" if n >= sweep.n_runs else f"partial ({n} of {sweep.n_runs} runs)"
+
+
+def provenance(lines) -> list:
+    entries = [e for line in lines for e in (line.get("provenance") or [])]
+    commits = sorted({(e.get("commit") or "unknown")[:10] + (" (with uncommitted changes)" if e.get("dirty") else "")
+                      for e in entries})
+    software = sorted({f"Python {e.get('python')}, JAX {e.get('jax')}, jaxlib {e.get('jaxlib')}, numpy {e.get('numpy')}"
+                       for e in entries})
+    machines = sorted({f"{e.get('backend')} ({e.get('device')}) on {e.get('host')}" for e in entries})
+    dates = sorted(line["finished"][:10] for line in lines if line.get("finished"))
+    out = []
+    if commits:
+        out.append("commit " + ", ".join(commits))
+    if software:
+        out.append("; ".join(software))
+    if machines:
+        out.append("; ".join(machines))
+    if dates:
+        out.append(f"runs finished {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
+    return out or ["no provenance recorded"]
+
+
+def points_table(points) -> list:
+    if not points:
+        return []
+    rows = ["| series | x | ours | spread | seeds | paper | paper sd | difference |", "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        x = figures.fmt(p.x) if p.x != "" else ""
+        diff = "" if p.paper is None else f"{p.ours - p.paper:+.2f}"
+        rows.append(f"| {p.series} | {x} | {p.ours:.2f} ({p.stat}) | {p.spread} | {p.n} | {num(p.paper)} | "
+                    f"{num(p.paper_sd)} | {diff} |")
+    return rows
+
+
+def section(sec: Section, sweeps: dict, paper_numbers: dict) -> tuple:
+    """(the section's lines, its row of the top table)."""
+    out = [f"## {sec.title}", "", sec.tests, ""]
+    statuses, verdict_text = [], "no claim tested"
+    all_points, all_lines = [], []
+    for name in sec.sweeps:
+        sweep = sweeps.get(name)
+        if sweep is None:
+            continue
+        spec = figures.figure_spec(name, sweep.definition)
+        paper = paper_numbers.get(spec["paper"], {})
+        quick = " --quick" if sweep.reduced else ""
+        out += [f"### `{name}`: {status(sweep)}", "",
+                f"`python3 sweep.py --sweep_name {name}{quick}`", ""]
+        statuses.append(status(sweep) if len(sec.sweeps) == 1 else f"`{name}`: {status(sweep)}")
+        if not figures.paper_recoverable(paper):
+            out += [f"The paper's numbers for this panel are not recoverable ({paper.get('source', 'none listed')}); "
+                    "ours only.", ""]
+        if not sweep.lines:
+            continue
+        points = POINTS[spec["kind"]](sweep, spec, paper)
+        all_points += points
+        all_lines += sweep.lines
+        out += points_table(points) + ["", summary(points) + ".", ""]
+        folder = f"{name}_quick" if sweep.reduced else name
+        out += [f"![{name}]({folder}/figure.png)", ""]
+        out += ["Provenance: " + "; ".join(provenance(sweep.lines)) + ".", ""]
+    if sec.claim is not None:
+        out += [f"**Claim:** {sec.claim.text}.", "", f"**Rule:** {rule_text(sec.claim)}.", ""]
+        if all_lines:
+            ok, evidence = verdict(sec.claim, all_lines, all_points)
+            word = "not decided" if ok is None else ("holds" if ok else "does not hold")
+            reduced = " (on reduced --quick runs)" if any(sweeps[n].reduced for n in sec.sweeps if n in sweeps) else ""
+            verdict_text = f"{word}{reduced}"
+            out += [f"**Verdict:** {word}{reduced}: {evidence}.", ""]
+        else:
+            verdict_text = "not decided (no runs)"
+            out += ["**Verdict:** not decided: no runs yet.", ""]
+    top = (sec.title, ", ".join(f"`{n}`" for n in sec.sweeps), "; ".join(statuses) or "not defined",
+           summary(all_points) if all_lines else "", verdict_text)
+    return out, top
+
+
+def render(sweeps: dict, paper_numbers: dict) -> str:
+    sections, top = [], []
+    for sec in SECTIONS:
+        lines, row = section(sec, sweeps, paper_numbers)
+        sections += lines
+        top.append(row)
+    head = ["# Reproduction report", "",
+            "Which of the claims of \"The Role of Temporal Hierarchy in Spiking Neural Networks\" (arXiv "
+            "2407.18838) the results in this folder reproduce, and how closely. Written by "
+            "`python3 sweep.py --report` from the sweeps' `runs.jsonl` files only; our numbers are test "
+            "accuracies in % (the paper's statistic over seeds: median with the interquartile range, or mean "
+            "with the standard deviation), the paper's are read off its figures (+-0.3 points) or printed in "
+            "its tables. A verdict follows the rule stated under it, computed from our runs alone.", "",
+            "| panel | sweeps | status | ours against the paper | verdict |", "|---|---|---|---|---|"]
+    head += [f"| {t} | {s} | {st} | {summ} | {v} |" for t, s, st, summ, v in top]
+    return "\n".join(head + [""] + sections).rstrip() + "\n"
+
+
+def write_report(path, sweeps: dict, paper_numbers: dict) -> str:
+    """Write the report to `path` atomically; returns its text."""
+    text = render(sweeps, paper_numbers)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return text

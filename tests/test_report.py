@@ -1,0 +1,110 @@
+"""report.py through `sweep.py --report`: a report built from small result folders the test
+writes (complete, partial, reduced, missing, without published numbers) has the expected
+sections, statuses and numbers; writing it again changes nothing; verdicts follow the numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+import report
+import sweep
+
+PAPER = json.loads(sweep.PAPER_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    return sweep.load_definitions()
+
+
+def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60):
+    """runs.jsonl lines, as the sweep writes them, for the runs `keep` selects; test accuracy
+    [%] from `accuracy(run)`."""
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    for run in sweep.expand(definition):
+        if not keep(run):
+            continue
+        cfg = sweep.make_run_config(run.overrides, run.seed)
+        n = cfg.n_layers - 1
+        (folder / "runs" / run.key).mkdir(exist_ok=True)
+        (folder / "runs" / run.key / "provenance.json").write_text(json.dumps([dict(
+            commit="0123456789abcdef", dirty=False, python="3.11.7", jax="0.10.2", jaxlib="0.10.2",
+            numpy="2.4.6", backend="cpu", device="cpu", host="ci")]))
+        metrics = dict(best_valid_acc=0.5, test_acc=accuracy(run) / 100, best_epoch=1, epochs=[{}] * n_epochs,
+                       seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
+                       median_tau_per_layer=[0.05 * (l + 1) for l in range(n)])
+        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
+
+
+def hierarchy_helps(run):
+    """Accuracy rising with delta_tau, more with n_layers 3, a seed-dependent wobble."""
+    slope = 20 if run.point.get("n_layers") == 3 else 5
+    return 85 + slope * run.point["delta_tau"] + 0.1 * run.seed
+
+
+def make_report(tmp_path, definitions):
+    path = sweep.write_report(tmp_path, definitions, PAPER)
+    return path, path.read_text()
+
+
+def section_of(text, title):
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+@pytest.fixture
+def results(tmp_path, definitions):
+    write_results(tmp_path / "hSNN_Figure_2b", definitions["hSNN_Figure_2b"], hierarchy_helps)
+    write_results(tmp_path / "hSNN_Figure_2a", definitions["hSNN_Figure_2a"],
+                  lambda run: 50 + 60 * run.point["tau_mem"], keep=lambda run: run.point["n_layers"] == 3)
+    write_results(tmp_path / "hSNN_Figure_S2a_quick", sweep.reduced(definitions["hSNN_Figure_S2a"]),
+                  lambda run: 80 + 10 * run.point["delta_tau"] - 20 * run.point["noise_rate"], n_epochs=10)
+    return tmp_path
+
+
+def test_sections_statuses_and_numbers(results, definitions):
+    path, text = make_report(results, definitions)
+    titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert titles == [s.title for s in report.SECTIONS]
+    assert titles[:5] == ["Fig. 2a", "Fig. 2b", "Fig. 2c", "Fig. 3b", "Fig. 3c"] and titles[-2:] == ["Table 1", "Table 2"]
+    top = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| Fig.") or line.startswith("| Table")}
+    assert "complete (180 of 180 runs)" in top["Fig. 2b"] and "partial (40 of 80 runs)" in top["Fig. 2a"]
+    assert "reduced (--quick): 12 runs" in top["Fig. S2a"]
+    assert "not run (needs the SHD data set" in top["Fig. 2c"]
+    fig2b = section_of(text, "Fig. 2b")
+    # n_layers 4 at delta_tau 0.4: 85 + 5 * 0.4 + 0.1 * seed over seeds 0..9 -> median 87.45; paper 94.4
+    assert "| n_layers=4 | 0.4 | 87.45 (median) | 87.22-87.67 | 10 | 94.40 |  | -6.95 |" in fig2b
+    assert "18 points compared" in fig2b and "![hSNN_Figure_2b](hSNN_Figure_2b/figure.png)" in fig2b
+    assert "Provenance: commit 0123456789; Python 3.11.7, JAX 0.10.2" in fig2b
+    assert "`python3 sweep.py --sweep_name hSNN_Figure_2b`" in fig2b
+    s2a = section_of(text, "Fig. S2a")
+    assert "not recoverable" in s2a and "hSNN_Figure_S2a_quick/figure.png" in s2a and "--quick" in s2a
+
+
+def test_writing_again_changes_nothing(results, definitions):
+    path, first = make_report(results, definitions)
+    _, second = make_report(results, definitions)
+    assert first == second and [p.name for p in results.glob(".REPORT*")] == []
+
+
+def test_verdicts_follow_the_numbers(tmp_path, definitions, results):
+    _, text = make_report(results, definitions)
+    assert "**Verdict:** holds: rank correlation n_layers=3: +0.9" in section_of(text, "Fig. 2b")
+    assert "**Verdict:** holds" in section_of(text, "Fig. S2a") and "(on reduced --quick runs)" in section_of(text, "Fig. S2a")
+    flipped = tmp_path / "flipped"
+    write_results(flipped / "hSNN_Figure_2b", definitions["hSNN_Figure_2b"], lambda run: 170 - hierarchy_helps(run))
+    _, text = make_report(flipped, definitions)
+    assert "**Verdict:** does not hold: rank correlation n_layers=3: -0.9" in section_of(text, "Fig. 2b")
+    assert "**Verdict:** not decided: no runs yet." in section_of(text, "Fig. 2a")
+
+
+def test_rules_and_statistics():
+    assert list(report.ranks([3, 1, 2, 2])) == [4, 1, 2.5, 2.5]
+    assert report.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1)
+    assert report.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert np.isnan(report.spearman([1, 1, 1], [1, 2, 3]))
+    for sec in report.SECTIONS:
+        if sec.claim:
+            assert report.rule_text(sec.claim)

@@ -1,0 +1,84 @@
+"""utils_initialization.py: Config validation, the published defaults and presets, the
+hierarchies (M7-M10 of docs/model.md), weight scales and the shapes init_params gives.
+The published initial parameters themselves are compared in test_protocol.py."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from utils_initialization import (CONV_PRESET, MAIN_DEFAULTS, PRESETS, SWEEP_BASE, Config, ConfigError,
+                                  conv_hierarchy, init_params, make_config, tau_hierarchy, weight_scales)
+
+
+def test_defaults_are_the_published_simargs():
+    cfg = Config()
+    assert (cfg.n_layers, cfg.n_epochs, cfg.dropout, cfg.distrib_tau, cfg.distrib_tau_sd, cfg.target_fr) == \
+        (3, 5, 0.1, "uniform", 0.2, 12.0)
+    assert (cfg.w_scale_n_in, cfg.w_scale_n_hid, cfg.w_scale_n_layers) == (700, 128, 3)
+    assert SWEEP_BASE == {"timestep": pytest.approx(0.014)} and cfg.dt == pytest.approx(0.014)
+
+
+def test_main_precedence_defaults_then_preset_then_flags():
+    cfg = make_config("mts_xor", n_hid=12, seed=4)
+    assert (cfg.n_layers, cfg.n_epochs) == (MAIN_DEFAULTS["n_layers"], MAIN_DEFAULTS["n_epochs"])
+    assert cfg.n_hid == 12 and cfg.tau_mem == PRESETS["mts_xor"]["tau_mem"] and cfg.seed == 4
+    assert (cfg.w_scale_n_in, cfg.w_scale_n_hid, cfg.w_scale_n_layers) == (700, 12, 4)  # the command line's
+    conv = make_config("ssc", convolution=True, dropout=0.2)
+    assert conv.nb_steps == CONV_PRESET["nb_steps"] and conv.dropout == 0.2 and conv.n_out == 35
+
+
+@pytest.mark.parametrize("field,value", [("n_layers", 1), ("dropout", 1.0), ("seed", -1), ("seed", 2 ** 32),
+                                         ("decoder", "mean"), ("binning", "floor"), ("tau_mem", 0.0),
+                                         ("w_scale_n_hid", 0), ("lr_decay", 0.0)])
+def test_invalid_values_name_their_field(field, value):
+    with pytest.raises(ConfigError, match=f"--{field}"):
+        Config(**{field: value})
+
+
+def test_task_sizes_are_fixed_by_the_data():
+    with pytest.raises(ConfigError, match="--n_in"):
+        make_config("mts_xor", n_in=30)
+    with pytest.raises(ConfigError, match="--decoder"):
+        make_config("mts_xor", decoder="cum")
+
+
+def test_hierarchies():
+    cfg = Config(n_layers=4, tau_mem=0.3, delta_tau=0.4, hierarchy_tau="linear")
+    np.testing.assert_allclose(tau_hierarchy(cfg), [0.1, 0.3, 0.5])
+    np.testing.assert_allclose(tau_hierarchy(cfg.replace(hierarchy_tau="none")), [0.3] * 3)
+    tanh = tau_hierarchy(cfg.replace(hierarchy_tau="tanh"))
+    assert tanh[0] == pytest.approx(0.1) and tanh[-1] == pytest.approx(0.5) and tanh[0] < tanh[1] < tanh[2]
+    assert list(tau_hierarchy(Config(n_layers=2, hierarchy_tau="tanh"))) == [0.1]  # no 0/0
+    assert conv_hierarchy(Config(n_layers=3, convolution=True, hierarchy_conv="kernel", delta_ker=3,
+                                 delta_dil=2)) == ((3, 6), (4, 6))
+    assert conv_hierarchy(Config(n_layers=3, convolution=True, hierarchy_conv="dilation", delta_ker=3,
+                                 delta_dil=2)) == ((5, 5), (4, 6))
+
+
+def test_published_weight_scales():
+    per_layer = weight_scales(Config(n_layers=4))
+    np.testing.assert_allclose([s for s, _ in per_layer], [1 / math.sqrt(700)] + [1 / math.sqrt(128)] * 3, rtol=1e-6)
+    mean = np.mean([1 / math.sqrt(700)] + [1 / math.sqrt(128)] * 3)
+    np.testing.assert_allclose([s for s, _ in weight_scales(Config(n_layers=5))], [mean] * 5, rtol=1e-6)
+    fan_in = weight_scales(Config(n_in=16, n_hid=4, n_layers=3, weight_init="fan_in"))
+    assert [round(s, 6) for s, _ in fan_in] == [0.25, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(convolution=True, hierarchy_conv="kernel",
+                                                                       delta_ker=2), dict(normalizer="none"),
+                                dict(distrib_tau="none")])
+def test_init_params_shapes(kw):
+    cfg = Config(n_in=6, n_hid=5, n_out=3, n_layers=3, **kw)
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    assert len(params) == 3
+    kernels, _ = conv_hierarchy(cfg)
+    for l, layer in enumerate(params[:-1]):
+        n_pre = 6 if l == 0 else 5
+        assert layer["W"].shape == ((kernels[l], n_pre, 5) if cfg.convolution else (n_pre, 5))
+        assert ("W_rec" in layer) == cfg.recurrent and ("norm_scale" in layer) == (cfg.normalizer != "none")
+        assert np.shape(layer["alpha"]) == (() if cfg.distrib_tau == "none" else (5,))
+        assert np.all((0.1 <= np.asarray(layer["alpha"])) & (np.asarray(layer["alpha"]) <= 0.99))
+    assert params[-1]["W"].shape == (5, 3)
+    assert float(params[-1]["alpha"]) == pytest.approx(math.exp(-cfg.dt / cfg.tau_out), rel=1e-6)
