@@ -10,6 +10,7 @@ summary.csv has one row per point with our statistic, the paper's and their diff
 import csv
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -105,7 +106,8 @@ def plot_sweep(sweep: "Panel", paper_numbers: dict) -> list:
 def annotate(fig, sweep: "Panel", lines: list, paper: dict):
     """Title, what the statistics are, and the warnings a reader must not miss."""
     n_epochs = "/".join(str(n) for n in sorted({line["n_epochs"] for line in lines}))
-    title = f"{sweep.name}: {sweep.definition['what']}\n{len(lines)} of {sweep.n_runs} runs finished"
+    what = textwrap.fill(f"{sweep.name}: {sweep.definition['what']}", 100)
+    title = f"{what}\n{len(lines)} of {sweep.n_runs} runs finished"
     fig.suptitle(title, fontsize=9, y=1.02)
     notes = []
     if sweep.reduced:

@@ -5,9 +5,10 @@ H hidden neurons, O outputs, K kernel taps. Every input current is computed for 
 steps at once (one matmul or convolution, then normalisation); only the membrane recursion
 runs inside a loop over time (`scan_in_place`), carrying the membrane and the last spike.
 
-Equations (DESIGN.md Sec. 2, threshold theta):
-  hidden LIF      V[t] = a V[t-1] + I[t] + S[t-1] W_rec - theta S[t-1],  S[t] = H(V[t] - theta)
-  output (LI)     U[t] = a_out U[t-1] + (1 - a_out) I[t]
+Equations (numbered as in docs/model.md; threshold theta):
+  current (M1)    I[t] = Norm(x[t] W)
+  hidden LIF      V[t] = a V[t-1] + I[t] + S[t-1] W_rec - theta S[t-1],  S[t] = H(V[t] - theta)   (M2, M3)
+  output (LI)     U[t] = a_out U[t-1] + (1 - a_out) I[t]                                      (M4)
   with a the per-neuron decay alpha clipped to [1e-5, 0.98] (hidden layers).
 """
 
@@ -56,7 +57,7 @@ def scan_in_place(step, state, xs, reverse=False):
     shape of xs[0][t]; y[t] is written over xs[0][t] once that has been read. A scan's
     stacked outputs cost XLA's CPU backend a zero-filled [T, ...] buffer and a copy of it
     per loop; the loop here reuses a buffer that is dead afterwards (the currents, the
-    incoming gradient): SHD 4 x 32 spent a quarter of its step in those fills and copies."""
+    incoming gradient)."""
     buf, rest = xs[0], tuple(xs[1:])
     n = buf.shape[0]
 
@@ -76,7 +77,7 @@ class LIFState(NamedTuple):
 
 
 def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None):
-    """Leaky integrate-and-fire over time with subtractive reset; returns spikes [T, B, H].
+    """Leaky integrate-and-fire over time with subtractive reset (M2, M3); returns spikes [T, B, H].
 
     V[t] = a V[t-1] + I[t] + S[t-1] W_rec - v_thr S[t-1], S[t] = H(V[t] - v_thr), with
     a = clip(alpha, 1e-5, 0.98) and the diagonal of W_rec masked to zero.
@@ -172,7 +173,7 @@ decay_scan.defvjp(_decay_scan_fwd, _decay_scan_bwd)
 
 
 def leaky_integrator_scan(I_TBO, alpha):
-    """Non-spiking output membrane U[t] = a U[t-1] + (1 - a) I[t]; returns U [T, B, O]."""
+    """Non-spiking output membrane U[t] = a U[t-1] + (1 - a) I[t] (M4); returns U [T, B, O]."""
     a_O = jnp.broadcast_to(alpha, I_TBO.shape[-1:])
     return decay_scan((1.0 - a_O) * I_TBO, a_O)
 
@@ -187,7 +188,7 @@ def causal_conv(x_TBI, W_KIO, dilation, precision=HIGHEST):
 
 
 def input_current(layer, x_TBI, cfg: Config, dilation=None):
-    """Norm(x W) for every time step at once (dense or convolutional). With
+    """Norm(x W) for every time step at once (M1; dense or convolutional). With
     `matmul_dtype` bfloat16 the matmul's inputs are rounded to bfloat16 and it accumulates
     in float32; the currents, membranes and parameters stay float32."""
     W, precision = layer["W"], HIGHEST

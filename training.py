@@ -45,7 +45,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-# --- loss (DESIGN.md Sec. 2) ---------------------------------------------------------------
+# --- loss (M6 of docs/model.md) ------------------------------------------------------------
 def safe_norm(arrays):
     """Euclidean norm over several arrays together; its gradient at 0 is 0, not NaN
     (the published code's norm of identical decays has a NaN gradient)."""
@@ -77,7 +77,7 @@ def regularizers(params, hidden_TBH, cfg: Config) -> dict:
 
 
 def loss_fn(params, x_TBI, y, cfg: Config, key=None, train=False):
-    """Total loss and (terms, class probabilities) of a time-major batch."""
+    """Total loss (M6) and (terms, class probabilities) of a time-major batch."""
     hidden, out_TBO = forward(params, x_TBI.astype(jnp.float32), cfg, key, train)
     yhat = decode(out_TBO, cfg.decoder)
     terms = {"ce": cross_entropy(yhat, y, cfg.n_out), **regularizers(params, hidden, cfg)}
@@ -237,9 +237,8 @@ class Tally:
 class HostBatches:
     """Host buffers for the input batches, made time-major (and on the CPU converted to
     float32) in one copy. On the CPU, JAX reads a 64-byte aligned numpy array in place
-    instead of copying it, and XLA's own uint8-to-float32 conversion is slow (measured for an
-    SHD batch, 256 x 100 x 700: 20 ms on the device, 6 ms to pass uint8, versus 4 ms for this
-    copy and nothing to pass). An accelerator gets the stored dtype (uint8 spike counts: a
+    instead of copying it, and numpy's conversion is faster than XLA's own uint8-to-float32
+    conversion there (docs/performance.md). An accelerator gets the stored dtype (uint8 spike counts: a
     quarter of the bytes to transfer) and converts on the device. A buffer is reused every
     `slots` batches, so each batch is put with the outputs of the step that reads it
     (`fence`); the buffer is overwritten only after that step finished.
@@ -365,9 +364,9 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
     JAX's first computation.
 
-    - XLA's XNNPACK ("ynn") fusions make the narrow matmuls of small SNN layers about 1.5x
-      slower per train step on the 2-core x86 machine we benchmark on: they are switched off
-      unless XLA_FLAGS already mentions them or HSNN_XLA_DEFAULTS=1.
+    - XLA's XNNPACK ("ynn") fusions slow down the narrow matmuls of small SNN layers on x86
+      CPUs (docs/performance.md): they are switched off unless XLA_FLAGS already mentions them
+      or HSNN_XLA_DEFAULTS=1.
     - JAX's persistent compilation cache (in `cache_dir`, else $HSNN_CACHE_DIR, default
       ~/.cache/hsnn/jax) lets a second run of the same configuration skip compilation.
       Cached programs are the programs XLA would compile again: results do not change.
@@ -407,8 +406,7 @@ GROUP_MEMORY_BYTES = 2 ** 31
 def seeds_per_group(cfg: Config) -> int:
     """How many seeds of `cfg` one vmapped program trains by default: on an accelerator as
     many as a rough activation budget allows; on the CPU one, because there the vmapped
-    program was measured slower than the seeds one after another (its batched matmuls and
-    reductions need layout copies that cost more than the per-step overhead they save;
+    program is slower than the seeds one after another (docs/performance.md; measured with
     benchmarks/benchmark.py --seeds 10 --compare_sequential)."""
     if jax.default_backend() == "cpu":
         return 1

@@ -130,7 +130,7 @@ def load_mts_xor(cfg: Config) -> Task:
     return Task(*splits, score_mask=mts_xor_score_mask())
 
 
-# --- SHD and SSC (DESIGN.md Sec. 3): download, checks, binning, on-disk cache --------------
+# --- SHD and SSC (docs/datasets.md): download, checks, binning, on-disk cache --------------
 AUDIO_URL = "https://zenkelab.org/datasets/"  # the published code's source, with md5sums.txt
 AUDIO_PARTS = {"shd": ("train", "test"), "ssc": ("train", "valid", "test")}
 AUDIO_CLASSES = {"shd": 20, "ssc": 35}
@@ -143,7 +143,7 @@ CACHE_FORMAT = 2          # part of every cache folder's name; bump it when the 
 
 
 class SpikeCounts:
-    """Binned spike counts [N, T, C] held as events (DESIGN.md Sec. 4, uint8 counts): row
+    """Binned spike counts [N, T, C] held as events (uint8 counts): row
     r's non-zero cells are `flat[ptr[r]:ptr[r + 1]]` (flat position t * C + c) with counts
     `count[ptr[r]:ptr[r + 1]]`. `X[idx]` builds the dense uint8 batch [len(idx), T, C] of the
     samples `rows[idx]`, so SSC (75466 x 200 x 700 cells) never exists as a dense array.
@@ -189,7 +189,7 @@ def frequency_shift(x_BTC, rng: np.random.Generator, freq_shift: float):
 
 
 def channel_stride(n_in: int) -> int:
-    """n_in < 700 keeps every ceil(700 / n_in)-th channel (DESIGN.md Sec. 3)."""
+    """n_in < 700 keeps every ceil(700 / n_in)-th channel, as the published code did."""
     return math.ceil(AUDIO_CHANNELS / n_in)
 
 
@@ -297,7 +297,7 @@ MD5_MEMO = "md5.json"
 
 def source_md5(path: Path) -> str:
     """file_md5 of a source file, remembered in `<folder>/cache/md5.json` against the file's
-    size, inode and modification time (hashing SSC's files took 9 s at every start). As git
+    size, inode and modification time (hashing SSC's files would cost seconds at every start). As git
     does for its index, a file modified less than 2 s before it was hashed is not remembered:
     a rewrite within the same clock tick could otherwise keep its size and time."""
     memo_path = path.parent / "cache" / MD5_MEMO
@@ -552,7 +552,7 @@ def load_task(cfg: Config) -> Task:
     return LOADERS[cfg.dataset_name](cfg)
 
 
-# --- MNIST, sequential MNIST, permuted sequential MNIST (DESIGN.md Sec. 3) -----------------
+# --- MNIST, sequential MNIST, permuted sequential MNIST (docs/datasets.md) -----------------
 # Images stay uint8 [N, 784] in memory; the Split.X objects below build each batch's
 # [B, T, I] input on the fly, so a 60,000-image set costs 47 MB whatever the encoding.
 MNIST = dict(side=28, n_pixels=784, valid_fraction=0.2,

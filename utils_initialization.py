@@ -246,7 +246,7 @@ def validate(cfg: Config) -> None:
 
 # --- the temporal hierarchy (paper Sec. 2, Fig. 2) ---------------------------------------
 def tau_hierarchy(cfg: Config) -> np.ndarray:
-    """Centre time constant [s] of each hidden layer, shallow to deep.
+    """Centre time constant [s] of each hidden layer, shallow to deep (M7 linear, M8 tanh).
 
     A single hidden layer has no hierarchy: it gets tau_mem (the published tanh formula
     divides 0 by 0 there and returns NaN).
@@ -264,7 +264,7 @@ def tau_hierarchy(cfg: Config) -> np.ndarray:
 
 
 def conv_hierarchy(cfg: Config) -> tuple:
-    """Kernel sizes and dilations [time steps] of the hidden layers (paper Fig. 4).
+    """Kernel sizes (M9) and dilations (M10) [time steps] of the hidden layers (paper Fig. 4).
 
     As in the published code, `hierarchy_conv` kernel/both spreads the kernel sizes by
     `delta_ker`, and the dilations are spread by `delta_dil` whatever `hierarchy_conv` says

@@ -18,9 +18,8 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 def sum_rows(x):
     """Sum over every axis but the last, as a product with a ones vector: XLA's CPU backend
-    rewrites large reductions into trees of reduce-windows, which took 2x the time of this
-    matrix-vector product for the [100, 256, 128] currents of SHD; HIGHEST keeps the sum in
-    float32 on GPUs."""
+    rewrites large reductions into slower trees of reduce-windows (docs/performance.md);
+    HIGHEST keeps the sum in float32 on GPUs."""
     x2 = x.reshape(-1, x.shape[-1])
     return jnp.dot(jnp.ones(x2.shape[0], x.dtype), x2, precision=HIGHEST)
 
@@ -33,7 +32,7 @@ def moments(mean_x, mean_x2):
 
 @jax.custom_vjp
 def batch_norm(I_TBH, scale, bias):
-    """Per feature over batch x time: (I - mean) * (rsqrt(var + 1e-5) * scale) + bias."""
+    """Per feature over batch x time (M5): (I - mean) * (rsqrt(var + 1e-5) * scale) + bias."""
     return _batch_norm_fwd(I_TBH, scale, bias)[0]
 
 

@@ -32,7 +32,7 @@ def load_case(name):
 
 def config_of(meta) -> Config:
     """The Config that the golden case's settings describe. Kernel sizes come from the
-    weights' shapes; dilations from conv_dilation and delta_dil (DESIGN.md)."""
+    weights' shapes; dilations from conv_dilation and delta_dil (docs/model.md, M10)."""
     fields = {k: meta[k] for k in ("n_layers", "n_in", "n_hid", "n_out", "recurrent", "normalizer",
                                    "decoder", "nb_steps", "timestep", "l2_alpha_sd", "v_thr",
                                    "surrogate") if k in meta}

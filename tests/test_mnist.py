@@ -1,5 +1,5 @@
 """MNIST, sequential MNIST and permuted sequential MNIST on tiny IDX files written here in
-torchvision's raw layout (DESIGN.md Sec. 3). Offline: the download test points urllib at a
+torchvision's raw layout (docs/datasets.md). Offline: the download test points urllib at a
 closed local port."""
 
 import os
@@ -139,6 +139,7 @@ def test_permutation_is_saved_in_the_run_folder(mnist, tmp_path):
 
 
 # --- files, torchvision, errors ------------------------------------------------------------
+@pytest.mark.slow
 def test_raw_files_read_as_torchvision_reads_them(mnist):
     torchvision = pytest.importorskip(
         "torchvision", reason="pip install -r requirements/requirements_mnist.txt")

@@ -1,0 +1,59 @@
+"""figures.py: every kind of figure and its summary.csv, from results lines the test writes
+(drawn in-process, through `sweep.py --plot`'s code path)."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import figures
+import sweep
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    return sweep.load_definitions()
+
+
+def fake_results(folder, definition, rng, with_params=False):
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    for run in sweep.expand(definition):
+        cfg = sweep.make_run_config(run.overrides, run.seed)
+        n = cfg.n_layers - 1
+        metrics = dict(best_valid_acc=0.8, test_acc=float(0.8 + 0.05 * rng.random()), best_epoch=1,
+                       epochs=[{}] * 3, seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
+                       median_tau_per_layer=[0.05 * (l + 1) for l in range(n)])
+        if with_params:
+            (folder / "runs" / run.key).mkdir()
+            taus = {f"L{l}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (l + 1))) for l in range(n)}
+            np.savez(folder / "runs" / run.key / "params.npz", **taus)
+        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
+
+
+@pytest.mark.parametrize("name,rows,check", [
+    ("hSNN_Figure_S2e", 20, lambda r: r[0]["stat"] == "median gain (points)" and r[0]["paper"] == "2.4"),
+    ("SHD_hCSNN_max_performance", 3, lambda r: r[0]["paper"] == "94.67" and r[0]["n_seeds"] == "10"),
+    ("SHD_hCSNN_proper_validation", 3, lambda r: [x["paper"] for x in r[:2]] == ["92.23", "94.12"]),
+    ("SSC_hSNN_hierarchy", 2, lambda r: [x["paper"] for x in r] == ["71", "73.07"]),
+    ("hSNN_Figure_S4a", 5, lambda r: r[-1]["x"] == "7" and r[-1]["n_seeds"] == "0"),
+    ("hSNN_Figure_5b", 5, lambda r: all("not recoverable" in x["note"] for x in r)),
+    ("hSNN_Figure_2c", 24, lambda r: sum(x["paper"] != "" for x in r) == 16),
+    ("hSNN_Figure_S2b", 4, lambda r: "settings differ" in r[0]["note"]),
+    ("hSNN_Figure_3b", 4, lambda r: [x["paper"] for x in r] == ["48", "43", "102", "99.21"]
+     and [x["ours"] for x in r[:3]] == ["50", "100", "150"]),
+])
+def test_plot_every_kind_of_figure(tmp_path, definitions, name, rows, check):
+    fake_results(tmp_path / name, definitions[name], np.random.default_rng(0), name == "hSNN_Figure_3b")
+    sweep.main(["--sweep_name", name, "--plot", "--results_dir", str(tmp_path)])
+    summary = list(csv.DictReader(open(tmp_path / name / "summary.csv")))
+    assert len(summary) == rows and check(summary), summary
+    assert (tmp_path / name / "figure.png").stat().st_size > 10_000 and (tmp_path / name / "figure.pdf").exists()
+
+
+def test_labels_and_values():
+    assert figures.fmt(True) == "true" and figures.fmt(0.4) == "0.4"
+    assert figures.parse_series("n_hid=32,delta_tau=0.15") == {"n_hid": 32, "delta_tau": 0.15}
+    assert figures.matches({"delta_tau": 0.15}, {"delta_tau": 0.15000000001}) and not figures.matches(
+        {"recurrent": True}, {"recurrent": False})
+    paper = {"x_values": [0, 0.5], "series": {"a": [1.0, 2.0]}, "std": {"a": [0.1, 0.2]}}
+    assert figures.paper_value(paper, "a", 0.5) == (2.0, 0.2) and figures.paper_value(paper, "a", 0.3) == (None, None)
