@@ -203,9 +203,9 @@ def load_checkpoint(path: Path, cfg: Config) -> Optional[dict]:
     try:
         with np.load(file, allow_pickle=False) as z:
             state = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        reason = " ".join(str(err).split())[:120] or type(err).__name__
-        raise FileError(f"{file}: damaged checkpoint ({reason}); {RESTART_HINT}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+        raise FileError(f"{file}: damaged checkpoint (not a readable .npz archive of arrays); "
+                        f"{RESTART_HINT}") from None
     missing = [k for k in ("config_json", "metrics_json", "opt_0") if k not in state]
     if missing:
         raise FileError(f"{file}: incomplete checkpoint (no {', '.join(missing)}); {RESTART_HINT}")

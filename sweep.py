@@ -712,6 +712,8 @@ def main(argv=None):
         fail(err, 2)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to continue with the unfinished runs", 130)
+    except BrokenPipeError:  # --list or --print_configs piped into a reader that stopped early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (DataError, TrainingDiverged, OutOfMemory, FileError, run_folder.RunFolderError) as err:
         fail(f"{err}; the other runs' results are kept", 1)
 
