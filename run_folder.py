@@ -18,22 +18,30 @@ are removed when the folder is next opened.
 """
 
 import fcntl
+import functools
 import json
 import os
+import platform
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+import jax
 import numpy as np
+import optax
 
 from utils_initialization import Config
 from utils_io import FileError, atomic_write, read_json, write_json
 
 CONFIG, METRICS, CHECKPOINT, PARAMS = "config.json", "metrics.json", "checkpoint.npz", "params.npz"
 PROVENANCE, ERROR, LOCK = "provenance.json", "error.txt", ".lock"
+ROOT = Path(__file__).resolve().parent  # the checkout whose commit provenance.json records
 RESTART_HINT = "add --restart to move the run's files aside (never deleted) and train it from the start"
 
 
@@ -231,6 +239,39 @@ def problem(path: Path, cfg: Config) -> Optional[str]:
     except (FileError, RunFolderError) as err:
         return str(err).split("; ")[0]
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state():
+    """(commit, whether tracked files differ from it) of the project's checkout, else Nones."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def provenance() -> dict:
+    """What produced a run: the code's commit (and whether the checkout had uncommitted
+    changes), Python and library versions, JAX's backend and device, the command line."""
+    import jaxlib
+    commit, dirty = _git_state()
+    return dict(commit=commit, dirty=dirty, python=platform.python_version(), jax=jax.__version__,
+                jaxlib=jaxlib.__version__, numpy=np.__version__, optax=optax.__version__,
+                backend=jax.default_backend(), device=jax.devices()[0].device_kind,
+                host=socket.gethostname(), platform=platform.platform(),
+                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+                time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def record_provenance(run_dir: Path):
+    """Append this process's `provenance()` to the run folder's provenance.json: one entry
+    per start (the first made the folder, any later one resumed it)."""
+    path = run_dir / PROVENANCE
+    entries = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, entries + [provenance()])
 
 
 def write_error(path: Path, err: BaseException):

@@ -10,15 +10,9 @@ resumed from the checkpoint of epoch e continues exactly as an uninterrupted run
 """
 
 import contextlib
-import functools
 import json
 import os
-import platform
-import socket
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -317,43 +311,6 @@ def eval_rngs(cfgs, epoch: int, purpose: str):
 
 
 # --- the run -------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parent
-PROVENANCE = "provenance.json"
-
-
-@functools.lru_cache(maxsize=1)
-def _git_state():
-    """(commit, whether tracked files differ from it) of the project's checkout, else Nones."""
-    def git(*args):
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    try:
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def provenance() -> dict:
-    """What produced a run: the code's commit (and whether the checkout had uncommitted
-    changes), Python and library versions, JAX's backend and device, the command line."""
-    import jaxlib
-    commit, dirty = _git_state()
-    return dict(commit=commit, dirty=dirty, python=platform.python_version(), jax=jax.__version__,
-                jaxlib=jaxlib.__version__, numpy=np.__version__, optax=optax.__version__,
-                backend=jax.default_backend(), device=jax.devices()[0].device_kind,
-                host=socket.gethostname(), platform=platform.platform(),
-                command=" ".join([os.path.basename(sys.executable)] + sys.argv),
-                time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-
-def record_provenance(run_dir: Path):
-    """Append this process's `provenance()` to the run folder's provenance.json: one entry
-    per start (the first made the folder, any later one resumed it)."""
-    path = run_dir / PROVENANCE
-    entries = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, entries + [provenance()])
-
-
 def median_tau_per_layer(params, cfg: Config) -> list:
     """Median time constant [s] of each hidden layer (clipped decays, as the model uses)."""
     return [float(np.median(tau_from_alpha(np.clip(np.asarray(l["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
@@ -446,7 +403,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
             raise
         for d in run_dirs:
             if d is not None:
-                record_provenance(d)
+                run_folder.record_provenance(d)
         done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
         size = group_size or seeds_per_group(cfg)
         results = {}
