@@ -321,7 +321,10 @@ def _use_compilation_cache(path):
 
 
 def _read_files(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()} if Path(folder).exists() else {}
+    """A run folder's files as bytes (not its lock, which belongs to the process holding it)."""
+    if not Path(folder).exists():
+        return {}
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file() and p.name != run_folder.LOCK}
 
 
 def _write_files(folder: Path, files: dict):

@@ -462,7 +462,8 @@ def test_ray_runs_seed_groups_as_tasks_and_the_driver_writes_results(root, tmp_p
     for key in ours:
         assert ours[key]["test_acc"] == ref[key]["test_acc"]
         run_dir = tmp_path / "ray" / "tiny" / "runs" / key
-        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json", "params.npz"]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json", "params.npz",
+                                                             "provenance.json"]
         assert without_timings(json.loads((run_dir / "metrics.json").read_text())) == without_timings(
             json.loads((tmp_path / "local" / "tiny" / "runs" / key / "metrics.json").read_text()))
     assert (tmp_path / "ray" / "tiny" / "figure.png").exists()
