@@ -71,9 +71,11 @@ class RunFolder:
             self.lock = None
 
     def discard(self):
-        """Remove a folder that this process created and that holds no results yet (the data
-        could not be loaded): a failed start leaves nothing behind."""
-        if self.created and not (self.path / CHECKPOINT).exists():
+        """Remove a folder that this process created and that holds nothing trained yet (the
+        data could not be loaded, the network does not fit): a failed start leaves nothing
+        behind. Any other folder is only released."""
+        untrained = {p.name for p in self.path.iterdir()} <= {CONFIG, PROVENANCE, LOCK}
+        if self.created and untrained:
             shutil.rmtree(self.path, ignore_errors=True)
         self.close()
 

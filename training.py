@@ -413,8 +413,8 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                 pick = lambda items: [items[i] for i in group]  # noqa: E731
                 try:
                     out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress, force)
-                except OutOfMemory:  # nothing was trained: no folder is left behind
-                    for folder in folders:
+                except OutOfMemory:  # this group trained nothing: its new folders are removed
+                    for folder in pick(folders):
                         if folder is not None:
                             folder.discard()
                     raise
