@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of the README's Performance section, in one go (about 3 minutes on 2 cores):
+# The CPU figures of docs/performance.md, in one go (a few minutes on 2 cores):
 #     bash benchmarks/cpu_check.sh [OUT_DIR]
 # Run it on an otherwise idle machine: every figure is wall time.
 set -euo pipefail

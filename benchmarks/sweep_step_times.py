@@ -1,7 +1,8 @@
-"""Seconds per training epoch of each sweep's network shape on this machine, for the README's
-wall-time table. The data sets of SHD/SSC/MNIST need not be present: the train step is timed
-on random spikes of the task's shape (the step's cost does not depend on the data), and an
-epoch is its number of batches times the step (validation adds about 10-20 %).
+"""Seconds per training epoch of each sweep's network shape on this machine, for the sweep
+durations of docs/performance.md. The data sets of SHD/SSC/MNIST need not be present: the
+train step is timed on random spikes of the task's shape (the step's cost does not depend on
+the data), and an epoch is its number of batches times the step (validation adds about
+10-20 %).
 
     python3 benchmarks/sweep_step_times.py [--steps 5] [--sweeps hSNN_Figure_2c ...]
 """
