@@ -205,9 +205,11 @@ def binning_cases():
                          ids=lambda v: v if isinstance(v, str) else None)
 def test_default_binning_is_the_published_one(tmp_path, folder, key, split, nb_steps, n_in):
     shutil.copytree(folder / "audiospikes", tmp_path / "audiospikes")
-    cfg = make_config("shd", nb_steps=nb_steps, n_in=n_in, data_dir=str(tmp_path))
+    (source,) = (tmp_path / "audiospikes").glob(f"*_{split}.h5")  # shd_ or ssc_
+    dataset = source.name.split("_")[0]
+    cfg = make_config(dataset, nb_steps=nb_steps, n_in=n_in, data_dir=str(tmp_path))
     assert cfg.binning == "digitize"
-    counts, labels = utils_dataset.cached_counts(tmp_path / "audiospikes" / f"shd_{split}.h5", cfg, 20)
+    counts, labels = utils_dataset.cached_counts(source, cfg, utils_dataset.AUDIO_CLASSES[dataset])
     z = np.load(folder / "binned_published.npz")
     np.testing.assert_array_equal(counts[np.arange(len(counts))], z[key])
     np.testing.assert_array_equal(labels, z[f"{split}_labels"])
