@@ -370,7 +370,13 @@ def open_sweep(args, definitions) -> Sweep:
     sets = parse_sets(args.set or [])
     folder = Path(args.results_dir) / (args.sweep_name + ("_quick" if args.quick else ""))
     if args.plot and (folder / MANIFEST).exists():
-        stored = json.loads((folder / MANIFEST).read_text())
+        fix = "move it aside to plot the sweep as defined now"
+        try:
+            stored = read_json(folder / MANIFEST, "sweep manifest", fix)
+        except FileError as err:
+            raise SweepError(err) from None
+        if not isinstance(stored, dict) or not {"definition", "set"} <= set(stored):
+            raise SweepError(f"{folder / MANIFEST}: not a sweep manifest (no definition and set); {fix}")
         definition, sets = stored["definition"], stored["set"]
     try:
         all_runs = expand(definition, sets)

@@ -524,10 +524,11 @@ def test_a_damaged_sweep_json_is_one_line(root, tmp_path, jax_cache, content):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0], "delta_tau": [0.4]}, n_epochs=1)
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "sweep.json").write_text(content)
-    result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
-                       "--results_dir", str(tmp_path))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "sweep.json" in result.stderr and "Traceback" not in result.stderr
+    for extra in ([], ["--plot"]):
+        result = run_sweep(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                           "--results_dir", str(tmp_path), *extra)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "sweep.json" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
