@@ -613,9 +613,10 @@ def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> 
     sets = {}
     manifest = folder / MANIFEST
     if manifest.exists():
-        with contextlib.suppress(FileError):
+        with contextlib.suppress(FileError):  # a damaged manifest: the sweep as defined now
             stored = read_json(manifest)
-            definition, sets = stored.get("definition", definition), stored.get("set", {})
+            if isinstance(stored, dict):
+                definition, sets = stored.get("definition", definition), stored.get("set", {})
     runs = expand(definition, sets)
     present = read_lines(folder) if folder.exists() else {}
     lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]

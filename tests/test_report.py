@@ -108,3 +108,14 @@ def test_rules_and_statistics():
     for sec in report.SECTIONS:
         if sec.claim:
             assert report.rule_text(sec.claim)
+
+
+@pytest.mark.parametrize("manifest", ["[]", "{broken"])
+def test_a_damaged_sweep_folder_still_reports(results, definitions, manifest):
+    """A sweep.json that is not a manifest and junk in runs.jsonl: the sweep as defined now,
+    the run records that are readable."""
+    (results / "hSNN_Figure_2b" / "sweep.json").write_text(manifest)
+    with open(results / "hSNN_Figure_2b" / "runs.jsonl", "a") as f:
+        f.write('42\n{"a": 1}\n\x00junk\n')
+    _, text = make_report(results, definitions)
+    assert "complete (180 of 180 runs)" in section_of(text, "Fig. 2b")
