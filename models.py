@@ -204,8 +204,14 @@ def input_current(layer, x_TBI, cfg: Config, dilation=None):
 
 
 def dropout(key, S_TBH, rate):
-    """Inverted dropout on hidden spikes (training only)."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, S_TBH.shape)
+    """Inverted dropout on hidden spikes (training only): each spike is kept with probability
+    1 - rate, to 1/65536, and scaled by 1 / (1 - rate). The draws are 16-bit numbers, two per
+    32-bit random word: a third of the generator's work of `jax.random.bernoulli`'s 32 bits
+    per spike, the largest cost of a small network's step on a CPU."""
+    n = S_TBH.size
+    words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
+    u16 = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(S_TBH.shape)
+    keep = u16.astype(jnp.uint32) >= min(round(rate * 65536), 65535)
     return jnp.where(keep, S_TBH / (1.0 - rate), 0.0)
 
 

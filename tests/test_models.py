@@ -163,6 +163,22 @@ def test_dropout_only_in_training():
     np.testing.assert_array_equal(train, forward(params, x, cfg, key, train=True)[1])
 
 
+@pytest.mark.parametrize("rate,shape", [(0.1, (100, 64, 10)), (0.4, (7, 3, 5)), (0.25, (33, 17, 9))])
+def test_dropout_keeps_each_spike_with_probability_one_minus_rate(rate, shape):
+    """Inverted dropout: the kept spikes are scaled by 1 / (1 - rate); the fraction dropped
+    is the rate (binomial 5-sigma bounds), independently per element and per key."""
+    S = jnp.ones(shape, jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(3), 20)
+    out = np.stack([np.asarray(models.dropout(k, S, rate)) for k in keys])
+    assert set(np.unique(out)) == {0.0, np.float32(1.0) / np.float32(1.0 - rate)}
+    dropped, n = (out == 0).mean(), out.size
+    assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    assert not np.array_equal(out[0], out[1])
+    # neighbours share a 32-bit word: their draws must still be independent
+    a, b = out[..., :-1].reshape(-1) == 0, out[..., 1:].reshape(-1) == 0
+    assert abs((a & b).mean() - rate ** 2) < 5 * np.sqrt(rate ** 2 * (1 - rate ** 2) / a.size)
+
+
 def test_bfloat16_matmuls_keep_float32_state():
     """matmul_dtype bfloat16 rounds the matmul inputs only: outputs stay float32 and close."""
     cfg = causal_config(normalizer="batch")
