@@ -407,7 +407,8 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict) -> tuple:
         points = POINTS[spec["kind"]](sweep, spec, paper)
         all_points += points
         all_lines += sweep.lines
-        out += points_table(points) + ["", summary(points) + ".", ""]
+        line = summary(points)
+        out += points_table(points) + ["", line[0].upper() + line[1:] + ".", ""]
         folder = f"{name}_quick" if sweep.reduced else name
         out += [f"![{name}]({folder}/figure.png)", ""]
         out += ["Provenance: " + "; ".join(provenance(sweep.lines)) + ".", ""]
