@@ -98,6 +98,11 @@ def _lock(path: Path):
     return lock
 
 
+def _exists(path: Path) -> RunFolderError:
+    return RunFolderError(f"run folder {path} already exists; choose another --save_dir_name, "
+                          "or add --resume to continue it")
+
+
 def create(cfg: Config, path: Path) -> RunFolder:
     """The folder with its config.json and a held lock, appearing under its name in one
     rename: a second run on the same name fails at once, whatever its timing."""
@@ -117,8 +122,7 @@ def create(cfg: Config, path: Path) -> RunFolder:
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if path.exists():
-            raise RunFolderError(f"run folder {path} already exists; choose another --save_dir_name, "
-                                 "or add --resume to continue it") from None
+            raise _exists(path) from None
         raise RunFolderError(f"cannot create the run folder {path} ({err.strerror or err}); choose "
                              "another --results_dir") from None
     return RunFolder(path, lock, created=True)
@@ -135,8 +139,7 @@ def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
     if not path.exists():
         return create(cfg, path), None
     if not (resume or restart):
-        raise RunFolderError(f"run folder {path} already exists; choose another --save_dir_name, "
-                             "or add --resume to continue it")
+        raise _exists(path)
     folder = RunFolder(path, _lock(path), created=False)
     try:
         tidy(path)
@@ -184,10 +187,16 @@ def check_config(path: Path, cfg: Config):
     stored = read_json(path / CONFIG, "run configuration", RESTART_HINT)
     if not isinstance(stored, dict):
         raise FileError(f"{path / CONFIG}: not a configuration (a JSON object); {RESTART_HINT}")
-    ours = cfg.to_dict()
-    diff = sorted(k for k in set(stored) | set(ours) if stored.get(k, ours.get(k)) != ours.get(k))
+    diff = _differing(stored, cfg)
     if diff:
         raise RunFolderError(f"cannot resume {path}: its configuration differs in {diff}")
+
+
+def _differing(stored: dict, cfg: Config) -> list:
+    """The fields whose stored value differs from `cfg`'s (a field `stored` lacks keeps its
+    default, so folders of an older version with fewer fields still match)."""
+    ours = cfg.to_dict()
+    return sorted(k for k in set(stored) | set(ours) if stored.get(k, ours.get(k)) != ours.get(k))
 
 
 def finished_metrics(path: Path) -> Optional[dict]:
@@ -219,9 +228,7 @@ def load_checkpoint(path: Path, cfg: Config) -> Optional[dict]:
     missing = [k for k in ("config_json", "metrics_json", "opt_0") if k not in state]
     if missing:
         raise FileError(f"{file}: incomplete checkpoint (no {', '.join(missing)}); {RESTART_HINT}")
-    saved = json.loads(str(state["config_json"]))
-    ours = cfg.to_dict()
-    diff = sorted(k for k in set(saved) | set(ours) if saved.get(k, ours.get(k)) != ours.get(k))
+    diff = _differing(json.loads(str(state["config_json"])), cfg)
     if diff:
         raise RunFolderError(f"cannot resume {path}: its checkpoint was saved for other values of "
                              f"{', '.join(diff)} than config.json holds; restore config.json, or "
@@ -268,12 +275,21 @@ def provenance() -> dict:
                 time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def read_provenance(run_dir: Path) -> Optional[list]:
+    """The run folder's provenance.json entries, None if it has none."""
+    path = Path(run_dir) / PROVENANCE
+    if not path.exists():
+        return None
+    entries = read_json(path, "run provenance", RESTART_HINT)
+    if not isinstance(entries, list):
+        raise FileError(f"{path}: not a list of provenance entries; {RESTART_HINT}")
+    return entries
+
+
 def record_provenance(run_dir: Path):
     """Append this process's `provenance()` to the run folder's provenance.json: one entry
     per start (the first made the folder, any later one resumed it)."""
-    path = run_dir / PROVENANCE
-    entries = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, entries + [provenance()])
+    write_json(run_dir / PROVENANCE, (read_provenance(run_dir) or []) + [provenance()])
 
 
 def write_error(path: Path, err: BaseException):

@@ -241,14 +241,13 @@ def _keys(content: bytes) -> set:
 def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
     """A finished run's line: what was trained (the resolved configuration), how it did, and
     what trained it (the run folder's provenance.json: commit, versions, device, command)."""
-    provenance = run_dir / run_folder.PROVENANCE
     return dict(key=run.key, group=run.group, point=run.point, seed=run.seed, baseline=run.baseline,
                 overrides=run.overrides, config=make_run_config(run.overrides, run.seed).to_dict(),
                 valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
                 median_tau_init=metrics.get("median_tau_init"), host=socket.gethostname(),
-                provenance=json.loads(provenance.read_text()) if provenance.exists() else None,
+                provenance=run_folder.read_provenance(run_dir),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

@@ -397,9 +397,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
             tasks = [t if t is not None else utils_dataset.load_task(c)
                      for t, c in zip(tasks or [None] * len(seeds), cfgs)]
         except BaseException:
-            for folder in folders:
-                if folder is not None:
-                    folder.discard()
+            _discard(folders)
             raise
         for d in run_dirs:
             if d is not None:
@@ -414,9 +412,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                 try:
                     out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress, force)
                 except OutOfMemory:  # this group trained nothing: its new folders are removed
-                    for folder in pick(folders):
-                        if folder is not None:
-                            folder.discard()
+                    _discard(pick(folders))
                     raise
                 except Exception as err:  # not KeyboardInterrupt: an interrupted run is resumable
                     for d in pick(run_dirs):
@@ -425,6 +421,13 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                     raise
                 results.update(zip(group, out))
         return [results[i] for i in range(len(seeds))]
+
+
+def _discard(folders):
+    """Remove the folders a failed start created and left untrained (run_folder.RunFolder.discard)."""
+    for folder in folders:
+        if folder is not None:
+            folder.discard()
 
 
 class OutOfMemory(RuntimeError):

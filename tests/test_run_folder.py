@@ -279,3 +279,14 @@ def test_problem_names_damage_and_foreign_runs(tmp_path):
     assert "damaged checkpoint" in run_folder.problem(tmp_path / "run", cfg)
     aside = run_folder.move_aside(tmp_path / "run")
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint.npz", "config.json"]
+
+
+@pytest.mark.parametrize("content", ["[{", "{}"])
+def test_damaged_provenance_is_one_line_naming_the_file(tmp_path, content):
+    (tmp_path / "provenance.json").write_text(content)
+    with pytest.raises(run_folder.FileError, match="provenance.json.*--restart"):
+        run_folder.record_provenance(tmp_path)
+    (tmp_path / "provenance.json").unlink()
+    run_folder.record_provenance(tmp_path)
+    run_folder.record_provenance(tmp_path)
+    assert len(run_folder.read_provenance(tmp_path)) == 2
