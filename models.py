@@ -18,9 +18,15 @@ import jax
 import jax.numpy as jnp
 
 from utils_initialization import Config, conv_hierarchy
-from utils_normalization import HIGHEST, normalize, sum_rows
+from utils_normalization import normalize, sum_rows
 
 ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
+# `--matmul_precision`: how float32 matrix products and convolutions are computed. "default"
+# is JAX's default, which the published code used: exact float32 on CPUs; on NVIDIA GPUs from
+# Ampere on, TF32 (inputs rounded to a 10-bit mantissa, float32 accumulation). "highest" asks
+# for full float32 on every backend. The batch-norm sums are reductions in the published code
+# and stay float32 whatever this says (utils_normalization.sum_rows).
+PRECISIONS = {"default": None, "highest": jax.lax.Precision.HIGHEST}
 
 
 # --- surrogate gradient spike function ---------------------------------------------------
@@ -76,23 +82,24 @@ class LIFState(NamedTuple):
     s: jax.Array  # spikes of the previous step [B, H]
 
 
-def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None):
+def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
     """Leaky integrate-and-fire over time with subtractive reset (M2, M3); returns spikes [T, B, H].
 
     V[t] = a V[t-1] + I[t] + S[t-1] W_rec - v_thr S[t-1], S[t] = H(V[t] - v_thr), with
-    a = clip(alpha, 1e-5, 0.98) and the diagonal of W_rec masked to zero.
+    a = clip(alpha, 1e-5, 0.98) and the diagonal of W_rec masked to zero; `precision` of the
+    recurrent products (a key of PRECISIONS).
     """
     a_H = jnp.broadcast_to(jnp.clip(alpha, ALPHA_MIN, ALPHA_MAX), I_TBH.shape[-1:])
     if W_rec is not None:
         W_rec = W_rec * (1.0 - jnp.eye(W_rec.shape[0], dtype=W_rec.dtype))
-    return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate)
+    return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate, precision)
 
 
-def _lif_forward(I_TBH, a_H, W_rec, v_thr):
+def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision):
     """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
     def step(state, I_BH):
         if W_rec is not None:
-            I_BH = I_BH + jnp.dot(state.s, W_rec, precision=HIGHEST)
+            I_BH = I_BH + jnp.dot(state.s, W_rec, precision=PRECISIONS[precision])
         v = a_H * state.v + I_BH - v_thr * state.s
         return LIFState(v, heaviside(v - v_thr)), v
 
@@ -100,17 +107,17 @@ def _lif_forward(I_TBH, a_H, W_rec, v_thr):
     return scan_in_place(step, LIFState(zeros, zeros), (I_TBH,))[1]
 
 
-def _lif(I_TBH, a_H, W_rec, v_thr, surrogate):
-    return heaviside(_lif_forward(I_TBH, a_H, W_rec, v_thr) - v_thr)
+def _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision):
+    return heaviside(_lif_forward(I_TBH, a_H, W_rec, v_thr, precision) - v_thr)
 
 
-def _lif_fwd(I_TBH, a_H, W_rec, v_thr, surrogate):
-    V_TBH = _lif_forward(I_TBH, a_H, W_rec, v_thr)
+def _lif_fwd(I_TBH, a_H, W_rec, v_thr, surrogate, precision):
+    V_TBH = _lif_forward(I_TBH, a_H, W_rec, v_thr, precision)
     S_TBH = heaviside(V_TBH - v_thr)
     return S_TBH, (V_TBH, S_TBH if W_rec is not None else None, a_H, W_rec)
 
 
-def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
+def _lif_bwd(v_thr, surrogate, precision, residuals, gS_TBH):
     """Backpropagation through time as one reverse scan; at step t, with dv = dV[t+1]:
     dS[t] = g[t] - v_thr dv + dv W_rec^T,  dV[t] = dS[t] H'(V[t]) + a dv,
     and da += sum_b dv V[t]. dI = dV; dW_rec = sum_t S[t-1]^T dV[t] outside the scan."""
@@ -122,7 +129,7 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
         g_BH, v_BH = inputs
         ds = g_BH - v_thr * dv_next
         if W_rec is not None:
-            ds = ds + jnp.dot(dv_next, W_rec.T, precision=HIGHEST)
+            ds = ds + jnp.dot(dv_next, W_rec.T, precision=PRECISIONS[precision])
         dv = ds * grad_fn(v_BH - v_thr) + a_H * dv_next
         return dv, dv
 
@@ -131,11 +138,12 @@ def _lif_bwd(v_thr, surrogate, residuals, gS_TBH):
     dW = None
     if W_rec is not None:
         h = S_TBH.shape[-1]
-        dW = jnp.dot(S_TBH[:-1].reshape(-1, h).T, dV_TBH[1:].reshape(-1, h), precision=HIGHEST)
+        dW = jnp.dot(S_TBH[:-1].reshape(-1, h).T, dV_TBH[1:].reshape(-1, h),
+                     precision=PRECISIONS[precision])
     return dV_TBH, da_H, dW
 
 
-_lif = jax.custom_vjp(_lif, nondiff_argnums=(3, 4))
+_lif = jax.custom_vjp(_lif, nondiff_argnums=(3, 4, 5))
 _lif.defvjp(_lif_fwd, _lif_bwd)
 
 
@@ -178,7 +186,7 @@ def leaky_integrator_scan(I_TBO, alpha):
     return decay_scan((1.0 - a_O) * I_TBO, a_O)
 
 
-def causal_conv(x_TBI, W_KIO, dilation, precision=HIGHEST):
+def causal_conv(x_TBI, W_KIO, dilation, precision=None):
     """Causal dilated temporal convolution: y[t] = sum_j x[t - (K-1-j) d] W[j]."""
     k = W_KIO.shape[0]
     return jax.lax.conv_general_dilated(
@@ -188,10 +196,11 @@ def causal_conv(x_TBI, W_KIO, dilation, precision=HIGHEST):
 
 
 def input_current(layer, x_TBI, cfg: Config, dilation=None):
-    """Norm(x W) for every time step at once (M1; dense or convolutional). With
-    `matmul_dtype` bfloat16 the matmul's inputs are rounded to bfloat16 and it accumulates
-    in float32; the currents, membranes and parameters stay float32."""
-    W, precision = layer["W"], HIGHEST
+    """Norm(x W) for every time step at once (M1; dense or convolutional), float32 products at
+    `cfg.matmul_precision`. With `matmul_dtype` bfloat16 the matmul's inputs are rounded to
+    bfloat16 and it accumulates in float32; the currents, membranes and parameters stay
+    float32."""
+    W, precision = layer["W"], PRECISIONS[cfg.matmul_precision]
     if cfg.matmul_dtype != "float32":
         x_TBI, W, precision = x_TBI.astype(cfg.matmul_dtype), W.astype(cfg.matmul_dtype), None
     if W.ndim == 3:
@@ -217,8 +226,10 @@ def dropout(key, S_TBH, rate):
 
 # --- network -----------------------------------------------------------------------------
 def forward(params, x_TBI, cfg: Config, key=None, train=False):
-    """Whole network. Returns (hidden spikes [T, B, H] per hidden layer, output trace
-    [T, B, O]): the output membrane U, or the output spikes for the `freq` decoder."""
+    """Whole network. Returns (hidden spikes [T, B, H] per hidden layer as the next layer
+    receives them, i.e. after dropout when training, as the published code collects them for
+    its firing-rate loss; output trace [T, B, O]): the output membrane U, or the output
+    spikes for the `freq` decoder."""
     _, dilations = conv_hierarchy(cfg)
     use_dropout = train and cfg.dropout > 0
     keys = jax.random.split(key, len(params)) if use_dropout else [None] * len(params)
@@ -226,13 +237,14 @@ def forward(params, x_TBI, cfg: Config, key=None, train=False):
     for l, layer in enumerate(params[:-1]):
         I_TBH = input_current(layer, h_TBX, cfg, dilations[l] if cfg.convolution else None)
         S_TBH = lif_scan(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr,
-                         layer.get("W_rec"))
-        hidden.append(S_TBH)
+                         layer.get("W_rec"), cfg.matmul_precision)
         h_TBX = dropout(keys[l], S_TBH, cfg.dropout) if use_dropout else S_TBH
+        hidden.append(h_TBX)
     out = params[-1]
     I_TBO = input_current(out, h_TBX, cfg)
     if cfg.decoder == "freq":  # spiking output layer
-        return hidden, lif_scan(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr)
+        return hidden, lif_scan(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr,
+                                precision=cfg.matmul_precision)
     return hidden, leaky_integrator_scan(I_TBO, out["alpha"])
 
 

@@ -64,7 +64,7 @@ def regularizers(params, hidden_TBH, cfg: Config) -> dict:
     if cfg.l2_lambda:
         weights = [v for layer in params for k, v in layer.items() if k != "alpha"]
         terms["l2"] = cfg.l2_lambda * safe_norm(weights)
-    if cfg.freq_lambda:
+    if cfg.freq_lambda:  # spikes per neuron and sample; after dropout when training (published)
         rate = jnp.mean(jnp.stack([S.sum(0).mean() for S in hidden_TBH]))
         terms["firing_rate"] = cfg.freq_lambda * (cfg.target_fr - rate) ** 2
     return terms

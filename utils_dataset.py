@@ -85,7 +85,9 @@ def n_batches(split: Split, batch_size: int) -> int:
 
 
 # --- MTS-XOR (paper Fig. 2a-b): a multi-timescale XOR --------------------------------------
-MTS_XOR = dict(n_train=20 * 512, n_valid=1024, n_test=1024, n_steps=100, n_in=40,
+# set sizes in batches of `batch_size`, as the published generator made them (20 x 512 = 10,240
+# training samples at the published batch size)
+MTS_XOR = dict(train_batches=20, valid_batches=2, test_batches=2, n_steps=100, n_in=40,
                signal_steps=10, n_windows=6, silent_steps=5, coding_steps=10,
                low_rate=0.2, high_rate=0.6)
 
@@ -122,11 +124,13 @@ def generate_mts_xor(n_samples: int, rng: np.random.Generator, noise_rate: float
 
 
 def load_mts_xor(cfg: Config) -> Task:
-    """Train / validation / test sets drawn from independent seeded streams."""
+    """Train / validation / test sets of 20, 2 and 2 batches of `batch_size` samples, drawn
+    from independent seeded streams."""
     p = MTS_XOR
     streams = np.random.SeedSequence([cfg.seed, 0x5EED]).spawn(3)
+    sizes = [p[f"{part}_batches"] * cfg.batch_size for part in ("train", "valid", "test")]
     splits = [Split(*generate_mts_xor(n, np.random.default_rng(s), cfg.noise_rate))
-              for n, s in zip((p["n_train"], p["n_valid"], p["n_test"]), streams)]
+              for n, s in zip(sizes, streams)]
     return Task(*splits, score_mask=mts_xor_score_mask())
 
 
@@ -557,7 +561,8 @@ def load_task(cfg: Config) -> Task:
 # [B, T, I] input on the fly, so a 60,000-image set costs 47 MB whatever the encoding.
 MNIST = dict(side=28, n_pixels=784, valid_fraction=0.2,
              latency_tau=20.0,        # steps; a pixel x fires at tau ln(x / (x - threshold))
-             latency_threshold=0.2,   # pixels at or below this intensity stay silent
+             latency_threshold=0.2,   # pixels below this intensity stay silent
+             latency_epsilon=1e-7,    # intensities are raised to at least threshold + this
              download_timeout=60.0)   # [s] per network operation while torchvision downloads
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -568,12 +573,14 @@ MNIST_PIP = "pip install -r requirements/requirements_mnist.txt"
 
 def latency_steps(x, nb_steps: int) -> np.ndarray:
     """Spike step of intensities x in [0, 1]: floor(20 ln(x / (x - 0.2))), clipped to the
-    last step; -1 (no spike) where x <= 0.2. The published code let exactly 0.2 fire at the
-    last step; here it stays silent, like every pixel below it."""
+    last step; -1 (no spike) where x < 0.2. As in the published code, x is first raised to
+    at least 0.2 + 1e-7, so a pixel of exactly 0.2 (51/255) fires at step 290 (the formula's
+    limit), i.e. at the last step of any shorter input."""
     x = np.asarray(x, dtype=np.float64)
-    fires = x > MNIST["latency_threshold"]
-    safe = np.where(fires, x, 1.0)
-    steps = np.floor(MNIST["latency_tau"] * np.log(safe / (safe - MNIST["latency_threshold"])))
+    threshold = MNIST["latency_threshold"]
+    fires = x >= threshold
+    safe = np.maximum(x, threshold + MNIST["latency_epsilon"])
+    steps = np.floor(MNIST["latency_tau"] * np.log(safe / (safe - threshold)))
     return np.where(fires, np.minimum(steps, nb_steps - 1), -1).astype(np.int64)
 
 
@@ -674,7 +681,8 @@ def download_mnist(data_dir: Path):
 
 def mnist_images(cfg: Config):
     """(train, valid, test) as (images [N, 784] uint8, labels [N]) pairs: a seeded 80/20
-    split of the training file; the test file kept apart. Reads `data_dir/MNIST/raw/`,
+    split of the training file (validation rows in the split's random order); the test file
+    kept apart. Reads `data_dir/MNIST/raw/`,
     downloading the files first when any is missing."""
     data_dir = Path(cfg.data_dir)
     raw_dir = data_dir / "MNIST" / "raw"
@@ -683,7 +691,9 @@ def mnist_images(cfg: Config):
     images, labels = read_mnist(raw_dir, "train")
     order = np.random.default_rng(mnist_seeds(cfg.seed)[0]).permutation(len(images))
     n_valid = int(round(MNIST["valid_fraction"] * len(images)))
-    valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    # the validation set in the order of the seeded split, as the published random_split
+    # handed it to its (unshuffled) loader: batch norm's statistics depend on each batch
+    valid, train = order[:n_valid], np.sort(order[n_valid:])
     return (images[train], labels[train]), (images[valid], labels[valid]), read_mnist(raw_dir, "test")
 
 

@@ -39,6 +39,7 @@ CHOICES = {
     "weight_init": ("published", "fan_in"),
     "optimizer": ("published_adam", "adam"),
     "matmul_dtype": ("float32", "bfloat16"),
+    "matmul_precision": ("default", "highest"),
 }
 
 
@@ -117,6 +118,9 @@ class Config:
     w_scale_n_hid: int = _field(128, "published init: n_hid the weight-scale list was built from")
     w_scale_n_layers: int = _field(3, "published init: n_layers the weight-scale list was built from")
     matmul_dtype: str = _field("float32", "inputs of the input-current matmuls; state stays float32")
+    matmul_precision: str = _field("default", "float32 matmuls and convolutions: default (JAX's, "
+                                              "as published: TF32 on NVIDIA GPUs from Ampere on) "
+                                              "or highest (full float32 everywhere); CPUs: the same")
 
     def __post_init__(self):
         validate(self)
@@ -248,15 +252,18 @@ def validate(cfg: Config) -> None:
 def tau_hierarchy(cfg: Config) -> np.ndarray:
     """Centre time constant [s] of each hidden layer, shallow to deep (M7 linear, M8 tanh).
 
-    A single hidden layer has no hierarchy: it gets tau_mem (the published tanh formula
-    divides 0 by 0 there and returns NaN).
+    With a single hidden layer the linear hierarchy gives its first value,
+    max(tau_mem - delta_tau / 2, 0), as the published code does; the tanh hierarchy gives
+    tau_mem (the published tanh formula divides 0 by 0 there and returns NaN).
     """
     n = cfg.n_hidden_layers
-    if cfg.hierarchy_tau == "none" or n == 1:
+    if cfg.hierarchy_tau == "none":
         return np.full(n, cfg.tau_mem)
     if cfg.hierarchy_tau == "linear":
         return np.linspace(max(cfg.tau_mem - cfg.delta_tau / 2, 0),
                            max(cfg.tau_mem + cfg.delta_tau / 2, 0), n)
+    if n == 1:
+        return np.full(n, cfg.tau_mem)
     x = np.linspace(0, 1, n)
     h = np.tanh((x - cfg.tanh_center) / cfg.tanh_coef)
     h_tilde = (h - h.min()) / np.abs(h - h.min()).max() - 0.5

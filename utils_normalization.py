@@ -6,22 +6,37 @@ prediction depends on the other samples of its evaluation batch. Layer norm norm
 every (time, sample) over the features.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 BATCH_EPS = 1e-5
 LAYER_EPS = 1e-6
-# float32 matmuls in float32 on every backend: GPUs may otherwise round their inputs to
-# TF32 (10-bit mantissa); the published PyTorch code multiplies in float32. No effect on CPU.
+# The sums below are products with a ones vector; they ask for full float32 on every backend
+# (an NVIDIA GPU would otherwise round their inputs to TF32), since the published code takes
+# these statistics with float32 reductions (jnp.mean). No effect on CPUs.
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def sum_rows(x):
-    """Sum over every axis but the last, as a product with a ones vector: XLA's CPU backend
-    rewrites large reductions into slower trees of reduce-windows (docs/performance.md);
-    HIGHEST keeps the sum in float32 on GPUs."""
-    x2 = x.reshape(-1, x.shape[-1])
-    return jnp.dot(jnp.ones(x2.shape[0], x.dtype), x2, precision=HIGHEST)
+    """Sum over every axis but the last of [T, B, ..., H], in three short float32 passes:
+    over time for every (sample, feature), then over blocks of about sqrt(B) samples, then
+    over the blocks. A batch-norm mean over the sweeps' 100 x 512 rows comes within about
+    2e-7 of exact, as the published code's `jnp.mean` (which XLA sums in a tree); one pass
+    over all 51,200 rows drifts to 3e-5 and flips spikes. Each pass is a product with a ones
+    vector, as fast on the CPU as one pass and faster than XLA's reduction of narrow arrays
+    (docs/performance.md)."""
+    h = x.shape[-1]
+    per_row = _sum_leading(x.reshape(x.shape[0], -1))
+    rows = per_row.size // h
+    block = max(d for d in range(1, math.isqrt(rows) + 1) if rows % d == 0)
+    return _sum_leading(_sum_leading(per_row.reshape(block, -1)).reshape(-1, h))
+
+
+def _sum_leading(x2):
+    """Sum of a 2-D array over its first axis, as one product with a ones vector."""
+    return jnp.dot(jnp.ones(x2.shape[0], x2.dtype), x2, precision=HIGHEST)
 
 
 def moments(mean_x, mean_x2):

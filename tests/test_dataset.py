@@ -73,11 +73,18 @@ def test_seeded_splits():
     a = utils_dataset.load_task(make_config("mts_xor", seed=3))
     b = utils_dataset.load_task(make_config("mts_xor", seed=3))
     c = utils_dataset.load_task(make_config("mts_xor", seed=4))
-    assert (len(a.train), len(a.valid), len(a.test)) == (10240, 1024, 1024)
+    assert (len(a.train), len(a.valid), len(a.test)) == (10240, 1024, 1024)  # 20, 2, 2 x 512
     np.testing.assert_array_equal(a.train.X, b.train.X)
     np.testing.assert_array_equal(a.test.Y, b.test.Y)
     assert not np.array_equal(a.train.X, c.train.X)
     assert not np.array_equal(a.train.X[:1024], a.valid.X)
+
+
+@pytest.mark.parametrize("batch_size", [64, 100])
+def test_mts_xor_set_sizes_follow_the_batch_size(batch_size):
+    """The published generator makes 20 training, 2 validation and 2 test batches."""
+    t = utils_dataset.load_task(make_config("mts_xor", batch_size=batch_size))
+    assert (len(t.train), len(t.valid), len(t.test)) == (20 * batch_size, 2 * batch_size, 2 * batch_size)
 
 
 def test_iterate_batches_time_major_and_complete():

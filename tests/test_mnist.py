@@ -59,11 +59,24 @@ def image_set(images_NP):
 
 
 # --- the encodings -------------------------------------------------------------------------
+def published_latency(x, nb_steps):
+    """The published current2firing_time + expand_time_dim, in numpy: x < 0.2 is silent,
+    x is raised to 0.2 + 1e-7, t = 20 ln(x / (x - 0.2)) truncated and clipped to the last step."""
+    silent = x < 0.2
+    xc = np.clip(x, 0.2 + 1e-7, 1e9)
+    t = np.clip((20 * np.log(xc / (xc - 0.2))).astype(int), 0, nb_steps - 1)
+    return np.where(silent, -1, t)
+
+
 def test_latency_code_of_known_intensities():
-    x = np.array([1.0, 0.5, 0.25, 0.21, 0.2, 0.1, 0.0])
-    expected = [4, int(20 * np.log(0.5 / 0.3)), int(20 * np.log(0.25 / 0.05)), 49, -1, -1, -1]
-    assert list(latency_steps(x, 50)) == expected == [4, 10, 32, 49, -1, -1, -1]
-    assert list(latency_steps(x, 20)[:4]) == [4, 10, 19, 19]  # clipped to the last step
+    x = np.array([1.0, 0.5, 0.25, 0.21, 0.2, 0.19, 0.1, 0.0])
+    expected = [4, int(20 * np.log(0.5 / 0.3)), int(20 * np.log(0.25 / 0.05)), 49, 49, -1, -1, -1]
+    assert list(latency_steps(x, 50)) == expected == [4, 10, 32, 49, 49, -1, -1, -1]
+    assert list(latency_steps(x, 20)[:5]) == [4, 10, 19, 19, 19]  # clipped to the last step
+    assert latency_steps(np.array([0.2]), 400)[0] == 290  # the published limit at exactly 0.2
+    levels = np.arange(256) / 255.0
+    for nb_steps in (20, 50, 300):
+        np.testing.assert_array_equal(latency_steps(levels, nb_steps), published_latency(levels, nb_steps))
 
 
 def test_latency_coded_batches(mnist):
@@ -77,7 +90,8 @@ def test_latency_coded_batches(mnist):
     b, p = np.nonzero(steps >= 0)
     assert np.all(x_BTP[b, steps[b, p], p] == 1)
     x_BPT = x_BTP.transpose(0, 2, 1)
-    assert not x_BPT[images <= 51].any()  # pixel value 51 = intensity 0.2: silent
+    assert not x_BPT[images < 51].any()  # below intensity 0.2: silent
+    assert np.all(x_BPT[images == 51][:, 49] == 1)  # exactly 0.2 (51/255): the last step
     assert np.all(x_BPT[images == 255][:, 4] == 1)
 
 
@@ -113,6 +127,20 @@ def test_seeded_80_20_split_and_separate_test_set(mnist):
     train, valid = image_set(all_x(a.train)[..., 0] * 255), image_set(all_x(a.valid)[..., 0] * 255)
     assert train | valid == image_set(parts["train"][0]) and not train & valid
     np.testing.assert_array_equal(a.test.Y, parts["t10k"][1])
+
+
+def test_validation_set_keeps_the_order_of_the_seeded_split(mnist):
+    """The published code evaluated its random_split's validation subset unshuffled, in the
+    split's random order (batch norm's statistics depend on which samples share a batch):
+    the validation images come in a seeded order that is not the file's."""
+    data_dir, parts = mnist
+    file_row = {row.tobytes(): i for i, row in enumerate(parts["train"][0])}
+    rows = [[file_row[r.tobytes()] for r in np.round(all_x(task("s-mnist", data_dir, seed=s).valid)[..., 0] * 255)
+             .astype(np.uint8)] for s in (0, 0, 1)]
+    assert rows[0] == rows[1] and rows[0] != rows[2]
+    assert rows[0] != sorted(rows[0])
+    order = np.random.default_rng(utils_dataset.mnist_seeds(0)[0]).permutation(N_TRAIN)
+    assert rows[0] == list(order[:len(rows[0])])
 
 
 def test_permutation_is_seeded_and_shared_by_the_splits(mnist):

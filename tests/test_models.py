@@ -191,20 +191,27 @@ def test_bfloat16_matmuls_keep_float32_state():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(convolution=True, conv_kernel=3)])
-def test_float32_matmuls_ask_for_full_precision(kw):
-    """Every matmul and convolution of a float32 network, forward and backward, asks for
-    HIGHEST precision (a GPU would otherwise round its inputs to TF32); bfloat16 networks
-    leave the input currents' products at the default."""
-    cfg = causal_config(**kw)
+def test_matmul_precision(kw):
+    """`matmul_precision` highest: every product of a float32 network, forward and backward,
+    asks for HIGHEST (a GPU would otherwise round its inputs to TF32). default (the published
+    code's): the weight products and convolutions leave the precision to JAX, while the
+    batch-norm sums (products with a ones vector) stay HIGHEST, as the published float32
+    reductions. bfloat16 networks leave the input currents' products at the default."""
+    cfg = causal_config(normalizer="batch", **kw)
     params, x = active_params(cfg), spiky_input()
 
-    def hlo(cfg):
+    def products(cfg, dtype="f32"):
         loss = lambda p: forward(p, x, cfg)[1].sum()  # noqa: E731
-        return jax.jit(jax.grad(loss)).lower(params).as_text()
+        text = jax.jit(jax.grad(loss)).lower(params).as_text()
+        return [l for l in text.splitlines() if ("dot_general" in l or "convolution" in l) and dtype in l]
 
-    text = hlo(cfg)
-    products = [l for l in text.splitlines() if "dot_general" in l or "convolution" in l]
-    assert products and all("HIGHEST" in l for l in products)
-    bf16 = [l for l in hlo(cfg.replace(matmul_dtype="bfloat16")).splitlines()
-            if ("dot_general" in l or "convolution" in l) and "bf16" in l]
+    assert cfg.matmul_precision == "default"
+    highest = products(cfg.replace(matmul_precision="highest"))
+    assert highest and all("HIGHEST" in l for l in highest)
+    default = products(cfg)
+    assert len(default) == len(highest)
+    exact = [l for l in default if "HIGHEST" in l]
+    assert exact and len(exact) < len(default)
+    assert not any("convolution" in l for l in exact)
+    bf16 = products(cfg.replace(matmul_dtype="bfloat16", matmul_precision="highest"), "bf16")
     assert bf16 and not any("HIGHEST" in l for l in bf16)

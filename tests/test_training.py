@@ -56,6 +56,28 @@ def test_published_adam_uses_the_epoch_for_bias_correction():
     assert float(u["w"][0]) == pytest.approx(-(0.1 / (1 - 0.9 ** 5)) / np.sqrt(0.001 / (1 - 0.999 ** 5)), rel=1e-5)
 
 
+def test_firing_rate_loss_counts_the_spikes_after_dropout():
+    """The published code takes its firing-rate term from the hidden spikes as the next layer
+    receives them: after dropout, scaled by 1 / (1 - rate), while training."""
+    from models import forward
+    from utils_initialization import Config, init_params
+    cfg = Config(n_in=5, n_hid=40, n_out=3, n_layers=2, nb_steps=24, time_max=0.24, decoder="vlast",
+                 normalizer="none", dropout=0.5, freq_lambda=0.3, target_fr=2.0)
+    params = [dict(layer, W=15.0 * layer["W"]) for layer in init_params(jax.random.PRNGKey(0), cfg)]
+    x = (jax.random.uniform(jax.random.PRNGKey(1), (24, 4, 5)) < 0.4).astype(jnp.float32)
+    key, y = jax.random.PRNGKey(2), jnp.zeros(4, jnp.int32)
+    S = np.asarray(forward(params, x, cfg)[0][0])                  # one hidden layer: same spikes
+    kept = np.asarray(forward(params, x, cfg, key, train=True)[0][0])
+    assert set(np.unique(kept)) == {0.0, 2.0} and np.all(S[kept > 0] == 1)
+    assert 0.3 < (S.sum() - kept.sum() / 2) / S.sum() < 0.7        # about half the spikes dropped
+    rate = lambda s: s.sum(0).mean()  # noqa: E731  spikes per neuron and sample
+    terms = training.loss_fn(params, x, y, cfg, key, train=True)[1][0]
+    np.testing.assert_allclose(terms["firing_rate"], 0.3 * (2.0 - rate(kept)) ** 2, rtol=1e-6)
+    assert abs(rate(kept) - rate(S)) > 0.01
+    evaluated = training.loss_fn(params, x, y, cfg)[1][0]            # no dropout outside training
+    np.testing.assert_allclose(evaluated["firing_rate"], 0.3 * (2.0 - rate(S)) ** 2, rtol=1e-6)
+
+
 def test_alpha_gradient_rule():
     grads = [{"W": jnp.ones(2), "alpha": jnp.ones(2)}, {"W": jnp.ones(2), "alpha": jnp.ones(())}]
     fixed, trained = alpha_grad_rule(grads, False), alpha_grad_rule(grads, True)

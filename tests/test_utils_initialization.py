@@ -51,6 +51,11 @@ def test_hierarchies():
     tanh = tau_hierarchy(cfg.replace(hierarchy_tau="tanh"))
     assert tanh[0] == pytest.approx(0.1) and tanh[-1] == pytest.approx(0.5) and tanh[0] < tanh[1] < tanh[2]
     assert list(tau_hierarchy(Config(n_layers=2, hierarchy_tau="tanh"))) == [0.1]  # no 0/0
+    # one hidden layer, linear: the published linspace(tau_mem - d/2, tau_mem + d/2, 1)
+    one = Config(n_layers=2, hierarchy_tau="linear", tau_mem=0.3, delta_tau=0.4)
+    np.testing.assert_allclose(tau_hierarchy(one), [0.1])
+    np.testing.assert_allclose(tau_hierarchy(one.replace(delta_tau=-0.2)), [0.4])
+    np.testing.assert_allclose(tau_hierarchy(one.replace(delta_tau=0.8)), [0.0])  # clipped at 0
     assert conv_hierarchy(Config(n_layers=3, convolution=True, hierarchy_conv="kernel", delta_ker=3,
                                  delta_dil=2)) == ((3, 6), (4, 6))
     assert conv_hierarchy(Config(n_layers=3, convolution=True, hierarchy_conv="dilation", delta_ker=3,
