@@ -27,6 +27,7 @@ class SweepResults(NamedTuple):
     n_runs: int
     reduced: bool = False
     errors: tuple = ()
+    folder: str = ""       # its folder under results/ when not the sweep's name (extensions)
 
 
 class Claim(NamedTuple):
@@ -302,8 +303,10 @@ def verdict_deeper_slower(lines):
     first, last = np.median(medians[:, 0]), np.median(medians[:, -1])
     if np.isnan(rho):
         return None, "not enough layers or runs to rank"
+    slowest = int(np.sum(np.argmax(medians, axis=1) == medians.shape[1] - 1))
     return bool(rho > 0 and last > first), (f"rank correlation {rho:+.2f}; first hidden layer {first:.0f} ms, "
-                                            f"deepest {last:.0f} ms")
+                                            f"deepest {last:.0f} ms; the deepest hidden layer is the slowest "
+                                            f"in {slowest} of {len(medians)} runs")
 
 
 def verdict_gains(points):
@@ -384,7 +387,28 @@ def points_table(points) -> list:
     return rows
 
 
-def section(sec: Section, sweeps: dict, paper_numbers: dict) -> tuple:
+def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, published: list) -> list:
+    """An extension of a sweep (`sweep.py --seeds`): its numbers and verdict on its own, then
+    with the published grid's runs, kept out of the section's status and verdict."""
+    spec = figures.figure_spec(ext.name, ext.definition)
+    points = POINTS[spec["kind"]](ext, spec, paper_numbers.get(spec["paper"], {}))
+    seeds = ext.definition["extension"].split(",")[0].removeprefix("seeds ")
+    out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}", "",
+           f"`python3 sweep.py --sweep_name {ext.name} --seeds {seeds}`", "",
+           "Not part of the published grid, so not counted in this section's status and verdict above.", ""]
+    line = summary(points)
+    out += points_table(points) + ["", line[0].upper() + line[1:] + ".", "",
+                                   f"![{ext.folder}]({ext.folder}/figure.png)", "",
+                                   "Provenance: " + "; ".join(provenance(ext.lines)) + ".", ""]
+    if sec.claim is not None:
+        for what, lines in (("the extension alone", ext.lines), ("with the published grid's runs", published + ext.lines)):
+            ok, evidence = verdict(sec.claim, lines, points)
+            word = "not decided" if ok is None else ("holds" if ok else "does not hold")
+            out += [f"**Verdict on {what} ({len(lines)} runs):** {word}: {evidence}.", ""]
+    return out
+
+
+def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = None) -> tuple:
     """(the section's lines, its row of the top table)."""
     out = [f"## {sec.title}", "", sec.tests, ""]
     statuses, verdict_text = [], "no claim tested"
@@ -423,15 +447,19 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict) -> tuple:
         else:
             verdict_text = "not decided (no runs)"
             out += ["**Verdict:** not decided: no runs yet.", ""]
+    for name in sec.sweeps:
+        for ext in (extensions or {}).get(name, []):
+            published = sweeps[name].lines if name in sweeps and not sweeps[name].reduced else []
+            out += extension_lines(sec, ext, paper_numbers, published)
     top = (sec.title, ", ".join(f"`{n}`" for n in sec.sweeps), "; ".join(statuses) or "not defined",
            summary(all_points) if all_lines else "", verdict_text)
     return out, top
 
 
-def render(sweeps: dict, paper_numbers: dict) -> str:
+def render(sweeps: dict, paper_numbers: dict, extensions: dict = None) -> str:
     sections, top = [], []
     for sec in SECTIONS:
-        lines, row = section(sec, sweeps, paper_numbers)
+        lines, row = section(sec, sweeps, paper_numbers, extensions)
         sections += lines
         top.append(row)
     head = ["# Reproduction report", "",
@@ -446,8 +474,9 @@ def render(sweeps: dict, paper_numbers: dict) -> str:
     return "\n".join(head + [""] + sections).rstrip() + "\n"
 
 
-def write_report(path, sweeps: dict, paper_numbers: dict) -> str:
-    """Write the report to `path` atomically; returns its text."""
-    text = render(sweeps, paper_numbers)
+def write_report(path, sweeps: dict, paper_numbers: dict, extensions: dict = None) -> str:
+    """Write the report to `path` atomically; returns its text. `extensions`: {sweep name:
+    [SweepResults of its `--seeds` extensions]}, reported after the sweep's own results."""
+    text = render(sweeps, paper_numbers, extensions)
     atomic_write(path, lambda f: f.write(text.encode()))
     return text

@@ -6,6 +6,7 @@
     python3 sweep.py --sweep_name hSNN_Figure_2b --jobs 2    # two seed groups at once
     python3 sweep.py --sweep_name hSNN_Figure_2b --ray auto  # on a Ray cluster
     python3 sweep.py --sweep_name hSNN_Figure_2b --plot      # figure from existing results
+    python3 sweep.py --sweep_name hSNN_Figure_3b --seeds 5-14  # more seeds, kept apart
 
 The sweeps live in paper/sweeps.json (the published code's grids), the published numbers in
 paper/paper_numbers.json. A run = the published SimArgs() defaults (Config defaults and
@@ -17,6 +18,7 @@ runs that differ only in their seed. Results:
                             runs.jsonl     one line per finished run (atomic appends)
                             runs/<key>/    each run's folder (config, metrics, params)
                             figure.png/.pdf, summary.csv
+    results/<sweep>_seeds<S>/...       --seeds S: an extension beyond the published seeds
 """
 
 import argparse
@@ -101,6 +103,45 @@ def reduced(definition: dict) -> dict:
     fixed = dict(definition["fixed"], n_epochs=min(definition["fixed"].get("n_epochs", QUICK["n_epochs"]),
                                                    QUICK["n_epochs"]))
     return dict(definition, fixed=fixed, grid=grid)
+
+
+def parse_seeds(text: str) -> list:
+    """'5-14' or '5,7,9-11' -> sorted distinct seeds."""
+    seeds = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds such as 5-14 or 5,7,9-11, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected seeds >= 0 such as 5-14, got {text!r}")
+    return sorted(seeds)
+
+
+def seeds_text(seeds) -> str:
+    """[5, 6, 7, 9] -> '5-7,9': runs of consecutive seeds as ranges."""
+    seeds = sorted(seeds)
+    parts, start = [], seeds[0]
+    for a, b in zip(seeds, seeds[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts)
+
+
+def with_seeds(definition: dict, seeds: list) -> dict:
+    """--seeds: the sweep's grid with other seeds, marked as an extension (its results go to
+    their own folder and are reported apart from the published grid's)."""
+    published = definition["grid"].get("seed", [0])
+    overlap = sorted(set(seeds) & set(published))
+    if overlap:
+        raise SweepError(f"--seeds: seed {overlap[0]} is in the published grid of this sweep already "
+                         f"(seeds {seeds_text(published)}); give only seeds beyond it")
+    text = seeds_text(seeds)
+    return dict(definition, grid={**definition["grid"], "seed": list(seeds)},
+                extension=f"seeds {text}, beyond the published grid's seeds {seeds_text(published)}",
+                what=f"{definition['what']} [EXTENSION: seeds {text}, not in the published grid]")
 
 
 def expand(definition: dict, sets: dict = None) -> list:
@@ -366,8 +407,11 @@ def open_sweep(args, definitions) -> Sweep:
     definition = definitions[args.sweep_name]
     if args.quick:
         definition = reduced(definition)
+    if args.seeds:
+        definition = with_seeds(definition, args.seeds)
     sets = parse_sets(args.set or [])
-    folder = Path(args.results_dir) / (args.sweep_name + ("_quick" if args.quick else ""))
+    suffix = ("_quick" if args.quick else "") + (f"_seeds{seeds_text(args.seeds)}" if args.seeds else "")
+    folder = Path(args.results_dir) / (args.sweep_name + suffix)
     if args.plot and (folder / MANIFEST).exists():
         fix = "move it aside to plot the sweep as defined now"
         try:
@@ -628,17 +672,21 @@ def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> 
 
 def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
     """results_dir/REPORT.md from every sweep's results (the full sweep's, else its --quick
-    reduction's)."""
-    sweeps = {}
+    reduction's), and the extensions that --seeds trained beside them."""
+    sweeps, extensions = {}, {}
     for name, definition in definitions.items():
         full = sweep_results(results_dir / name, name, definition, False)
         if not full.lines and (results_dir / f"{name}_quick").exists():
             quick = sweep_results(results_dir / f"{name}_quick", name, reduced(definition), True)
             full = quick if quick.lines else full
         sweeps[name] = full
+        for folder in sorted(results_dir.glob(f"{name}_seeds*")):
+            ext = sweep_results(folder, name, definition, False)
+            if ext.definition.get("extension") and ext.lines:
+                extensions.setdefault(name, []).append(ext._replace(folder=folder.name))
     path = results_dir / "REPORT.md"
     results_dir.mkdir(parents=True, exist_ok=True)
-    report.write_report(path, sweeps, paper_numbers)
+    report.write_report(path, sweeps, paper_numbers, extensions)
     return path
 
 
@@ -666,6 +714,9 @@ def build_parser():
                         "order, and exit without training")
     p.add_argument("--quick", action="store_true", help=f"reduced sweep: {QUICK['seeds']} seeds, "
                    f"<= {QUICK['points']} points per axis, <= {QUICK['n_epochs']} epochs, in <sweep>_quick/")
+    p.add_argument("--seeds", type=parse_seeds, metavar="SEEDS",
+                   help="train these seeds (e.g. 5-14) instead of the sweep's: an extension beyond the "
+                        "published grid, in <sweep>_seeds<SEEDS>/, reported apart from it")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a Config field in every run (e.g. --set n_epochs=1); repeatable")
     p.add_argument("--results_dir", default="results", help="parent folder of sweep folders")

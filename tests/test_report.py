@@ -18,9 +18,9 @@ def definitions():
     return sweep.load_definitions()
 
 
-def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60):
+def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60, taus=None):
     """runs.jsonl lines, as the sweep writes them, for the runs `keep` selects; test accuracy
-    [%] from `accuracy(run)`."""
+    [%] from `accuracy(run)`, each hidden layer's median time constant [s] from `taus(run)`."""
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     for run in sweep.expand(definition):
         if not keep(run):
@@ -33,7 +33,7 @@ def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=
             numpy="2.4.6", backend="cpu", device="cpu", host="ci")]))
         metrics = dict(best_valid_acc=0.5, test_acc=accuracy(run) / 100, best_epoch=1, epochs=[{}] * n_epochs,
                        seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
-                       median_tau_per_layer=[0.05 * (l + 1) for l in range(n)])
+                       median_tau_per_layer=taus(run) if taus else [0.05 * (l + 1) for l in range(n)])
         sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
@@ -119,3 +119,28 @@ def test_a_damaged_sweep_folder_still_reports(results, definitions, manifest):
         f.write('42\n{"a": 1}\n\x00junk\n')
     _, text = make_report(results, definitions)
     assert "complete (180 of 180 runs)" in section_of(text, "Fig. 2b")
+
+
+def test_an_extension_is_reported_apart_from_the_published_grid(tmp_path, definitions):
+    """Seeds trained with --seeds get their own subsection and verdicts (alone, and together
+    with the published seeds); the section's status and verdict stay the published grid's.
+    The tau verdict counts the runs whose deepest hidden layer ends slowest."""
+    fig3b = definitions["hSNN_Figure_3b"]
+    slow_last = lambda run: [0.05, 0.07, 0.09]  # noqa: E731
+    slow_middle = lambda run: [0.05, 0.09, 0.07] if run.seed % 2 else [0.05, 0.07, 0.09]  # noqa: E731
+    write_results(tmp_path / "hSNN_Figure_3b", fig3b, lambda run: 99.0, taus=slow_last)
+    ext = sweep.with_seeds(fig3b, list(range(5, 15)))
+    folder = tmp_path / "hSNN_Figure_3b_seeds5-14"
+    write_results(folder, ext, lambda run: 98.0, taus=slow_middle)
+    (folder / "sweep.json").write_text(json.dumps(dict(sweep_name="hSNN_Figure_3b", definition=ext,
+                                                       quick=False, set={})))
+    _, text = make_report(tmp_path, definitions)
+    fig = section_of(text, "Fig. 3b")
+    assert "### `hSNN_Figure_3b`: complete (5 of 5 runs)" in fig
+    assert "the deepest hidden layer is the slowest in 5 of 5 runs" in fig
+    assert "### Extension `hSNN_Figure_3b_seeds5-14`: 10 runs, seeds 5-14" in fig
+    assert "`python3 sweep.py --sweep_name hSNN_Figure_3b --seeds 5-14`" in fig
+    assert "**Verdict on the extension alone (10 runs):**" in fig
+    assert "slowest in 5 of 10 runs" in fig and "slowest in 10 of 15 runs" in fig
+    top = next(line for line in text.splitlines() if line.startswith("| Fig. 3b"))
+    assert "complete (5 of 5 runs)" in top and "seeds5-14" not in top

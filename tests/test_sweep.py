@@ -182,6 +182,27 @@ def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
     assert len(tasks) == 18 and all(task["seeds"] == list(range(10)) for _, task in tasks)
 
 
+def test_extra_seeds_run_apart_from_the_published_grid(tmp_path, definitions):
+    """--seeds trains other seeds of a sweep into their own folder, marked as an extension;
+    a seed of the published grid is refused (it would be counted twice)."""
+    assert sweep.parse_seeds("5-14") == list(range(5, 15))
+    assert sweep.parse_seeds("9-11,5,7,5") == [5, 7, 9, 10, 11]
+    assert sweep.seeds_text([5, 6, 7, 9, 11, 12]) == "5-7,9,11-12" and sweep.seeds_text([3]) == "3"
+    for bad in ("", "five", "3-x", "-1"):
+        with pytest.raises(Exception):
+            sweep.parse_seeds(bad)
+    args = sweep.build_parser().parse_args(["--sweep_name", "hSNN_Figure_3b", "--seeds", "5-14",
+                                            "--results_dir", str(tmp_path)])
+    opened = sweep.open_sweep(args, definitions)
+    assert opened.folder == tmp_path / "hSNN_Figure_3b_seeds5-14"
+    assert [r.seed for r in opened.runs] == list(range(5, 15))
+    assert "seeds 5-14" in opened.definition["extension"] and "EXTENSION" in opened.definition["what"]
+    assert all(r.overrides == sweep.expand(definitions["hSNN_Figure_3b"])[0].overrides for r in opened.runs)
+    args.seeds = [4, 5]
+    with pytest.raises(sweep.SweepError, match="seed 4 is in the published grid"):
+        sweep.open_sweep(args, definitions)
+
+
 # --- the results table -------------------------------------------------------------------------
 def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "runs.jsonl"
