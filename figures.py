@@ -8,6 +8,7 @@ summary.csv has one row per point with our statistic, the paper's and their diff
 """
 
 import csv
+import io
 import json
 import math
 import textwrap
@@ -20,18 +21,20 @@ from matplotlib.figure import Figure
 
 from models import ALPHA_MAX, ALPHA_MIN
 from utils_initialization import Config, tau_from_alpha
+from utils_io import atomic_write
 
 
 class Panel(NamedTuple):
     """What a figure is drawn from: a sweep's name, folder and definition, its results lines,
-    how many runs it has in all, the --quick reduction (None for the full sweep) and --set."""
+    how many runs it has in all, the --quick reduction (None for the full sweep) and the
+    fields in which its runs differ from the published definition ({field: values})."""
     name: str
     folder: Path
     definition: dict
     lines: list
     n_runs: int
     reduced: Optional[dict] = None
-    sets: Optional[dict] = None
+    changed: Optional[dict] = None
 
 
 def fmt(value) -> str:
@@ -99,7 +102,7 @@ def plot_sweep(sweep: "Panel", paper_numbers: dict) -> list:
     annotate(fig, sweep, lines, paper)
     for suffix in ("png", "pdf"):
         fig.savefig(sweep.folder / f"figure.{suffix}", dpi=150, bbox_inches="tight")
-    write_summary(sweep.folder / "summary.csv", rows, paper)
+    write_summary(sweep.folder / "summary.csv", rows, paper, sweep.changed)
     return rows
 
 
@@ -113,8 +116,8 @@ def annotate(fig, sweep: "Panel", lines: list, paper: dict):
     if sweep.reduced:
         notes.append(f"REDUCED (--quick): at most {sweep.reduced['seeds']} seeds, {sweep.reduced['points']} points per axis, "
                      f"{n_epochs} epochs - not comparable with the paper")
-    if sweep.sets:
-        notes.append("changed with --set: " + ", ".join(f"{k}={v}" for k, v in sweep.sets.items()))
+    if sweep.changed:
+        notes.append("MODIFIED, not the published definition: " + changes_text(sweep.changed))
     if not paper_recoverable(paper):
         notes.append("The paper's numbers for this panel are not recoverable "
                      f"({paper.get('source', 'no entry in paper_numbers.json')}); ours only")
@@ -442,14 +445,23 @@ def accuracy_rows(lines, paper):
     return [row]
 
 
-def write_summary(path: Path, rows: list, paper: dict):
+def changes_text(changed: dict) -> str:
+    """{'n_epochs': [1], 'n_hid': [4]} -> 'n_epochs=1, n_hid=4'."""
+    return ", ".join(f"{k}={'/'.join(fmt(v) for v in vs)}" for k, vs in changed.items())
+
+
+def write_summary(path: Path, rows: list, paper: dict, changed: Optional[dict] = None):
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            if not paper_recoverable(paper):
-                row.setdefault("note", "the paper's numbers are not recoverable")
-            writer.writerow({k: cell(row.get(k, "")) for k in SUMMARY_FIELDS})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, SUMMARY_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        notes = [row.get("note")] if row.get("note") else []
+        if not paper_recoverable(paper):
+            notes.append("the paper's numbers are not recoverable")
+        if changed:
+            notes.append("modified, not the published definition: " + changes_text(changed))
+        writer.writerow({k: cell(row.get(k, "")) for k in SUMMARY_FIELDS} | {"note": "; ".join(notes)})
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -60,6 +60,10 @@ def config_from_args(args) -> Config:
             values = read_json(stored, "run configuration", fix)
             if not isinstance(values, dict) or set(values) - set(FIELDS):
                 raise FileError(f"{stored}: not a run configuration (a JSON object of Config fields); {fix}")
+            try:
+                Config(**values)
+            except ConfigError as err:
+                raise FileError(f"{stored}: not a valid run configuration ({err}); {fix}") from None
             return Config(**{**values, **overrides})
         except FileError:
             if args.resume:
@@ -102,7 +106,7 @@ def main(argv=None):
         configure_jax(args.compilation_cache)
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,
                              restart=args.restart, force=args.force)
-    except (ConfigError, TypeError, RunFolderError, FileError, OutOfMemory) as err:
+    except (ConfigError, RunFolderError, FileError, OutOfMemory) as err:
         fail(err, 2)
     except (TrainingDiverged, DataError) as err:
         fail(err, 1)

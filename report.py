@@ -28,6 +28,8 @@ class SweepResults(NamedTuple):
     reduced: bool = False
     errors: tuple = ()
     folder: str = ""       # its folder under results/ when not the sweep's name (extensions)
+    sets: dict = {}        # the --set values its sweep.json records
+    changed: dict = {}     # {field: values} where the runs differ from the published definition
 
 
 class Claim(NamedTuple):
@@ -343,10 +345,32 @@ def rule_text(claim: Claim) -> str:
 
 
 # --- the page -------------------------------------------------------------------------------------
+def changes_text(sweep: SweepResults) -> str:
+    """'n_epochs=1, n_hid=4': what the runs changed against the published definition."""
+    return figures.changes_text(sweep.changed)
+
+
+def command(sweep: SweepResults) -> str:
+    """The command that made (or makes) these results: --quick, --seeds and --set included."""
+    flags = " --quick" if sweep.reduced else ""
+    if sweep.definition.get("extension"):
+        flags += " --seeds " + sweep.definition["extension_seeds"]
+    sets = dict(sweep.sets)
+    sets.update({k: vs[0] for k, vs in sweep.changed.items() if len(vs) == 1 and k not in sets and k != "grid point"})
+    flags += "".join(f" --set {k}={'none' if v is None else json_value(v)}" for k, v in sorted(sets.items()))
+    return f"python3 sweep.py --sweep_name {sweep.name}{flags}"
+
+
+def json_value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def status(sweep: SweepResults) -> str:
     n = len(sweep.lines)
     if sweep.reduced:
-        return f"reduced (--quick): {n} runs"
+        return f"reduced (--quick{', modified: ' + changes_text(sweep) if sweep.changed else ''}): {n} runs"
+    if sweep.changed and n:
+        return f"modified ({changes_text(sweep)}): {n} of {sweep.n_runs} runs, not the published definition"
     if n == 0:
         if sweep.errors:
             return f"not run: failed ({sweep.errors[0]})"
@@ -392,9 +416,9 @@ def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, publis
     with the published grid's runs, kept out of the section's status and verdict."""
     spec = figures.figure_spec(ext.name, ext.definition)
     points = POINTS[spec["kind"]](ext, spec, paper_numbers.get(spec["paper"], {}))
-    seeds = ext.definition["extension"].split(",")[0].removeprefix("seeds ")
-    out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}", "",
-           f"`python3 sweep.py --sweep_name {ext.name} --seeds {seeds}`", "",
+    modified = f", modified: {changes_text(ext)}" if ext.changed else ""
+    out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}{modified}", "",
+           f"`{command(ext)}`", "",
            "Not part of the published grid, so not counted in this section's status and verdict above.", ""]
     line = summary(points)
     out += points_table(points) + ["", line[0].upper() + line[1:] + ".", "",
@@ -419,9 +443,7 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
             continue
         spec = figures.figure_spec(name, sweep.definition)
         paper = paper_numbers.get(spec["paper"], {})
-        quick = " --quick" if sweep.reduced else ""
-        out += [f"### `{name}`: {status(sweep)}", "",
-                f"`python3 sweep.py --sweep_name {name}{quick}`", ""]
+        out += [f"### `{name}`: {status(sweep)}", "", f"`{command(sweep)}`", ""]
         statuses.append(status(sweep) if len(sec.sweeps) == 1 else f"`{name}`: {status(sweep)}")
         if not figures.paper_recoverable(paper):
             out += [f"The paper's numbers for this panel are not recoverable ({paper.get('source', 'none listed')}); "
@@ -442,6 +464,9 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
             ok, evidence = verdict(sec.claim, all_lines, all_points)
             word = "not decided" if ok is None else ("holds" if ok else "does not hold")
             reduced = " (on reduced --quick runs)" if any(sweeps[n].reduced for n in sec.sweeps if n in sweeps) else ""
+            if any(sweeps[n].changed for n in sec.sweeps if n in sweeps):
+                reduced += " (on modified runs: " + "; ".join(changes_text(sweeps[n]) for n in sec.sweeps
+                                                               if n in sweeps and sweeps[n].changed) + ")"
             verdict_text = f"{word}{reduced}"
             out += [f"**Verdict:** {word}{reduced}: {evidence}.", ""]
         else:

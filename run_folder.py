@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import traceback
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +41,8 @@ from utils_initialization import Config
 from utils_io import FileError, atomic_write, read_json, write_json
 
 CONFIG, METRICS, CHECKPOINT, PARAMS = "config.json", "metrics.json", "checkpoint.npz", "params.npz"
-PROVENANCE, ERROR, LOCK = "provenance.json", "error.txt", ".lock"
+PROVENANCE, ERROR, LOCK, TASK = "provenance.json", "error.txt", ".lock", "task.npz"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PARAMS, PROVENANCE, ERROR, TASK)  # what a run writes
 ROOT = Path(__file__).resolve().parent  # the checkout whose commit provenance.json records
 RESTART_HINT = "add --restart to move the run's files aside (never deleted) and train it from the start"
 
@@ -50,11 +52,15 @@ class RunFolderError(RuntimeError):
 
 
 def check_name(name: str) -> str:
-    """A --save_dir_name that stays inside --results_dir: relative, without '..'."""
-    parts = Path(name).parts
-    if not name or Path(name).is_absolute() or ".." in parts or name.strip() in (".", ""):
-        raise RunFolderError(f"--save_dir_name {name!r}: must be a folder name inside --results_dir "
-                             "(relative, without '..')")
+    """A --save_dir_name is one plain folder name inside --results_dir: no separator, not '.'
+    or '..' (which would make the whole --results_dir the run), not hidden, no control
+    characters."""
+    plain = (name and name == name.strip() and not name.startswith(".") and "/" not in name
+             and "\\" not in name and all(ord(c) >= 32 for c in name))
+    if not plain:
+        raise RunFolderError(f"--save_dir_name {name!r}: must be one plain folder name inside --results_dir "
+                             "(no '/', not '.' or '..', not starting with '.'); use --results_dir for the "
+                             "folder above it")
     return name
 
 
@@ -138,8 +144,13 @@ def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
     config.json (its files were moved aside) starts afresh."""
     if not path.exists():
         return create(cfg, path), None
+    if not path.is_dir():
+        raise RunFolderError(f"{path} is a file, not a run folder; choose another --save_dir_name")
     if not (resume or restart):
         raise _exists(path)
+    if not holds_run(path):
+        raise RunFolderError(f"{path} is not a run folder of this project (no {CONFIG} of a run in it); "
+                             "nothing in it was touched; choose another --save_dir_name")
     folder = RunFolder(path, _lock(path), created=False)
     try:
         tidy(path)
@@ -157,10 +168,31 @@ def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
         raise
 
 
+def holds_run(path: Path) -> bool:
+    """Whether the existing folder `path` holds a run of this project (or nothing): a
+    config.json of Config fields, or a damaged config.json beside a provenance.json, or only
+    what a restart killed half-way leaves (its lock and previous-<time>/ folders)."""
+    if (path / CONFIG).is_file():
+        try:
+            stored = read_json(path / CONFIG)
+        except FileError:
+            return (path / PROVENANCE).is_file()
+        return isinstance(stored, dict) and "dataset_name" in stored and set(stored) <= set(Config.__dataclass_fields__)
+    return all(p.name == LOCK or _ours_temporary(p) or (p.name.startswith("previous-") and p.is_dir())
+               for p in path.iterdir())
+
+
+def _ours_temporary(p: Path) -> bool:
+    """A temporary file of utils_io.atomic_write for one of a run's files ('.metrics.json.x1y2.tmp')."""
+    return p.is_file() and p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in RUN_FILES)
+
+
 def tidy(path: Path):
-    """Remove what a killed write leaves: temporary files, and a finished run's checkpoint."""
-    for tmp in path.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Remove what a killed write leaves: the temporary files of a run's own files (nothing
+    else), and a finished run's checkpoint."""
+    for tmp in path.iterdir():
+        if _ours_temporary(tmp):
+            tmp.unlink(missing_ok=True)
     try:
         finished = finished_metrics(path) is not None
     except FileError:
@@ -293,7 +325,18 @@ def record_provenance(run_dir: Path):
 
 
 def write_error(path: Path, err: BaseException):
-    """error.txt: when and why the run stopped (a reader and sweep.py can tell a failed run)."""
+    """error.txt: when and why the run stopped, in its first line (a reader and sweep.py can
+    tell a failed run), then the traceback where there is one."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     text = f"{stamp} {type(err).__name__}: {' '.join(str(err).split())}\n"
+    if err.__traceback__ is not None:
+        text += "".join(traceback.format_exception(err))
     atomic_write(path / ERROR, lambda f: f.write(text.encode()))
+
+
+def read_error(path: Path) -> Optional[str]:
+    """The first line of a run folder's error.txt (when and why it failed), else None."""
+    try:
+        return (Path(path) / ERROR).read_text().splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None

@@ -37,7 +37,9 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -76,7 +78,38 @@ class Run(NamedTuple):
 
 
 def load_definitions(path=SWEEPS_FILE) -> dict:
-    return {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+    """The sweeps of a definitions file (--sweeps_file): {name: {what, fixed, grid, ...}}."""
+    data = _read_flag_file(path, "sweeps_file", "sweep definitions")
+    definitions = {k: v for k, v in data.items() if not k.startswith("_")}
+    for name, d in definitions.items():
+        if not (isinstance(d, dict) and isinstance(d.get("fixed"), dict) and isinstance(d.get("grid"), dict)
+                and isinstance(d.get("what"), str)
+                and all(isinstance(v, list) and v for v in d["grid"].values())):
+            raise SweepError(f"--sweeps_file {path}: sweep {name!r} is not a definition (an object with "
+                             "'what', 'fixed' and a 'grid' of non-empty lists)")
+    return definitions
+
+
+def load_paper_numbers(path=PAPER_FILE) -> dict:
+    """The published numbers (--paper_file): {panel: {...}}."""
+    data = _read_flag_file(path, "paper_file", "published numbers")
+    if not all(isinstance(v, dict) for k, v in data.items() if not k.startswith("_")):
+        raise SweepError(f"--paper_file {path}: every entry must be an object of a panel's numbers")
+    return data
+
+
+def _read_flag_file(path, flag: str, what: str) -> dict:
+    """A JSON object from the file a flag names, else one SweepError line."""
+    if not Path(path).is_file():
+        raise SweepError(f"--{flag} {path}: no such file" if not Path(path).exists()
+                         else f"--{flag} {path}: not a regular file")
+    try:
+        data = read_json(path, what, f"give --{flag} a file of {what}")
+    except FileError as err:
+        raise SweepError(f"--{flag} {err}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"--{flag} {path}: not the {what} (a JSON object)")
+    return data
 
 
 def published_value(field, value):
@@ -139,7 +172,7 @@ def with_seeds(definition: dict, seeds: list) -> dict:
         raise SweepError(f"--seeds: seed {overlap[0]} is in the published grid of this sweep already "
                          f"(seeds {seeds_text(published)}); give only seeds beyond it")
     text = seeds_text(seeds)
-    return dict(definition, grid={**definition["grid"], "seed": list(seeds)},
+    return dict(definition, grid={**definition["grid"], "seed": list(seeds)}, extension_seeds=text,
                 extension=f"seeds {text}, beyond the published grid's seeds {seeds_text(published)}",
                 what=f"{definition['what']} [EXTENSION: seeds {text}, not in the published grid]")
 
@@ -332,19 +365,25 @@ def train_task(task: dict) -> list:
         dirs = [runs_dir / name for name in task["names"]]
         for d in sorted(dirs):  # one trainer per run folder, even if two drivers meet
             stack.enter_context(locked(runs_dir / f".{d.name}.lock"))
-        todo = [i for i, d in enumerate(dirs) if finished_metrics(d) is None]
         cfg = _config_from_dict(task["cfg"])
-        for i in todo:  # damaged or foreign files: moved aside (never deleted), the run trained again
-            why = run_folder.problem(dirs[i], cfg.replace(seed=task["seeds"][i])) if dirs[i].exists() else None
-            if why:
-                aside = run_folder.move_aside(dirs[i])
+        for i, d in enumerate(dirs):  # damaged files, or another configuration (finished or not):
+            why = run_folder.problem(d, cfg.replace(seed=task["seeds"][i])) if d.exists() else None
+            if why:  # moved aside (never deleted), the run trained again
+                aside = run_folder.move_aside(d)
                 print(f"warning: {why}; its files were moved to {aside}; training the run again",
                       file=sys.stderr, flush=True)
+        todo = [i for i, d in enumerate(dirs) if finished_metrics(d) is None]
         if todo:
-            train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
-                        resume=True, progress=task.get("progress", False), force=task.get("force", False))
+            try:
+                train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
+                            resume=True, progress=task.get("progress", False), force=task.get("force", False))
+            except (DataError, OutOfMemory):  # no run of the sweep can train: the sweep stops
+                raise
+            except Exception:  # a run that failed has its error.txt; the others have finished
+                pass
         ship = task["runs_dir"] is None
-        return [(d.name, finished_metrics(d), _read_files(d) if ship else None) for d in dirs]
+        return [(d.name, finished_metrics(d), _read_files(d) if ship else None, run_folder.read_error(d))
+                for d in dirs]
 
 
 def _config_from_dict(values: dict):
@@ -400,6 +439,7 @@ class Sweep(NamedTuple):
     all_runs: list    # every run of the sweep
     quick: bool
     sets: dict
+    published: dict   # what the runs should train: the published definition (--quick: reduced)
 
 
 def open_sweep(args, definitions) -> Sweep:
@@ -407,6 +447,7 @@ def open_sweep(args, definitions) -> Sweep:
     definition = definitions[args.sweep_name]
     if args.quick:
         definition = reduced(definition)
+    published = definition
     if args.seeds:
         definition = with_seeds(definition, args.seeds)
     sets = parse_sets(args.set or [])
@@ -428,7 +469,7 @@ def open_sweep(args, definitions) -> Sweep:
     except ConfigError as err:
         raise SweepError(f"{args.sweep_name}: {err}")
     return Sweep(args.sweep_name, folder, definition, shard_runs(all_runs, args.shard), all_runs,
-                 args.quick, sets)
+                 args.quick, sets, published)
 
 
 def parse_sets(items: list) -> dict:
@@ -482,9 +523,14 @@ def plan(sweep: Sweep, lines: dict):
                 raise SweepError(f"{sweep.folder / LINES}: the line of {run.key} does not match this "
                                  f"sweep: {why}; use another --results_dir, or move that folder aside")
             continue
-        metrics = finished_metrics(runs_dir / run.key)
+        folder = runs_dir / run.key
+        why = run_folder.problem(folder, make_run_config(run.overrides, run.seed)) if folder.exists() else None
+        if why:  # trained with other settings, or damaged: never adopted
+            print(f"warning: {why}; its files were moved to {run_folder.move_aside(folder)}; the run is "
+                  "trained again", file=sys.stderr, flush=True)
+        metrics = finished_metrics(folder)
         if metrics is not None:
-            append_line(sweep.folder / LINES, result_line(run, metrics, runs_dir / run.key))
+            append_line(sweep.folder / LINES, result_line(run, metrics, folder))
         else:
             pending.append(run)
     return pending
@@ -503,33 +549,67 @@ def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
     return tasks
 
 
+class WorkerDied(RuntimeError):
+    """The process training a task ended without an answer (killed, out of memory)."""
+
+
+class RunsFailed(RuntimeError):
+    """Some runs of the sweep failed; the others finished. Exit code 1."""
+
+
+# errors that stop a whole sweep: no run of it can train (a missing data set, too little memory)
+SWEEP_STOPPERS = (DataError, OutOfMemory)
+
+
 class Recorder:
     """Writes each finished run (folder if it came back as bytes, then its line), prints
-    one line per run and logs it to W&B when asked."""
+    one line per run and logs it to W&B when asked. A run that failed is printed and counted;
+    its folder keeps error.txt, and the next invocation trains it again."""
 
     def __init__(self, sweep: Sweep, total: int, done: int, wandb_project=None):
         self.sweep, self.total, self.done, self.wandb_project = sweep, total, done, wandb_project
-        self.t0, self.errors = time.time(), []
+        self.t0, self.failed, self.stoppers = time.time(), [], []
 
     def result(self, group: list, outcome):
-        """A task's outcome: its results, or the exception it raised (the other tasks go on;
-        the first error is raised when all are done)."""
-        if isinstance(outcome, BaseException):
+        """A task's outcome: its results, or the exception it raised as a whole (a dead worker;
+        the other tasks go on)."""
+        if isinstance(outcome, SWEEP_STOPPERS):
             print(f"failed: {group[0].group} (seeds {[r.seed for r in group]}): {outcome}", file=sys.stderr)
-            self.errors.append(outcome)
+            self.stoppers.append(outcome)
+        elif isinstance(outcome, BaseException):
+            for run in group:
+                folder = self.sweep.folder / "runs" / run.key
+                if folder.is_dir():
+                    run_folder.write_error(folder, outcome)
+                self._failed(run, f"{type(outcome).__name__}: {outcome}", outcome)
         else:
             self(group, outcome)
 
-    def raise_first_error(self):
-        if self.errors:
-            raise self.errors[0]
+    def _failed(self, run, why: str, err: BaseException = None):
+        self.failed.append((run.key, why))
+        if err is not None and not isinstance(err, (WorkerDied, TrainingDiverged, FileError,
+                                                    run_folder.RunFolderError)):
+            traceback.print_exception(err)  # a bug of this code: its traceback
+        print(f"failed: {run.key}: {why}", file=sys.stderr, flush=True)
+
+    def finish(self):
+        """Raise what stopped the sweep, else a RunsFailed for the runs that failed."""
+        if self.stoppers:
+            raise self.stoppers[0]
+        if self.failed:
+            key, why = self.failed[0]
+            raise RunsFailed(f"{len(self.failed)} run(s) failed, the others finished (first: {key}: {why}; "
+                             "error.txt in its run folder); run the same command again to retry them")
 
     def __call__(self, group: list, results: list):
         runs = {r.key: r for r in group}
-        for name, metrics, files in results:
+        for name, metrics, files, error in results:
             run = runs[name]
             if files is not None:
                 install_run_folder(self.sweep.folder / "runs" / name, files)
+            if metrics is None:
+                self._failed(run, error or "it did not finish")
+                continue
             if append_line(self.sweep.folder / LINES, result_line(run, metrics, self.sweep.folder / "runs" / name)):
                 self.done += 1
                 print(f"[{self.done}/{self.total}] {name}: test {metrics['test_acc']:.2%}, valid "
@@ -558,21 +638,61 @@ def run_sweep(sweep: Sweep, args):
             except Exception as err:  # reported; the other groups go on
                 outcome = err
             record.result(group, outcome)
-        record.raise_first_error()
+    record.finish()
     return record.done
 
 
 def run_in_processes(tasks: list, jobs: int, record):
-    """`jobs` worker processes on this machine; the driver writes every line."""
-    pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_die_with_parent)
+    """`jobs` lanes, each a worker process of its own that trains one task after another;
+    the driver writes every line. A worker that dies (the out-of-memory killer, say) takes
+    only its own task with it: the task is tried once more in a fresh worker, and if that
+    dies too, its runs are recorded as failed and the lane goes on with a fresh worker."""
+    queue, lock, pools = list(tasks), threading.Lock(), []
+
+    def new_pool():
+        pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_die_with_parent)
+        pools.append(pool)
+        return pool
+
+    def lane():
+        pool = new_pool()
+        while True:
+            with lock:
+                if not queue:
+                    break
+                group, task = queue.pop(0)
+            for attempt in (1, 2):
+                try:
+                    outcome = pool.submit(_module().train_task, task).result()
+                except cf.process.BrokenProcessPool:
+                    pool.shutdown(wait=False)
+                    pool = new_pool()
+                    outcome = WorkerDied(f"the worker process training it died ({'again, ' if attempt == 2 else ''}"
+                                         "killed or out of memory)")
+                    continue
+                except Exception as err:  # the task's own exception
+                    outcome = err
+                break
+            with lock:
+                record.result(group, outcome)
+        pool.shutdown(wait=True)
+
+    lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(tasks)))]
     try:
-        futures = {pool.submit(_module().train_task, task): group for group, task in tasks}
-        for future in cf.as_completed(futures):
-            record.result(futures[future], future.exception() or future.result())
+        for t in lanes:
+            t.start()
+        for t in lanes:
+            while t.is_alive():
+                t.join(0.5)  # wakes up for Ctrl-C
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    record.raise_first_error()
+        if any(t.is_alive() for t in lanes):  # interrupted: the workers go with the driver
+            with lock:
+                queue.clear()
+            for pool in pools:
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.kill()
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _die_with_parent():
@@ -615,7 +735,6 @@ def run_on_ray(tasks: list, args, record):
         for ref in refs:
             ray.cancel(ref, force=True)
         ray.shutdown()
-    record.raise_first_error()
 
 
 # --- Weights & Biases (optional) ----------------------------------------------------------------
@@ -645,29 +764,49 @@ def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
     for line in lines:  # lines of older versions do not record their configuration
         line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
     panel = figures.Panel(sweep.name, sweep.folder, sweep.definition, lines, len(sweep.all_runs),
-                          QUICK if sweep.quick else None, sweep.sets)
+                          QUICK if sweep.quick else None, changed_fields(lines, sweep.published))
     return figures.plot_sweep(panel, paper_numbers)
 
 
 # --- the reproduction report ------------------------------------------------------------------------
 def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> report.SweepResults:
     """The finished runs of the sweep in `folder` (with the definition and --set of its
-    sweep.json when present), sorted by key, and the failures its run folders record."""
+    sweep.json when present), sorted by key, the failures its run folders record, and how
+    the runs' configurations differ from `definition` (the published one, or its --quick
+    reduction), whatever sweep.json says."""
     sets = {}
+    stored_definition = definition
     manifest = folder / MANIFEST
     if manifest.exists():
         with contextlib.suppress(FileError):  # a damaged manifest: the sweep as defined now
             stored = read_json(manifest)
             if isinstance(stored, dict):
-                definition, sets = stored.get("definition", definition), stored.get("set", {})
-    runs = expand(definition, sets)
+                stored_definition, sets = stored.get("definition", definition), stored.get("set", {})
+    runs = expand(stored_definition, sets)
     present = read_lines(folder) if folder.exists() else {}
     lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]
     for line in lines:
         line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
-    errors = sorted({(d / run_folder.ERROR).read_text().strip() for d in sorted((folder / "runs").glob("*"))
-                     if (d / run_folder.ERROR).exists()}) if (folder / "runs").exists() else []
-    return report.SweepResults(name, definition, lines, len(runs), reduced_, tuple(errors))
+    errors = sorted({run_folder.read_error(d) for d in sorted((folder / "runs").glob("*"))
+                     if (d / run_folder.ERROR).exists()} - {None}) if (folder / "runs").exists() else []
+    return report.SweepResults(name, stored_definition, lines, len(runs), reduced_, tuple(errors),
+                               sets=sets, changed=changed_fields(lines, definition))
+
+
+def changed_fields(lines: list, definition: dict) -> dict:
+    """{field: the values the runs trained} for every field in which a results line's
+    configuration differs from what `definition` trains at that grid point and seed."""
+    published = {r.group: r.overrides for r in expand(definition)}
+    changed = {}
+    for line in lines:
+        if line["group"] not in published:
+            changed.setdefault("grid point", set()).add(line["group"])
+            continue
+        reference = make_run_config(published[line["group"]], line["seed"]).to_dict()
+        for k, v in line["config"].items():
+            if k in reference and v != reference[k]:
+                changed.setdefault(k, set()).add(json.dumps(v))
+    return {k: sorted(json.loads(v) if k != "grid point" else v for v in vs) for k, vs in sorted(changed.items())}
 
 
 def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
@@ -755,25 +894,33 @@ def main(argv=None):
         definitions = load_definitions(args.sweeps_file)
         if args.list:
             return print_list(definitions)
+        paper_numbers = load_paper_numbers(args.paper_file)  # before anything trains
         if args.report:
-            paper = json.loads(Path(args.paper_file).read_text())
-            return print(f"report: {write_report(Path(args.results_dir), definitions, paper)}")
+            return print(f"report: {write_report(Path(args.results_dir), definitions, paper_numbers)}")
         check_args(args, definitions)
         sweep = open_sweep(args, definitions)
         if args.print_configs:
             for run in sweep.runs:
                 print(json.dumps(make_run_config(run.overrides, run.seed).to_dict()))
             return
+        failed = None
         if not args.plot:
-            run_sweep(sweep, args)
-        draw_figure(sweep, json.loads(Path(args.paper_file).read_text()))
+            try:
+                run_sweep(sweep, args)
+            except RunsFailed as err:  # the figure shows the runs that finished
+                failed = err
+        draw_figure(sweep, paper_numbers)
         print(f"figure and summary: {sweep.folder / 'figure.png'}, {sweep.folder / 'summary.csv'}")
+        if failed is not None:
+            raise failed
     except SweepError as err:
         fail(err, 2)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to continue with the unfinished runs", 130)
     except BrokenPipeError:  # --list or --print_configs piped into a reader that stopped early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except RunsFailed as err:
+        fail(err, 1)
     except (DataError, TrainingDiverged, OutOfMemory, FileError, run_folder.RunFolderError) as err:
         fail(f"{err}; the other runs' results are kept", 1)
 

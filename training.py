@@ -12,6 +12,7 @@ resumed from the checkpoint of epoch e continues exactly as an uninterrupted run
 import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 import utils_dataset
 from models import ALPHA_MAX, ALPHA_MIN, decode, forward
-from utils_initialization import Config, init_params, tau_from_alpha
+from utils_initialization import Config, hierarchy_notes, init_params, tau_from_alpha
 import run_folder
 from run_folder import RunFolderError  # noqa: F401 (part of this module's interface)
 from utils_io import FileError, atomic_write, write_json
@@ -385,6 +386,8 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
     cannot be loaded. A run that fails while training leaves error.txt in its folder."""
     cfgs = [cfg.replace(seed=s) for s in seeds]
     run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
+    for note in hierarchy_notes(cfg):
+        print(note, file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
         folders, states = [], []
         for c, d in zip(cfgs, run_dirs):
@@ -404,23 +407,39 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                 run_folder.record_provenance(d)
         done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
         size = group_size or seeds_per_group(cfg)
-        results = {}
+        results, failures = {}, {}
         for epoch in sorted(set(done)):
             members = [i for i in range(len(seeds)) if done[i] == epoch]
             for group in (members[k:k + size] for k in range(0, len(members), size)):
                 pick = lambda items: [items[i] for i in group]  # noqa: E731
                 try:
-                    out = _train_group(pick(cfgs), pick(run_dirs), pick(states), pick(tasks), progress, force)
+                    results.update(zip(group, _train_group(pick(cfgs), pick(run_dirs), pick(states),
+                                                           pick(tasks), progress, force)))
                 except OutOfMemory:  # this group trained nothing: its new folders are removed
                     _discard(pick(folders))
                     raise
                 except Exception as err:  # not KeyboardInterrupt: an interrupted run is resumable
-                    for d in pick(run_dirs):
-                        if d is not None:
-                            run_folder.write_error(d, err)
-                    raise
-                results.update(zip(group, out))
+                    if len(group) == 1:
+                        _record_failure(run_dirs[group[0]], err)
+                        failures[group[0]] = err
+                        continue
+                    for i in group:  # each seed alone, from its last checkpoint: only the failing one fails
+                        state = run_folder.load_checkpoint(run_dirs[i], cfgs[i]) if run_dirs[i] else None
+                        try:
+                            results[i] = _train_group([cfgs[i]], [run_dirs[i]], [state], [tasks[i]], progress, force)[0]
+                        except Exception as err_i:
+                            _record_failure(run_dirs[i], err_i)
+                            failures[i] = err_i
+        if failures:  # every other seed has trained; the first failure is the caller's
+            raise failures[min(failures)]
         return [results[i] for i in range(len(seeds))]
+
+
+def _record_failure(run_dir, err: BaseException):
+    """error.txt in the run's folder (none without a folder, nor when the disk refuses it)."""
+    if run_dir is not None:
+        with contextlib.suppress(FileError):
+            run_folder.write_error(run_dir, err)
 
 
 def _discard(folders):
@@ -520,8 +539,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     """Train seeds of one configuration together, all from the same finished epoch."""
     cfg = cfgs[0]
     for run_dir, task in zip(run_dirs, tasks):
-        if run_dir is not None and task.extras and not (run_dir / "task.npz").exists():
-            atomic_write(run_dir / "task.npz", lambda f, t=task: np.savez(f, **t.extras))
+        if run_dir is not None and task.extras and not (run_dir / run_folder.TASK).exists():
+            atomic_write(run_dir / run_folder.TASK, lambda f, t=task: np.savez(f, **t.extras))
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer, mask)

@@ -215,11 +215,31 @@ class ConfigError(ValueError):
         super().__init__(f"--{field}: {message}")
 
 
+def _type_error(field: dataclasses.Field, value) -> Optional[str]:
+    """What is wrong with the type of `value` for `field`, else None (JSON's 3 for 3.0 is a
+    float; a float must be finite)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if field.type is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if field.type is int:
+        return None if number and isinstance(value, int) else "must be a whole number"
+    if field.type is str:
+        return None if isinstance(value, str) else "must be text"
+    if value is None and field.default is None:  # Optional[float]: timestep
+        return None
+    if not number:
+        return "must be a number"
+    return None if math.isfinite(value) else "must be a finite number"
+
+
 def validate(cfg: Config) -> None:
     def need(ok, field, message):
         if not ok:
             raise ConfigError(field, f"{message} (got {getattr(cfg, field)!r})")
 
+    for name, field in FIELDS.items():
+        problem = _type_error(field, getattr(cfg, name))
+        need(problem is None, name, problem)
     for field, options in CHOICES.items():
         need(getattr(cfg, field) in options, field, "must be one of " + ", ".join(options))
     for field in ("n_in", "n_hid", "n_out", "nb_steps", "batch_size", "conv_kernel",
@@ -242,6 +262,12 @@ def validate(cfg: Config) -> None:
          "mts_xor has a label per time step and needs decoder vmem_time")
     for field, size in TASK_SIZES.get(cfg.dataset_name, {}).items():
         need(getattr(cfg, field) == size, field, f"{cfg.dataset_name} has {field} = {size}")
+    if cfg.hierarchy_tau == "tanh":
+        taus = tau_hierarchy(cfg)
+        l = int(np.argmin(taus))
+        need(taus[l] > 0, "delta_tau", f"with --tau_mem {cfg.tau_mem} the tanh hierarchy gives hidden layer "
+             f"{l + 1} a time constant of {taus[l]:.3g} s, which no neuron can have; keep |delta_tau| "
+             f"below 2 x tau_mem = {2 * cfg.tau_mem:.3g}")
     if cfg.convolution:
         kernels, dilations = conv_hierarchy(cfg)
         need(min(kernels) >= 1, "delta_ker", "gives a kernel size below 1")
@@ -268,6 +294,20 @@ def tau_hierarchy(cfg: Config) -> np.ndarray:
     h = np.tanh((x - cfg.tanh_center) / cfg.tanh_coef)
     h_tilde = (h - h.min()) / np.abs(h - h.min()).max() - 0.5
     return cfg.tau_mem + cfg.delta_tau * h_tilde
+
+
+def hierarchy_notes(cfg: Config) -> list:
+    """What the published hierarchy does to the settings silently, in words, for the run to
+    print: the linear hierarchy clips time constants below 0 s to 0 (the decay then becomes
+    0.1, the smallest the initialiser allows)."""
+    if cfg.hierarchy_tau != "linear" or cfg.tau_mem - abs(cfg.delta_tau) / 2 >= 0:
+        return []
+    taus = tau_hierarchy(cfg)
+    clipped = [l + 1 for l, t in enumerate(taus) if t <= 0]
+    raw = cfg.tau_mem - abs(cfg.delta_tau) / 2
+    return [f"note: the linear hierarchy (--tau_mem {cfg.tau_mem}, --delta_tau {cfg.delta_tau}) would give "
+            f"a time constant of {raw:.3g} s; as in the published code it is clipped to 0 s, in hidden "
+            f"layer{'s' * (len(clipped) > 1)} {', '.join(map(str, clipped))} (decay 0.1 per step)"]
 
 
 def conv_hierarchy(cfg: Config) -> tuple:

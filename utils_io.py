@@ -6,32 +6,44 @@ any moment leaves either the old file or the new one, never a torn one.
 """
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
+# a write the system refuses: full disk or quota, read-only or unwritable folder, file too large
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 FILE_MODE = 0o644  # mkstemp's 0600 would hide results and data from the other users of a machine
 
 
 class FileError(RuntimeError):
-    """A file the project wrote earlier is unreadable or damaged; the message, one line, names
-    the file, what is wrong and what to do."""
+    """A file cannot be read as what it should be (unreadable, damaged), or cannot be written
+    (full disk, no permission); the message, one line, names the file, what is wrong and what
+    to do."""
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary path next to `path`, renamed to `path` when the block succeeds and removed
-    when it fails (for writers that need a file name, such as h5py)."""
+    when it fails (for writers that need a file name, such as h5py). The file `path` held
+    before stays as it was unless the whole write succeeded; a write that the system refuses
+    (a full disk, no permission) is one FileError naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in REFUSED_WRITES:
+            raise
+        raise FileError(f"cannot write {path} ({err.strerror or err}); free some space or make the folder "
+                        "writable, then run the same command again") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

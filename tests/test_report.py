@@ -18,11 +18,11 @@ def definitions():
     return sweep.load_definitions()
 
 
-def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60, taus=None):
+def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60, taus=None, sets=None):
     """runs.jsonl lines, as the sweep writes them, for the runs `keep` selects; test accuracy
     [%] from `accuracy(run)`, each hidden layer's median time constant [s] from `taus(run)`."""
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    for run in sweep.expand(definition):
+    for run in sweep.expand(definition, sets):
         if not keep(run):
             continue
         cfg = sweep.make_run_config(run.overrides, run.seed)
@@ -144,3 +144,24 @@ def test_an_extension_is_reported_apart_from_the_published_grid(tmp_path, defini
     assert "slowest in 5 of 10 runs" in fig and "slowest in 10 of 15 runs" in fig
     top = next(line for line in text.splitlines() if line.startswith("| Fig. 3b"))
     assert "complete (5 of 5 runs)" in top and "seeds5-14" not in top
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_runs_changed_with_set_are_reported_as_modified(tmp_path, definitions, with_manifest):
+    """Runs trained with --set are never 'complete': the status, the verdict and the command
+    name the changed fields, read from the runs' own configurations (so also when sweep.json
+    is gone)."""
+    sets = {"n_epochs": 1, "n_hid": 4}
+    folder = tmp_path / "hSNN_Figure_3b"
+    write_results(folder, definitions["hSNN_Figure_3b"], lambda run: 60.0, sets=sets)
+    if with_manifest:
+        (folder / "sweep.json").write_text(json.dumps(dict(sweep_name="hSNN_Figure_3b", quick=False, set=sets,
+                                                           definition=definitions["hSNN_Figure_3b"])))
+    _, text = make_report(tmp_path, definitions)
+    fig = section_of(text, "Fig. 3b")
+    assert "complete" not in fig
+    assert "### `hSNN_Figure_3b`: modified (n_epochs=1, n_hid=4): 5 of 5 runs, not the published definition" in fig
+    assert "`python3 sweep.py --sweep_name hSNN_Figure_3b --set n_epochs=1 --set n_hid=4`" in fig
+    assert "(on modified runs: n_epochs=1, n_hid=4)" in fig
+    top = next(line for line in text.splitlines() if line.startswith("| Fig. 3b"))
+    assert "modified (n_epochs=1, n_hid=4)" in top
