@@ -82,6 +82,11 @@ def fail(message, code):
 
 
 def check_run_flags(args):
+    if args.save_dir_name is not None:
+        try:
+            check_name(args.save_dir_name)
+        except RunFolderError as err:
+            fail(err, 2)
     if (args.resume or args.restart) and not args.save_dir_name:
         fail(f"--{'resume' if args.resume else 'restart'} needs --save_dir_name, the run folder", 2)
     if args.resume and args.restart:
@@ -95,8 +100,6 @@ def main(argv=None):
     check_run_flags(args)
     run_dir = None
     try:
-        if args.save_dir_name:
-            check_name(args.save_dir_name)
         cfg = config_from_args(args)
         if args.print_config:
             return print(json.dumps(cfg.to_dict()))

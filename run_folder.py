@@ -171,14 +171,15 @@ def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
 def holds_run(path: Path) -> bool:
     """Whether the existing folder `path` holds a run of this project (or nothing): a
     config.json of Config fields, or a damaged config.json beside a provenance.json, or only
-    what a restart killed half-way leaves (its lock and previous-<time>/ folders)."""
+    what a restart killed half-way leaves (its lock and previous-<time>/ folders) or a sweep
+    whose worker died before the run began (its error.txt)."""
     if (path / CONFIG).is_file():
         try:
             stored = read_json(path / CONFIG)
         except FileError:
             return (path / PROVENANCE).is_file()
         return isinstance(stored, dict) and "dataset_name" in stored and set(stored) <= set(Config.__dataclass_fields__)
-    return all(p.name == LOCK or _ours_temporary(p) or (p.name.startswith("previous-") and p.is_dir())
+    return all(p.name in (LOCK, ERROR) or _ours_temporary(p) or (p.name.startswith("previous-") and p.is_dir())
                for p in path.iterdir())
 
 

@@ -526,8 +526,8 @@ def plan(sweep: Sweep, lines: dict):
         folder = runs_dir / run.key
         why = run_folder.problem(folder, make_run_config(run.overrides, run.seed)) if folder.exists() else None
         if why:  # trained with other settings, or damaged: never adopted
-            print(f"warning: {why}; its files were moved to {run_folder.move_aside(folder)}; the run is "
-                  "trained again", file=sys.stderr, flush=True)
+            print(f"warning: {why}; its files were moved to {run_folder.move_aside(folder)}; training the "
+                  "run again", file=sys.stderr, flush=True)
         metrics = finished_metrics(folder)
         if metrics is not None:
             append_line(sweep.folder / LINES, result_line(run, metrics, folder))
@@ -579,7 +579,8 @@ class Recorder:
         elif isinstance(outcome, BaseException):
             for run in group:
                 folder = self.sweep.folder / "runs" / run.key
-                if folder.is_dir():
+                with contextlib.suppress(OSError, FileError):
+                    folder.mkdir(parents=True, exist_ok=True)
                     run_folder.write_error(folder, outcome)
                 self._failed(run, f"{type(outcome).__name__}: {outcome}", outcome)
         else:
@@ -824,8 +825,12 @@ def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> P
             if ext.definition.get("extension") and ext.lines:
                 extensions.setdefault(name, []).append(ext._replace(folder=folder.name))
     path = results_dir / "REPORT.md"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    report.write_report(path, sweeps, paper_numbers, extensions)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        report.write_report(path, sweeps, paper_numbers, extensions)
+    except (OSError, FileError) as err:
+        raise SweepError(f"cannot write the report {path} ({getattr(err, 'strerror', None) or err}); "
+                         "choose another --results_dir") from None
     return path
 
 

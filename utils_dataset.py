@@ -143,7 +143,7 @@ SHD_TRAIN_FRACTION = 0.8  # SHD has no validation file: seeded 80/20 split of it
 NET_TIMEOUT = (10, 30)    # [s] to connect, and to wait for the next bytes of a download
 BIN_CELLS = 1 << 24       # (sample, bin, channel) cells counted at once: 128 MiB of int64
 MAX_COUNT = 255           # counts are uint8; more spikes in one cell saturate here
-CACHE_FORMAT = 2          # part of every cache folder's name; bump it when the layout changes
+CACHE_FORMAT = 3          # part of every cache folder's name; bump it when the layout changes
 
 
 class SpikeCounts:
@@ -209,14 +209,25 @@ def _bad_file(path: Path, problem: str) -> DataError:
     return DataError(f"{path}: {problem}; delete it, then {_by_hand(path)}")
 
 
+def regular_file(path: Path) -> bool:
+    """Whether `path` exists; refused (DataError) when it is anything but a regular file (a
+    folder, a pipe, a device), before anything reads it: a pipe or /dev/zero would hang."""
+    if not path.exists():
+        return False
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file (a folder, pipe or device stands where the data "
+                        "file belongs); remove it, or point --data_dir at the data")
+    return True
+
+
 def audio_file(folder: Path, stem: str, base_url: str = AUDIO_URL) -> Path:
     """`<folder>/<stem>.h5`, ready to read. A present `.h5` is used as it is; else a present
     `<stem>.h5.gz` is decompressed once; else that archive is downloaded (md5-checked) first.
     Files already present need no network."""
     h5, gz = folder / f"{stem}.h5", folder / f"{stem}.h5.gz"
-    if h5.exists():
+    if regular_file(h5):
         return h5
-    if not gz.exists():
+    if not regular_file(gz):
         download(gz, base_url)
     gunzip(gz, h5)
     return h5
@@ -297,6 +308,7 @@ def file_md5(path: Path) -> str:
 
 
 MD5_MEMO = "md5.json"
+SPIKES = "spikes.json"  # in each cache folder: spikes of the kept channels, and those binned
 
 
 def source_md5(path: Path) -> str:
@@ -328,9 +340,12 @@ def source_md5(path: Path) -> str:
 # --- binning: HDF5 spike lists -> uint8 counts per (bin, channel) ----------------------------
 def _spike_datasets(f, path: Path):
     """spikes/times, spikes/units and labels of an open file, checked for presence and length."""
+    import h5py
     for name in ("spikes/times", "spikes/units", "labels"):
         if name not in f:
             raise _bad_file(path, f"it has no '{name}', so it is not an SHD/SSC file")
+        if not isinstance(f[name], h5py.Dataset):
+            raise _bad_file(path, f"'{name}' is a group, where an SHD/SSC file has a dataset")
     times, units, labels = f["spikes/times"], f["spikes/units"], f["labels"]
     shapes = [times.shape, units.shape, labels.shape]
     if any(len(s) != 1 for s in shapes) or len({s[0] for s in shapes}) != 1 or not shapes[0][0]:
@@ -358,20 +373,30 @@ def _read(dataset, rows: slice, path: Path):
 
 def _spikes(times, units, path: Path, first: int):
     """One flat (sample, time [s] as float64, unit) triple per spike of consecutive samples,
-    checked: as many units as times per sample, units in 0..699. `first` numbers the samples
-    in error messages."""
+    checked: as many units as times per sample, finite times >= 0, whole units in 0..699.
+    `first` numbers the samples in error messages."""
     lengths = np.array([len(t) for t in times], np.int64)
     for i, (u, n) in enumerate(zip(units, lengths)):
         if len(u) != n:
             raise _bad_file(path, f"sample {first + i} has {n} spike times but {len(u)} units")
-    t = np.concatenate([np.asarray(a, np.float64) for a in times])
-    u = np.concatenate([np.asarray(a, np.int64) for a in units])
-    wrong = (u < 0) | (u >= AUDIO_CHANNELS)
-    if wrong.any():
-        i = int(np.searchsorted(np.cumsum(lengths), np.argmax(wrong), side="right"))
-        raise _bad_file(path, f"sample {first + i} has unit {u[np.argmax(wrong)]}, outside the "
-                        f"channels 0..{AUDIO_CHANNELS - 1}")
-    return np.repeat(np.arange(len(lengths)), lengths), t, u
+    try:
+        t = np.concatenate([np.asarray(a, np.float64) for a in times] or [np.zeros(0)])
+        u_raw = np.concatenate([np.asarray(a, np.float64) for a in units] or [np.zeros(0)])
+    except (TypeError, ValueError) as err:
+        raise _bad_file(path, f"its spike times or units are not numbers ({err})") from err
+
+    def sample_of(bad):
+        return first + int(np.searchsorted(np.cumsum(lengths), np.argmax(bad), side="right"))
+
+    checks = [(~np.isfinite(t) | (t < 0), "spike time", "not a finite time >= 0 s"),
+              (~np.isfinite(u_raw) | (u_raw != np.round(u_raw)), "unit", "not a whole channel number"),
+              ((u_raw < 0) | (u_raw >= AUDIO_CHANNELS), "unit", f"outside the channels 0..{AUDIO_CHANNELS - 1}")]
+    for bad, what, problem in checks:
+        if bad.any():
+            value = (t if what == "spike time" else u_raw)[np.argmax(bad)]
+            raise _bad_file(path, f"sample {sample_of(bad)} has {what} {value:g}, {problem} "
+                            f"({int(bad.sum())} such values)")
+    return np.repeat(np.arange(len(lengths)), lengths), t, u_raw.astype(np.int64)
 
 
 def bin_rows(times, units, cfg: Config, path: Path, first: int = 0):
@@ -385,27 +410,30 @@ def bin_rows(times, units, cfg: Config, path: Path, first: int = 0):
     ceil(700 / stride) to n_in - 1 stay empty. Times are float64 by now: float16 times (as in
     the published files) neither overflow nor round into the wrong bin.
     Returns the number of non-zero cells per sample, their flat positions t * n_in + c
-    (uint32) and their counts (uint8, saturating at 255)."""
+    (uint32), their counts (uint8, saturating at 255), and the number of spikes of the kept
+    channels and of those that fell inside the binned time."""
     sample, t, u = _spikes(times, units, path, first)
     if cfg.binning == "digitize":
         step = np.digitize(t, np.linspace(0, cfg.time_max, cfg.nb_steps))
     else:
         step = np.floor(t / (cfg.time_max / cfg.nb_steps))
     stride = channel_stride(cfg.n_in)
-    keep = (step >= 0) & (step < cfg.nb_steps) & (u % stride == 0)
+    in_time, channel = (step >= 0) & (step < cfg.nb_steps), u % stride == 0
+    keep = in_time & channel
     cells_per_sample = cfg.nb_steps * cfg.n_in
     cell = (sample[keep] * cfg.nb_steps + step[keep].astype(np.int64)) * cfg.n_in + u[keep] // stride
     counts = np.bincount(cell, minlength=len(times) * cells_per_sample)
     nonzero = np.flatnonzero(counts)
     per_sample = np.bincount(nonzero // cells_per_sample, minlength=len(times))
     return (per_sample, (nonzero % cells_per_sample).astype(np.uint32),
-            np.minimum(counts[nonzero], MAX_COUNT).astype(np.uint8))
+            np.minimum(counts[nonzero], MAX_COUNT).astype(np.uint8), int(channel.sum()), int(keep.sum()))
 
 
 def bin_file(path: Path, out: Path, cfg: Config, n_classes: int):
     """Bin every sample of an SHD/SSC file into the folder `out`, a few hundred samples at a
     time: `flat.u32` and `count.u8` (raw arrays, streamed to disk, so that SSC is never held
-    in memory), `ptr.npy` (row pointers) and `labels.npy`."""
+    in memory), `ptr.npy` (row pointers), `labels.npy`, and `spikes.json` (how many spikes of
+    the kept channels there were, and how many fell inside the binned time)."""
     import h5py
     try:
         f = h5py.File(path, "r")
@@ -415,15 +443,17 @@ def bin_file(path: Path, out: Path, cfg: Config, n_classes: int):
         times, units, labels = _spike_datasets(f, path)
         labels = _checked_labels(_read(labels, slice(None), path), n_classes, path)
         chunk = max(1, BIN_CELLS // (cfg.nb_steps * cfg.n_in))
-        per_sample = []
+        per_sample, spikes, binned = [], 0, 0
         for first in range(0, len(labels), chunk):
             rows = slice(first, first + chunk)
-            n, flat, count = bin_rows(_read(times, rows, path), _read(units, rows, path), cfg, path, first)
+            n, flat, count, s, b = bin_rows(_read(times, rows, path), _read(units, rows, path), cfg, path, first)
             per_sample.append(n)
+            spikes, binned = spikes + s, binned + b
             flat_file.write(flat.tobytes())
             count_file.write(count.tobytes())
     np.save(out / "ptr.npy", np.concatenate([[0], np.cumsum(np.concatenate(per_sample))]))
     np.save(out / "labels.npy", labels)
+    write_json(out / SPIKES, dict(spikes=spikes, binned=binned))
 
 
 # --- the cache: one folder per (source checksum, nb_steps, n_in, time_max) -------------------
@@ -437,12 +467,33 @@ def cached_counts(path: Path, cfg: Config, n_classes: int):
     settings = (f"{path.name[:-len('.h5')]}_T{cfg.nb_steps}_C{cfg.n_in}_{cfg.time_max!r}s_"
                 f"{cfg.binning}_v{CACHE_FORMAT}")
     cache = path.parent / "cache" / f"{settings}_{source_md5(path)}"
+    if cache.exists():
+        try:
+            counts, labels, spikes = open_cache(cache, cfg, n_classes)
+        except CacheDamaged as err:  # our own derived data: rebuilt from the source file
+            print(f"warning: {err}; binning {path.name} again", file=sys.stderr, flush=True)
+            shutil.rmtree(cache, ignore_errors=True)
     if not cache.exists():
         build_cache(path, cache, cfg, n_classes)
         for old in cache.parent.glob(f"{settings}_*"):
             if old != cache:
                 shutil.rmtree(old, ignore_errors=True)
-    return open_cache(cache, cfg)
+        counts, labels, spikes = open_cache(cache, cfg, n_classes)
+    check_binned_share(path, cfg, spikes)
+    return counts, labels
+
+
+def check_binned_share(path: Path, cfg: Config, spikes: dict):
+    """A file whose spikes all fall outside the binned time is refused; one that loses more
+    than half of them gets a warning with the count (times in ms instead of s, say)."""
+    total, binned = spikes["spikes"], spikes["binned"]
+    window = f"--time_max {cfg.time_max} s in {cfg.nb_steps} bins (--binning {cfg.binning})"
+    if binned == 0:
+        raise DataError(f"{path}: none of its {total} spikes falls inside {window}; are the spike times "
+                        "in seconds, and --nb_steps and --time_max right?")
+    if binned < total / 2:
+        print(f"warning: {path.name}: {total - binned} of its {total} spikes ({(total - binned) / total:.0%}) "
+              f"fall outside {window} and are dropped", file=sys.stderr, flush=True)
 
 
 def build_cache(path: Path, cache: Path, cfg: Config, n_classes: int):
@@ -473,19 +524,30 @@ def _cache_error(cache: Path, err: OSError) -> DataError:
                      f"space, make {cache.parent} writable, or choose another --data_dir")
 
 
-def open_cache(cache: Path, cfg: Config):
-    """(SpikeCounts, labels) from a cache folder; the event arrays are memory-mapped, so a
-    warm start reads almost nothing and the pages stay shareable between runs."""
+class CacheDamaged(RuntimeError):
+    """A cache folder that cannot be what bin_file wrote."""
+
+
+def open_cache(cache: Path, cfg: Config, n_classes: int):
+    """(SpikeCounts, labels, spike totals) from a cache folder, checked for damage
+    (CacheDamaged); the event arrays are memory-mapped, so a warm start reads almost nothing
+    and the pages stay shareable between runs."""
     try:
-        ptr, labels = np.load(cache / "ptr.npy"), np.load(cache / "labels.npy")
+        ptr = np.load(cache / "ptr.npy", allow_pickle=False)
+        labels = np.load(cache / "labels.npy", allow_pickle=False)
         flat, count = _mapped(cache / "flat.u32", np.uint32), _mapped(cache / "count.u8", np.uint8)
-    except (OSError, ValueError) as err:
-        raise DataError(f"the cache {cache} is unreadable ({err}); delete that folder and run "
-                        "again to rebuild it") from err
-    if not len(flat) == len(count) == ptr[-1] or len(labels) != len(ptr) - 1:
-        raise DataError(f"the cache {cache} is damaged (its arrays disagree in length); delete "
-                        "that folder and run again to rebuild it")
-    return SpikeCounts(ptr, flat, count, (cfg.nb_steps, cfg.n_in)), labels
+        spikes = json.loads((cache / SPIKES).read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise CacheDamaged(f"the cache {cache} is unreadable ({err})") from None
+    cells = cfg.nb_steps * cfg.n_in
+    intact = (ptr.ndim == 1 and len(ptr) >= 1 and ptr[0] == 0 and len(flat) == len(count) == ptr[-1]
+              and len(labels) == len(ptr) - 1 and bool(np.all(np.diff(ptr) >= 0))
+              and (len(flat) == 0 or (int(flat.max()) < cells and int(count.min()) > 0))
+              and bool(np.isin(labels, np.arange(n_classes)).all())
+              and isinstance(spikes, dict) and all(isinstance(spikes.get(k), int) for k in ("spikes", "binned")))
+    if not intact:
+        raise CacheDamaged(f"the cache {cache} is damaged (its arrays do not fit together)")
+    return SpikeCounts(ptr, flat, count, (cfg.nb_steps, cfg.n_in)), labels, spikes
 
 
 def _mapped(path: Path, dtype) -> np.ndarray:
@@ -549,11 +611,23 @@ LOADERS = {"mts_xor": load_mts_xor, "shd": load_audiospikes, "ssc": load_audiosp
 
 
 def load_task(cfg: Config) -> Task:
-    """The data of `cfg.dataset_name`."""
+    """The data of `cfg.dataset_name`, with sets large enough to train on."""
     if cfg.dataset_name not in LOADERS:
         raise DataError(f"--dataset_name {cfg.dataset_name}: this version has no loader for it yet; "
                         "available: " + ", ".join(LOADERS))
-    return LOADERS[cfg.dataset_name](cfg)
+    return check_sizes(LOADERS[cfg.dataset_name](cfg), cfg)
+
+
+def check_sizes(task: Task, cfg: Config) -> Task:
+    """Every split must make at least one batch (of one sample or more): a training,
+    validation or test set without a sample is refused. Smaller sets than --batch_size train
+    in one smaller batch, as the published loaders did."""
+    names = {"train": "training", "valid": "validation", "test": "test"}
+    for part, name in names.items():
+        if len(getattr(task, part)) == 0:
+            raise DataError(f"the {cfg.dataset_name} {name} set holds no sample, too few for one batch; "
+                            "the data files hold too few samples")
+    return task
 
 
 # --- MNIST, sequential MNIST, permuted sequential MNIST (docs/datasets.md) -----------------
@@ -686,7 +760,7 @@ def mnist_images(cfg: Config):
     downloading the files first when any is missing."""
     data_dir = Path(cfg.data_dir)
     raw_dir = data_dir / "MNIST" / "raw"
-    if not all((raw_dir / name).is_file() for name in MNIST_RAW_FILES):
+    if not all([regular_file(raw_dir / name) for name in MNIST_RAW_FILES]):  # each one checked
         download_mnist(data_dir)
     images, labels = read_mnist(raw_dir, "train")
     order = np.random.default_rng(mnist_seeds(cfg.seed)[0]).permutation(len(images))

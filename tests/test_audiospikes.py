@@ -22,6 +22,7 @@ import pytest
 
 import utils_dataset
 from test_main import run_main
+from training import train_hsnn
 from utils_dataset import DataError, cached_counts, frequency_shift, iterate_batches
 from utils_initialization import make_config
 
@@ -40,11 +41,12 @@ def load_generator():
 synthetic = load_generator()
 
 
-def write_h5(path, times, units, labels, times_dtype=np.float16, skip=(), labels_dtype=np.uint16):
+def write_h5(path, times, units, labels, times_dtype=np.float16, skip=(), labels_dtype=np.uint16,
+             unit_dtype=np.uint16):
     """A file in the published layout (or without the datasets named in `skip`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        for name, rows, dtype in (("spikes/times", times, times_dtype), ("spikes/units", units, np.uint16)):
+        for name, rows, dtype in (("spikes/times", times, times_dtype), ("spikes/units", units, unit_dtype)):
             if name not in skip:
                 ds = f.create_dataset(name, (len(rows),), h5py.vlen_dtype(dtype))
                 for i, row in enumerate(rows):
@@ -179,19 +181,50 @@ def test_channel_subsampling_keeps_every_stride_th_channel(tmp_path):
 
 def test_float16_times_neither_overflow_nor_shift_bins(tmp_path):
     """float16 as in the published files: 1.3994 -> 1.39941 s, last of 200 bins; 1.4 ->
-    1.40039 s, dropped; huge, infinite, NaN and negative times dropped without a warning
-    (60000 * 200 overflows float16)."""
-    times = [[0.0, 1.3994, 1.4, 60000.0, np.inf, np.nan, -0.5]]
-    path = write_h5(tmp_path / "shd_train.h5", times, [[7] * 7], [3])
+    1.40039 s, dropped; a huge time dropped (60000 * 200 overflows float16)."""
+    times = [[0.0, 1.3994, 1.4, 60000.0]]
+    path = write_h5(tmp_path / "shd_train.h5", times, [[7] * 4], [3])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x = cached_counts(path, cfg_for(tmp_path, nb_steps=200, binning="uniform"), 20)[0][0]
         digitized = cached_counts(path, cfg_for(tmp_path, nb_steps=200), 20)[0][0]
     assert x.sum() == 2 and x[0, 7] == 1 and x[199, 7] == 1
-    # np.digitize puts a negative time (none in the real files) into bin 0
-    assert digitized.sum() == 3 and digitized[[0, 1, 199], 7].tolist() == [1, 1, 1]
+    assert digitized.sum() == 2 and digitized[[1, 199], 7].tolist() == [1, 1]  # bin 0 stays empty
     with np.errstate(over="ignore"):
         assert np.isinf(np.float16(60000.0) * np.float16(200))  # what float16 arithmetic would do
+
+
+@pytest.mark.parametrize("times,units,problem", [
+    ([[0.1, np.nan]], [[1, 2]], "spike time nan"),
+    ([[0.1], [np.inf, 0.2]], [[1], [1, 2]], "sample 1 has spike time inf"),
+    ([[-0.5, 0.1]], [[1, 2]], "spike time -0.5"),
+    ([[0.1, 0.2]], [[1.5, 2]], "unit 1.5, not a whole channel number"),
+    ([[0.1, 0.2]], [[1, 700]], "unit 700, outside the channels 0..699"),
+])
+def test_impossible_spikes_are_refused(tmp_path, times, units, problem):
+    path = write_h5(tmp_path / "shd_train.h5", times, units, [0] * len(times),
+                    unit_dtype=np.float32 if problem.startswith("unit 1.5") else np.uint16)
+    with pytest.raises(DataError) as err:
+        cached_counts(path, cfg_for(tmp_path), 20)
+    assert_one_line(err.value, str(path), problem)
+    assert not list((tmp_path / "cache").glob("shd_train*"))  # nothing cached
+
+
+def test_spikes_outside_the_binned_time(tmp_path, capsys):
+    """Times in milliseconds, or --nb_steps 1 with digitize: nothing is binned, refused; more
+    than half of the spikes dropped: a warning with the count."""
+    ms = write_h5(tmp_path / "shd_train.h5", [[100.0, 250.0], [900.0]], [[1, 2], [3]], [0, 1])
+    with pytest.raises(DataError) as err:
+        cached_counts(ms, cfg_for(tmp_path), 20)
+    assert_one_line(err.value, str(ms), "none of its 3 spikes", "seconds")
+    ok = write_h5(tmp_path / "ok" / "shd_train.h5", [[0.1, 0.5]], [[1, 2]], [0])
+    with pytest.raises(DataError, match="none of its 2 spikes"):
+        cached_counts(ok, cfg_for(tmp_path / "ok", nb_steps=1), 20)
+    some = write_h5(tmp_path / "some" / "shd_train.h5", [[0.1, 2.0, 3.0]], [[1, 2, 3]], [0])
+    cached_counts(some, cfg_for(tmp_path / "some"), 20)
+    assert "2 of its 3 spikes (67%) fall outside --time_max 1.4 s" in capsys.readouterr().err
+    cached_counts(some, cfg_for(tmp_path / "some"), 20)  # from the cache: warned again
+    assert "2 of its 3 spikes" in capsys.readouterr().err
 
 
 def test_counts_saturate_at_255(tmp_path):
@@ -278,15 +311,35 @@ def test_changed_source_rebuilds_the_cache(tmp_path):
     assert utils_dataset.file_md5(path) in new[0]
 
 
-def test_damaged_cache_is_reported(tmp_path):
-    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", [[0.1, 0.2]], [[1, 2]], [0])
+@pytest.mark.parametrize("damage", ["empty counts", "index beyond the cells", "zero count", "bad label",
+                                    "missing spikes.json", "garbage ptr"])
+def test_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
+    """Damage inside the binned-data cache is our own derived data gone wrong: detected when
+    the cache is opened, reported as a warning, and the cache binned again from the source."""
+    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", [[0.1, 0.2], [0.3]], [[1, 2], [5]], [0, 3])
     cfg = cfg_for(tmp_path)
-    cached_counts(path, cfg, 20)
+    good_X, good_Y = cached_counts(path, cfg, 20)
+    expected = good_X[np.arange(2)]
     (folder,) = (tmp_path / "audiospikes" / "cache").iterdir()
-    (folder / "count.u8").write_bytes(b"")
-    with pytest.raises(DataError) as err:
-        cached_counts(path, cfg, 20)
-    assert_one_line(err.value, str(folder), "damaged", "delete")
+    flat = np.fromfile(folder / "flat.u32", np.uint32)
+    if damage == "empty counts":
+        (folder / "count.u8").write_bytes(b"")
+    elif damage == "index beyond the cells":
+        flat[0] = 10 ** 9
+        flat.tofile(folder / "flat.u32")
+    elif damage == "zero count":
+        (folder / "count.u8").write_bytes(b"\x00" * len(flat))
+    elif damage == "bad label":
+        np.save(folder / "labels.npy", np.array([0, 99]))
+    elif damage == "missing spikes.json":
+        (folder / "spikes.json").unlink()
+    else:
+        (folder / "ptr.npy").write_bytes(b"\x93NUMPY garbage")
+    X, Y = cached_counts(path, cfg, 20)
+    np.testing.assert_array_equal(X[np.arange(2)], expected)
+    np.testing.assert_array_equal(Y, good_Y)
+    err = capsys.readouterr().err
+    assert str(folder) in err and ("damaged" in err or "unreadable" in err) and "binning" in err
 
 
 # --- failures: one line, which file, what, how to fix; nothing half-written left ---------------
@@ -396,6 +449,11 @@ def malformed_file(path, kind):
         return write_h5(path, times, units, [0, 1, 2])
     if kind == "empty":
         return write_h5(path, [], [], [])
+    if kind == "group":
+        write_h5(path, times, units, labels, skip=("labels",))
+        with h5py.File(path, "a") as f:
+            f.create_group("labels")
+        return path
     path.write_bytes(b"\x00" * 100)  # not HDF5 at all
     return path
 
@@ -406,6 +464,7 @@ def malformed_file(path, kind):
     ("negative_label", "sample 0 has label -1"), ("unit_range", "sample 1 has unit 700, outside"),
     ("ragged_mismatch", "sample 1 has 1 spike times but 2 units"),
     ("length_mismatch", "same, non-zero number of samples"), ("empty", "non-zero number of samples"),
+    ("group", "'labels' is a group, where an SHD/SSC file has a dataset"),
     ("not_hdf5", "not a readable HDF5 file")])
 def test_malformed_file_is_reported_and_not_cached(tmp_path, kind, problem):
     folder = tmp_path / "audiospikes"
@@ -573,7 +632,6 @@ def test_generator_command_line(root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("convolution", [False, True])
 def test_training_runs_end_to_end_on_synthetic_shd(shd_dir, convolution):
-    from training import train_hsnn
     cfg = cfg_for(shd_dir, n_hid=8, n_layers=3, nb_steps=40, batch_size=16, n_epochs=2,
                   convolution=convolution)
     if convolution:
@@ -582,3 +640,39 @@ def test_training_runs_end_to_end_on_synthetic_shd(shd_dir, convolution):
     assert len(metrics["epochs"]) == 2 and np.isfinite(metrics["test_loss"])
     assert all(np.isfinite(e["loss"]) for e in metrics["epochs"])
     assert 0 <= metrics["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+@pytest.mark.parametrize("name", ["shd_train.h5", "shd_train.h5.gz"])
+def test_anything_but_a_regular_file_is_refused_before_it_is_read(tmp_path, kind, name):
+    """A folder, a named pipe or /dev/zero where a data file belongs: one line, at once (a pipe
+    or a device would hang a reader)."""
+    folder = tmp_path / "audiospikes"
+    folder.mkdir()
+    path = folder / name
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    start = time.time()
+    with pytest.raises(DataError) as err:
+        utils_dataset.audio_file(folder, "shd_train", base_url=f"http://127.0.0.1:{closed_port()}/")
+    assert_one_line(err.value, str(path), "not a regular file")
+    assert time.time() - start < 5
+
+
+@pytest.mark.parametrize("n_train,message", [(1, "training set holds no sample"), (2, None), (3, None)])
+def test_tiny_data_sets_train_or_are_refused_in_one_line(tmp_path, n_train, message):
+    """One training recording leaves SHD's 80/20 split without a training sample: refused.
+    Two or three train in one smaller batch."""
+    synthetic.make_dataset("shd", tmp_path / "audiospikes", {"train": n_train, "test": 1})
+    cfg = cfg_for(tmp_path, n_hid=4, n_layers=2, n_epochs=1)
+    if message:
+        with pytest.raises(DataError) as err:
+            utils_dataset.load_task(cfg)
+        assert_one_line(err.value, message)
+    else:
+        metrics = train_hsnn(cfg, progress=False)
+        assert len(metrics["epochs"]) == 1 and 0 <= metrics["test_acc"] <= 1

@@ -228,6 +228,7 @@ def test_digitize_and_uniform_binning_differ_as_described(tmp_path):
     digitize = utils_dataset.bin_rows(times, units, cfg, tmp_path)
     uniform = utils_dataset.bin_rows(times, units, cfg.replace(binning="uniform"), tmp_path)
     cells = lambda out: sorted(divmod(int(f), 700) for f in out[1])  # noqa: E731
+    assert digitize[3:] == (6, 4) and uniform[3:] == (6, 4)  # spikes, and those inside the binned time
     edges = np.linspace(0, 1.4, 100)
     assert cells(digitize) == [(1, 0), (1, 1), (int(np.digitize(0.5, edges)), 2), (99, 3)]
     assert cells(uniform) == [(0, 0), (0, 1), (35, 2), (99, 3)]

@@ -239,11 +239,68 @@ def test_too_large_a_network_stops_before_training(root, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was trained: no folder is left
 
 
-@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../outside", "a/../../b", "."])
-def test_save_dir_name_stays_inside_results_dir(root, tmp_path, name):
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../outside", "a/../../b", ".", "./", "..", "a/b",
+                                  ".hidden", " padded", "tab\tname"])
+def test_save_dir_name_is_one_plain_folder_name(root, tmp_path, name):
     result = run_main(root, *TINY, "--results_dir", str(tmp_path / "results"), "--save_dir_name", name)
-    one_line_error(result, 2, "--save_dir_name")
+    one_line_error(result, 2, "--save_dir_name", "one plain folder name")
     assert not (tmp_path / "outside").exists() and not Path("/tmp/elsewhere").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["./", ".", ""])
+def test_the_results_dir_itself_is_never_a_run_to_restart(root, tmp_path, name):
+    """`--save_dir_name ./ --restart` once moved every run of --results_dir aside and deleted
+    its hidden temporary files."""
+    results = tmp_path / "results"
+    (results / "other_run").mkdir(parents=True)
+    (results / "other_run" / "config.json").write_text(json.dumps(make_config("mts_xor").to_dict()))
+    (results / ".notes.tmp").write_text("mine")
+    (results / "config.json").write_text(json.dumps(make_config("mts_xor").to_dict()))
+    before = snapshot(results)
+    for flag in ("--restart", "--resume"):
+        result = run_main(root, *TINY, "--results_dir", str(results), "--save_dir_name", name, flag)
+        one_line_error(result, 2, "--save_dir_name")
+    assert snapshot(results) == before
+
+
+@pytest.mark.parametrize("flag", ["--restart", "--resume"])
+def test_a_folder_that_is_not_a_run_is_left_alone(root, tmp_path, flag):
+    """--restart and --resume act only on a folder that holds a run of this project."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("chapter 1")
+    (folder / ".draft.tmp").write_text("unsaved")
+    (folder / "config.json").write_text(json.dumps({"font": "serif"}))  # someone else's config
+    before = snapshot(folder)
+    result = run_main(root, *TINY, "--results_dir", str(tmp_path), "--save_dir_name", "mine", flag)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "not a run folder of this project" in result.stderr or "not a run configuration" in result.stderr
+    assert snapshot(folder) == before
+
+
+def test_restart_moves_every_file_aside_and_deletes_nothing_it_did_not_make(root, tmp_path):
+    """A run folder with a user's files in it: --restart moves them aside with the run's
+    files; only the run's own temporary files (a killed write's) are removed."""
+    results = tmp_path / "results"
+    assert run_main(root, *TINY, "--results_dir", str(results), "--save_dir_name", "r").returncode == 0
+    folder = results / "r"
+    (folder / "notes.txt").write_text("keep me")
+    (folder / ".user.tmp").write_text("keep me too")
+    (folder / ".metrics.json.abc123.tmp").write_text("half-written by a killed run")
+    result = run_main(root, *TINY, "--results_dir", str(results), "--save_dir_name", "r", "--restart")
+    assert result.returncode == 0, result.stderr
+    (aside,) = folder.glob("previous-*")
+    moved = sorted(p.name for p in aside.iterdir())
+    assert moved == sorted([".user.tmp", "config.json", "metrics.json", "notes.txt", "params.npz",
+                            "provenance.json"])
+    assert (aside / ".user.tmp").read_text() == "keep me too"
+    assert_complete(folder)
 
 
 def test_results_dir_that_is_a_file_or_unwritable(root, tmp_path):
@@ -260,13 +317,36 @@ def test_invalid_seeds_leave_no_folder(root, tmp_path):
 
 
 # --- the module itself ---------------------------------------------------------------------
-def test_tidy_removes_temporaries_and_a_finished_runs_checkpoint(tmp_path):
+def test_tidy_removes_the_runs_temporaries_and_a_finished_runs_checkpoint(tmp_path):
     (tmp_path / ".params.npz.abc.tmp").write_bytes(b"half")
+    (tmp_path / ".someone.else.tmp").write_bytes(b"not ours")
     (tmp_path / "checkpoint.npz").write_bytes(b"stale")
     (tmp_path / "params.npz").write_bytes(b"")
     (tmp_path / "metrics.json").write_text(json.dumps({"epochs": [], "test_acc": 0.5}))
     run_folder.tidy(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "params.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".someone.else.tmp", "metrics.json", "params.npz"]
+
+
+def test_what_counts_as_a_run_folder(tmp_path):
+    cfg = make_config("mts_xor", n_hid=4)
+    run_folder.create(cfg, tmp_path / "run").close()
+    assert run_folder.holds_run(tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    assert run_folder.holds_run(tmp_path / "empty")
+    (tmp_path / "half_restarted" / "previous-x").mkdir(parents=True)
+    (tmp_path / "half_restarted" / ".lock").write_text("")
+    assert run_folder.holds_run(tmp_path / "half_restarted")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text("{broken")
+    assert not run_folder.holds_run(tmp_path / "damaged")
+    (tmp_path / "damaged" / "provenance.json").write_text("[]")
+    assert run_folder.holds_run(tmp_path / "damaged")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"lr": 0.1}))
+    assert not run_folder.holds_run(tmp_path / "foreign")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "data.csv").write_text("1,2")
+    assert not run_folder.holds_run(tmp_path / "user")
 
 
 def test_problem_names_damage_and_foreign_runs(tmp_path):

@@ -203,6 +203,68 @@ def test_extra_seeds_run_apart_from_the_published_grid(tmp_path, definitions):
         sweep.open_sweep(args, definitions)
 
 
+def fake_finished_run(folder, cfg):
+    """A run folder as a finished run leaves it (no training needed)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (folder / "metrics.json").write_text(json.dumps(dict(epochs=[{}], test_acc=0.9, best_valid_acc=0.9, best_epoch=0,
+                                                         median_tau_per_layer=[0.1, 0.2])))
+    (folder / "params.npz").write_bytes(b"")
+
+
+def test_a_finished_folder_joins_only_with_its_own_configuration(tmp_path, capsys):
+    """Once sweep.json and runs.jsonl are gone, a rerun with other --set values must not
+    claim the old runs: a finished folder of another configuration is moved aside."""
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
+    definitions = sweep.load_definitions(sweeps_file)
+    args = sweep.build_parser().parse_args(["--sweep_name", "tiny", "--results_dir", str(tmp_path),
+                                            "--set", "n_hid=6"])
+    opened = sweep.open_sweep(args, definitions)
+    same, other = opened.runs
+    fake_finished_run(opened.folder / "runs" / same.key, sweep.make_run_config(same.overrides, same.seed))
+    fake_finished_run(opened.folder / "runs" / other.key,
+                      sweep.make_run_config({**other.overrides, "n_hid": 4}, other.seed))
+    pending = sweep.plan(opened, {})
+    assert [r.key for r in pending] == [other.key]
+    assert [line["key"] for line in lines_of(opened.folder / "runs.jsonl")] == [same.key]
+    assert len(list((opened.folder / "runs" / other.key).glob("previous-*"))) == 1
+    assert not (opened.folder / "runs" / other.key / "metrics.json").exists()
+    err = capsys.readouterr().err
+    assert "n_hid" in err and "training the run again" in err
+
+
+@pytest.mark.parametrize("flag", ["--sweeps_file", "--paper_file"])
+@pytest.mark.parametrize("content", [None, "{broken", "[1, 2]", "folder"])
+def test_flag_files_are_checked_before_anything_runs(tmp_path, capsys, flag, content):
+    path = tmp_path / "file.json"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--sweep_name", "hSNN_Figure_3b", flag, str(path), "--results_dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and flag in err and str(path) in err
+    assert not (tmp_path / "results").exists()  # nothing trained, nothing written
+
+
+def test_a_definitions_file_with_a_malformed_sweep_is_one_line(tmp_path, capsys):
+    path = tmp_path / "sweeps.json"
+    path.write_text(json.dumps({"tiny": {"what": "x", "fixed": {}, "grid": {"seed": []}}}))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--list", "--sweeps_file", str(path)])
+    assert exit_.value.code == 2 and "sweep 'tiny' is not a definition" in capsys.readouterr().err
+
+
+def test_a_report_into_an_unwritable_folder_is_one_line(capsys):
+    if not Path("/proc").is_dir():
+        pytest.skip("needs /proc, which not even root can write")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--report", "--results_dir", "/proc/hsnn-results"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "cannot write the report" in err
+
+
 # --- the results table -------------------------------------------------------------------------
 def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "runs.jsonl"
@@ -503,6 +565,60 @@ def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
 
 
 # --- damaged results and bad flags: one line, and the sweep goes on --------------------------------
+KILLER = """
+import importlib.util, multiprocessing, os, signal, sys
+
+class KillSeed:
+    def find_spec(self, name, path, target=None):
+        if name != "training":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            real = module.train_seeds
+
+            def train_seeds(cfg, seeds, *args, **kwargs):
+                if multiprocessing.parent_process() and int(os.environ["KILL_SEED"]) in list(seeds):
+                    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+                return real(cfg, seeds, *args, **kwargs)
+            module.train_seeds = train_seeds
+        spec.loader.exec_module = exec_module
+        return spec
+
+if os.environ.get("KILL_SEED"):
+    sys.meta_path.insert(0, KillSeed())
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_worker_costs_only_its_own_run(root, tmp_path, jax_cache):
+    """A worker killed by SIGKILL (the out-of-memory killer, say) while training seed 1: the
+    other runs finish, seed 1 is recorded as failed (error.txt, a line on stderr, exit code
+    1, no traceback), and the next invocation trains it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILLER)
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1, 2], "delta_tau": [0.4]}, n_epochs=1)
+    args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path),
+            "--jobs", "2", "--seeds_per_task", "1"]
+    env = {**os.environ, "KILL_SEED": "1", "PYTHONPATH": str(hook)}
+    result = run_sweep(root, jax_cache, *args, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "failed: delta_tau=0.4__seed=1: WorkerDied" in result.stderr
+    assert "1 run(s) failed, the others finished" in result.stderr.strip().splitlines()[-1]
+    folder = tmp_path / "tiny"
+    assert sorted(line["seed"] for line in lines_of(folder / "runs.jsonl")) == [0, 2]
+    assert "WorkerDied" in (folder / "runs" / "delta_tau=0.4__seed=1" / "error.txt").read_text()
+    assert (folder / "figure.png").exists()  # drawn from the runs that finished
+    again = run_sweep(root, jax_cache, *args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(line["seed"] for line in lines_of(folder / "runs.jsonl")) == [0, 1, 2]
+    assert not (folder / "runs" / "delta_tau=0.4__seed=1" / "error.txt").exists()
+
+
 @pytest.mark.slow
 def test_a_damaged_run_folder_is_moved_aside_and_trained_again(root, tmp_path, jax_cache):
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]}, n_epochs=1)

@@ -78,6 +78,53 @@ def test_firing_rate_loss_counts_the_spikes_after_dropout():
     np.testing.assert_allclose(evaluated["firing_rate"], 0.3 * (2.0 - rate(S)) ** 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_a_failing_seed_stops_only_itself(tmp_path, monkeypatch, group_size):
+    """A seed that fails records error.txt; the other seeds of its call (and of its vmapped
+    group, retried one by one) train to the end; the failure is raised afterwards."""
+    real = training._train_group
+
+    def seed_1_diverges(cfgs, *args, **kwargs):
+        if any(c.seed == 1 for c in cfgs):
+            raise TrainingDiverged("the loss became nan at epoch 1, batch 1")
+        return real(cfgs, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_group", seed_1_diverges)
+    dirs = [tmp_path / f"seed{s}" for s in range(3)]
+    with pytest.raises(TrainingDiverged):
+        training.train_seeds(tiny_config(n_epochs=1), [0, 1, 2], dirs, progress=False,
+                             tasks=[tiny_mts_xor_task()] * 3, group_size=group_size)
+    for d in (dirs[0], dirs[2]):
+        assert run_folder.finished_metrics(d) is not None and not (d / run_folder.ERROR).exists()
+    assert run_folder.finished_metrics(dirs[1]) is None
+    first, *rest = (dirs[1] / run_folder.ERROR).read_text().splitlines()
+    assert "TrainingDiverged: the loss became nan" in first and "Traceback" in rest[0]
+    assert run_folder.read_error(dirs[1]) == first
+
+
+def test_a_bug_in_training_shows_its_traceback(tmp_path, monkeypatch):
+    """Only bad input is a one-line error with exit code 2: a TypeError inside training is
+    a bug of this code and reaches the user as a traceback."""
+    import main
+    monkeypatch.setattr(main, "train_hsnn", lambda *args, **kwargs: None + 1)
+    with pytest.raises(TypeError):
+        main.main(["--dataset_name", "mts_xor", "--results_dir", str(tmp_path), "--compilation_cache", "false"])
+
+
+@pytest.mark.parametrize("values,field", [({"n_hid": "ten"}, "--n_hid"), ({"recurrent": "no"}, "--recurrent"),
+                                          ({"lr": None}, "--lr"), ({"dataset_name": 5}, "--dataset_name")])
+def test_a_stored_configuration_of_the_wrong_types_is_one_line(tmp_path, capsys, values, field):
+    import main
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**tiny_config().to_dict(), **values}))
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--results_dir", str(tmp_path), "--save_dir_name", "run", "--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert str(folder / "config.json") in err and field in err and "Traceback" not in err
+
+
 def test_alpha_gradient_rule():
     grads = [{"W": jnp.ones(2), "alpha": jnp.ones(2)}, {"W": jnp.ones(2), "alpha": jnp.ones(())}]
     fixed, trained = alpha_grad_rule(grads, False), alpha_grad_rule(grads, True)

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from utils_initialization import (CONV_PRESET, MAIN_DEFAULTS, PRESETS, SWEEP_BASE, Config, ConfigError,
-                                  conv_hierarchy, init_params, make_config, tau_hierarchy, weight_scales)
+from utils_initialization import (CONV_PRESET, FIELDS, MAIN_DEFAULTS, PRESETS, SWEEP_BASE, Config, ConfigError,
+                                  conv_hierarchy, hierarchy_notes, init_params, make_config, tau_hierarchy,
+                                  weight_scales)
 
 
 def test_defaults_are_the_published_simargs():
@@ -35,6 +36,46 @@ def test_main_precedence_defaults_then_preset_then_flags():
 def test_invalid_values_name_their_field(field, value):
     with pytest.raises(ConfigError, match=f"--{field}"):
         Config(**{field: value})
+
+
+@pytest.mark.parametrize("field", [f for f, spec in FIELDS.items() if spec.type is float or spec.default is None])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_number_is_finite(field, value):
+    """inf and nan pass no float field (they once trained to chance and wrote NaN into JSON)."""
+    with pytest.raises(ConfigError, match=f"--{field}: must be a finite number"):
+        Config(**{field: value})
+
+
+@pytest.mark.parametrize("field,value,message", [("n_hid", 3.5, "whole number"), ("n_hid", True, "whole number"),
+                                                 ("n_hid", "10", "whole number"), ("recurrent", "yes", "true or false"),
+                                                 ("recurrent", 1, "true or false"), ("tau_mem", "0.1", "a number"),
+                                                 ("decoder", 3, "text"), ("timestep", "none", "a number")])
+def test_values_of_the_wrong_type_name_their_field(field, value, message):
+    """A config.json edited by hand gets one line naming the field, not a TypeError later."""
+    with pytest.raises(ConfigError, match=f"--{field}: must be .*{message}"):
+        Config(**{field: value})
+
+
+@pytest.mark.parametrize("delta_tau", [0.6, -0.6, 1.0])
+def test_a_tanh_hierarchy_cannot_reach_zero_seconds(delta_tau):
+    """tau_mem 0.3 +- delta_tau / 2 must stay above 0 s; the error names the layer and the limit."""
+    with pytest.raises(ConfigError) as err:
+        Config(n_layers=4, hierarchy_tau="tanh", tau_mem=0.3, delta_tau=delta_tau)
+    layer = 1 if delta_tau > 0 else 3
+    assert f"--delta_tau: with --tau_mem 0.3 the tanh hierarchy gives hidden layer {layer} a time constant" in str(err.value)
+    assert "below 2 x tau_mem = 0.6" in str(err.value)
+    Config(n_layers=4, hierarchy_tau="tanh", tau_mem=0.3, delta_tau=0.59)  # just inside
+
+
+def test_the_linear_hierarchy_clip_is_printed():
+    """The published linear hierarchy clips at 0 s; hierarchy_notes says so, naming the layers."""
+    assert hierarchy_notes(Config(n_layers=4, hierarchy_tau="linear", tau_mem=0.3, delta_tau=0.4)) == []
+    notes = hierarchy_notes(Config(n_layers=4, hierarchy_tau="linear", tau_mem=0.3, delta_tau=0.8))
+    assert len(notes) == 1 and "-0.1 s" in notes[0] and "clipped to 0 s, in hidden layer 1 " in notes[0]
+    notes = hierarchy_notes(Config(n_layers=4, hierarchy_tau="linear", tau_mem=0.3, delta_tau=-0.8))
+    assert "hidden layer 3 " in notes[0]
+    np.testing.assert_allclose(tau_hierarchy(Config(n_layers=4, hierarchy_tau="linear", tau_mem=0.3,
+                                                    delta_tau=-0.8)), [0.7, 0.35, 0.0])
 
 
 def test_task_sizes_are_fixed_by_the_data():

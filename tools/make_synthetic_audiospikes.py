@@ -84,8 +84,11 @@ def write_spike_file(path: Path, labels: np.ndarray, sweeps: np.ndarray, rng: np
         f.create_dataset("labels", data=labels.astype(np.uint16))
         for start in range(0, len(labels), CHUNK):
             t, c = synthetic_samples(labels[start:start + CHUNK], sweeps, rng)
-            times[start:start + len(t)] = ragged(t)
-            units[start:start + len(c)] = ragged(c)
+            if len(t) == 1:  # h5py reads a 1-element object array as one row's values
+                times[start], units[start] = t[0], c[0]
+            else:
+                times[start:start + len(t)] = ragged(t)
+                units[start:start + len(c)] = ragged(c)
 
 
 def gzip_file(path: Path) -> Path:
