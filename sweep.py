@@ -313,10 +313,15 @@ def _keys(content: bytes) -> set:
 
 
 def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
-    """A finished run's line: what was trained (the resolved configuration), how it did, and
-    what trained it (the run folder's provenance.json: commit, versions, device, command)."""
+    """A finished run's line: what was trained (the run folder's config.json, which equals
+    the run's resolved configuration: plan and train_task move any other aside), how it did,
+    and what trained it (the run folder's provenance.json: commit, versions, device, command)."""
+    config = make_run_config(run.overrides, run.seed).to_dict()
+    with contextlib.suppress(FileError):
+        stored = read_json(Path(run_dir) / run_folder.CONFIG)
+        config = {**config, **stored} if isinstance(stored, dict) else config
     return dict(key=run.key, group=run.group, point=run.point, seed=run.seed, baseline=run.baseline,
-                overrides=run.overrides, config=make_run_config(run.overrides, run.seed).to_dict(),
+                overrides=run.overrides, config=config,
                 valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
@@ -377,10 +382,11 @@ def train_task(task: dict) -> list:
             try:
                 train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
                             resume=True, progress=task.get("progress", False), force=task.get("force", False))
-            except (DataError, OutOfMemory):  # no run of the sweep can train: the sweep stops
+            except SWEEP_STOPPERS:  # no run of the sweep can train: the sweep stops
                 raise
-            except Exception:  # a run that failed has its error.txt; the others have finished
-                pass
+            except Exception as err:  # a run that failed has its error.txt; the others have finished
+                if not isinstance(err, EXPECTED_FAILURES):
+                    traceback.print_exc()  # a bug of this code: its traceback, as it happens
         ship = task["runs_dir"] is None
         return [(d.name, finished_metrics(d), _read_files(d) if ship else None, run_folder.read_error(d))
                 for d in dirs]
@@ -561,6 +567,10 @@ class RunsFailed(RuntimeError):
 SWEEP_STOPPERS = (DataError, OutOfMemory)
 
 
+# what may end a run without being a bug of this code
+EXPECTED_FAILURES = (WorkerDied, TrainingDiverged, FileError, run_folder.RunFolderError)
+
+
 class Recorder:
     """Writes each finished run (folder if it came back as bytes, then its line), prints
     one line per run and logs it to W&B when asked. A run that failed is printed and counted;
@@ -588,8 +598,7 @@ class Recorder:
 
     def _failed(self, run, why: str, err: BaseException = None):
         self.failed.append((run.key, why))
-        if err is not None and not isinstance(err, (WorkerDied, TrainingDiverged, FileError,
-                                                    run_folder.RunFolderError)):
+        if err is not None and not isinstance(err, EXPECTED_FAILURES):
             traceback.print_exception(err)  # a bug of this code: its traceback
         print(f"failed: {run.key}: {why}", file=sys.stderr, flush=True)
 

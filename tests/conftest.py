@@ -47,3 +47,73 @@ def tiny_mts_xor_task(n_train=128, n_eval=64, seed=0):
 @pytest.fixture
 def tiny_task():
     return tiny_mts_xor_task()
+
+
+# --- a patch of training.py inside the processes a test starts ------------------------------
+# `training_hook(folder, patch_source)` writes a sitecustomize.py that applies `patch(module)`
+# to the module `training` as soon as any process started with the returned environment
+# imports it: main.py, sweep.py and every sweep worker. Tests use it to make a run pause or
+# die at a known point, so that an interruption never races the run.
+HOOK = '''
+import importlib.util, os, signal, sys, time
+
+
+class _PatchTraining:
+    def find_spec(self, name, path, target=None):
+        if name != "training":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+{patch}
+
+sys.meta_path.insert(0, _PatchTraining())
+'''
+
+PAUSE_AT_EPOCH = '''
+def patch(module):
+    """Before epoch {epoch} of the runs where {when}: touch {marker!r}, then wait forever (the
+    epochs before it are checkpointed)."""
+    real = module._train_epoch
+
+    def _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, *rest):
+        cfg = cfgs[0]
+        if epoch == {epoch} and ({when}):
+            open({marker!r}, "w").close()
+            while True:
+                time.sleep(0.05)
+        return real(steps, params, opt_state, tasks, cfgs, epoch, *rest)
+    module._train_epoch = _train_epoch
+'''
+
+
+def training_hook(folder, patch_source) -> dict:
+    """The environment of processes whose `training` module gets `patch_source` applied."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HOOK.replace("{patch}", patch_source))
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def pause_at_epoch(folder, epoch: int, when: str = "True"):
+    """(environment, marker): the runs whose Config `cfg` makes the expression `when` true
+    stop for good before `epoch` (0-based) and touch the marker file when they get there."""
+    marker = folder / "paused"
+    return training_hook(folder, PAUSE_AT_EPOCH.format(epoch=epoch, when=when, marker=str(marker))), marker
+
+
+def wait_for(path, proc, timeout=300):
+    """Until `path` exists (the process must not end first)."""
+    import time
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the process ended before it got there"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)

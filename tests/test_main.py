@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import pause_at_epoch, wait_for
 from main import build_parser, config_from_args
 
 
@@ -106,18 +107,15 @@ def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
     assert straight.returncode == 0, straight.stderr
 
     metrics_file = tmp_path / "killed" / "metrics.json"
+    env, marker = pause_at_epoch(tmp_path / "hook", epoch=2)  # provably in flight: no race
     proc = subprocess.Popen([sys.executable, str(root / "main.py"), *common, "--save_dir_name", "killed"],
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics_file.exists() and len(json.loads(metrics_file.read_text())["epochs"]) >= 2:
-            break
-        time.sleep(0.02)
+                            start_new_session=True, env=env)
+    wait_for(marker, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(metrics_file.read_text())
-    assert 2 <= len(killed_at["epochs"]) < 5 and "test_acc" not in killed_at
+    assert len(killed_at["epochs"]) == 2 and "test_acc" not in killed_at
 
     resumed = run_main(root, "--results_dir", str(tmp_path), "--save_dir_name", "killed", "--resume",
                        "--progress", "false")
@@ -150,3 +148,14 @@ def test_print_config_prints_the_resolved_configuration(root):
     config = json.loads(result.stdout)
     assert config == parse("--dataset_name", "mts_xor", "--seed", "3").to_dict()
     assert config["dropout"] == 0.1 and config["n_layers"] == 4 and config["w_scale_n_hid"] == 128
+
+
+def test_the_readme_commands_do_the_whole_set_up_and_ci_runs_the_test_command(root):
+    """The README's two commands install what they need; .ci/run runs the second as written."""
+    readme = (root / "README.md").read_text()
+    block = readme.split("## The two commands", 1)[1].split("```")[1]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["pip install -r requirements.txt && python3 main.py --dataset_name mts_xor",
+                        "pip install -r requirements.txt && python3 -m pytest"]
+    assert commands[1] in (root / ".ci" / "run").read_text().splitlines()
+    assert "pytest" in (root / "requirements.txt").read_text()

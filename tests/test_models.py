@@ -10,9 +10,22 @@ from models import decay_scan, decode, forward, leaky_integrator_scan, lif_scan,
 from utils_initialization import Config, init_params
 
 
+SURROGATE_FORMULAS = {  # dS/dV of docs/model.md, written out here independently of models.py
+    "box": lambda x: (jnp.abs(x) < 0.5).astype(x.dtype),
+    "fast_sigmoid": lambda x: 1.0 / (10.0 * jnp.abs(x) + 1.0) ** 2,
+}
+
+
+def reference_spike(surrogate):
+    """H(x) (strictly above threshold) with the surrogate derivative, as a custom_vjp."""
+    spike = jax.custom_vjp(lambda x: (x > 0).astype(x.dtype))
+    spike.defvjp(lambda x: ((x > 0).astype(x.dtype), x), lambda x, g: (g * SURROGATE_FORMULAS[surrogate](x),))
+    return spike
+
+
 def loop_lif(I_TBH, alpha, surrogate, v_thr=1.0, W_rec=None):
     """The LIF equations (M2-M3 of docs/model.md) as a plain Python loop, differentiated by JAX."""
-    spike = make_spike_fn(surrogate)
+    spike = reference_spike(surrogate)
     a = jnp.clip(alpha, models.ALPHA_MIN, models.ALPHA_MAX)
     v = s = jnp.zeros(I_TBH.shape[1:])
     out = []
@@ -137,14 +150,33 @@ def test_causal_convolution_taps():
     np.testing.assert_allclose(y, [0, 0, 0, 100, 0, 10, 0, 1, 0, 0])
 
 
-@pytest.mark.parametrize("decoder", ["cum", "sum", "vmax", "vlast", "freq", "vmem_time"])
-def test_decoders_are_distributions(decoder):
-    out = jax.random.normal(jax.random.PRNGKey(0), (9, 4, 3))
-    p = decode(out, decoder)
-    assert p.shape == ((4, 9, 3) if decoder == "vmem_time" else (4, 3))
-    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
-    if decoder == "vlast":
-        np.testing.assert_allclose(p, jax.nn.softmax(out[-1]), rtol=1e-6)
+def np_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+DECODER_FORMULAS = {  # the table of docs/model.md, on U [time, batch, classes], in numpy
+    "cum": lambda U: np_softmax(np_softmax(U).sum(0)),
+    "sum": lambda U: np_softmax(U.mean(0)),
+    "vmax": lambda U: np_softmax(U.max(0)),
+    "vlast": lambda U: np_softmax(U[-1]),
+    "freq": lambda U: np_softmax(U.sum(0)),
+    "vmem_time": lambda U: np_softmax(U).transpose(1, 0, 2),
+}
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODER_FORMULAS))
+def test_decoders_match_their_formulas(decoder):
+    """Each decoder against its numpy formula, on an output trace whose time steps differ
+    (first, last, largest and mean all give other answers) and that is not shift-invariant
+    across time (the sum and the mean differ)."""
+    U = np.random.default_rng(0).normal(0.3, 2.0, (9, 4, 3)).astype(np.float32)
+    U[:, 0] = U[::-1, 0]  # a sample whose largest value comes early
+    p = np.asarray(decode(jnp.asarray(U), decoder))
+    np.testing.assert_allclose(p, DECODER_FORMULAS[decoder](U.astype(np.float64)), rtol=2e-5, atol=1e-6)
+    others = [d for d in DECODER_FORMULAS if d != decoder and d != "vmem_time" and decoder != "vmem_time"]
+    for other in others:  # the input tells the decoders apart
+        assert not np.allclose(DECODER_FORMULAS[other](U.astype(np.float64)), p, atol=1e-4), other
 
 
 def test_freq_decoder_counts_output_spikes():

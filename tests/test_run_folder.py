@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import run_folder
+from conftest import pause_at_epoch, wait_for
 from test_main import run_main
 from utils_initialization import make_config
 
@@ -219,12 +220,12 @@ def test_a_diverged_run_leaves_error_txt(root, tmp_path):
 
 
 def test_ctrl_c_prints_the_resume_command(root, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(root / "main.py"), *TINY, "--n_epochs", "50",
+    """Ctrl-C while the run is provably training (it waits before its second epoch)."""
+    env, marker = pause_at_epoch(tmp_path / "hook", epoch=1)
+    proc = subprocess.Popen([sys.executable, str(root / "main.py"), *TINY, "--n_epochs", "3",
                              "--results_dir", str(tmp_path), "--save_dir_name", "run"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (tmp_path / "run" / "metrics.json").exists():
-        time.sleep(0.05)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for(marker, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -282,6 +283,14 @@ def test_a_folder_that_is_not_a_run_is_left_alone(root, tmp_path, flag):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "not a run folder of this project" in result.stderr or "not a run configuration" in result.stderr
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("flags", [[], ["--restart"], ["--resume"]])
+def test_a_file_where_the_run_folder_belongs_is_one_line(root, tmp_path, flags):
+    (tmp_path / "r").write_text("my notes")
+    result = run_main(root, *TINY, "--results_dir", str(tmp_path), "--save_dir_name", "r", *flags)
+    one_line_error(result, 2, str(tmp_path / "r"))
+    assert (tmp_path / "r").read_text() == "my notes"
 
 
 def test_restart_moves_every_file_aside_and_deletes_nothing_it_did_not_make(root, tmp_path):

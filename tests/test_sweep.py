@@ -22,6 +22,7 @@ import pytest
 
 import figures
 import sweep
+from conftest import pause_at_epoch, training_hook, wait_for
 from utils_initialization import conv_hierarchy
 
 PUBLISHED_RUNS = {  # the grids of paper/sweeps.json, counted by hand
@@ -353,9 +354,11 @@ def test_killed_sweep_resumes_without_training_a_run_twice(root, tmp_path, jax_c
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [-0.4, 0, 0.4]}, n_epochs=4)
     args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path), "--jobs", "2"]
     folder = tmp_path / "tiny"
+    env, marker = pause_at_epoch(tmp_path / "hook", epoch=2, when="cfg.seed == 1 and cfg.delta_tau == 0.4")
     proc = subprocess.Popen(sweep_command(root, jax_cache, *args), cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
+        wait_for(marker, proc)
         snapshot = wait_for_runs_in_flight(folder, proc)
         workers = children_of(proc.pid)
         assert len(workers) >= 2  # two training processes (and multiprocessing's helper)
@@ -565,31 +568,17 @@ def test_wandb_offline_logs_each_run(root, tmp_path, jax_cache):
 
 
 # --- damaged results and bad flags: one line, and the sweep goes on --------------------------------
-KILLER = """
-import importlib.util, multiprocessing, os, signal, sys
+KILL_SEED = """
+def patch(module):
+    \"\"\"A sweep worker training seed {seed} dies as the out-of-memory killer would end it.\"\"\"
+    import multiprocessing
+    real = module.train_seeds
 
-class KillSeed:
-    def find_spec(self, name, path, target=None):
-        if name != "training":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            real = module.train_seeds
-
-            def train_seeds(cfg, seeds, *args, **kwargs):
-                if multiprocessing.parent_process() and int(os.environ["KILL_SEED"]) in list(seeds):
-                    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
-                return real(cfg, seeds, *args, **kwargs)
-            module.train_seeds = train_seeds
-        spec.loader.exec_module = exec_module
-        return spec
-
-if os.environ.get("KILL_SEED"):
-    sys.meta_path.insert(0, KillSeed())
+    def train_seeds(cfg, seeds, *args, **kwargs):
+        if multiprocessing.parent_process() and {seed} in list(seeds):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(cfg, seeds, *args, **kwargs)
+    module.train_seeds = train_seeds
 """
 
 
@@ -598,13 +587,10 @@ def test_a_dead_worker_costs_only_its_own_run(root, tmp_path, jax_cache):
     """A worker killed by SIGKILL (the out-of-memory killer, say) while training seed 1: the
     other runs finish, seed 1 is recorded as failed (error.txt, a line on stderr, exit code
     1, no traceback), and the next invocation trains it."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILLER)
+    env = training_hook(tmp_path / "hook", KILL_SEED.format(seed=1))
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1, 2], "delta_tau": [0.4]}, n_epochs=1)
     args = ["--sweep_name", "tiny", "--sweeps_file", str(sweeps_file), "--results_dir", str(tmp_path),
             "--jobs", "2", "--seeds_per_task", "1"]
-    env = {**os.environ, "KILL_SEED": "1", "PYTHONPATH": str(hook)}
     result = run_sweep(root, jax_cache, *args, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "failed: delta_tau=0.4__seed=1: WorkerDied" in result.stderr
