@@ -1,0 +1,65 @@
+"""Training speed of two versions of this code, measured alternately in the same minutes:
+
+    python3 benchmarks/compare_commits.py BASE [--rounds 3] [--head HEAD]
+
+BASE and HEAD (default: the working tree) are git revisions. Each is checked out into a
+temporary worktree once; then `benchmarks/benchmark.py` runs for MTS-XOR (4 layers) and SHD
+(3 hidden layers of 32) from each version in turn, `--rounds` times, so that a load that
+comes and goes on the machine hits both alike. Prints each version's median steady-state
+seconds per training epoch over the rounds, and HEAD's ratio to BASE.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {"mts_xor_4layers": ["--dataset_name", "mts_xor", "--n_layers", "4", "--epochs", "4"],
+         "shd_3x32": ["--dataset_name", "shd", "--n_layers", "4", "--n_hid", "32", "--epochs", "3"]}
+
+
+def worktree(rev: str, folder: Path) -> Path:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(folder), rev], check=True)
+    return folder
+
+
+def epoch_seconds(tree: Path, args: list, out: Path) -> float:
+    subprocess.run([sys.executable, str(tree / "benchmarks" / "benchmark.py"), *args, "--out", str(out)],
+                   cwd=tree, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())["epoch_seconds"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base")
+    parser.add_argument("--head", default=None, help="a revision (default: the working tree)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hsnn-compare-") as tmp:
+        trees = {"base": worktree(args.base, Path(tmp) / "base")}
+        trees["head"] = worktree(args.head, Path(tmp) / "head") if args.head else ROOT
+        try:
+            times = {(case, v): [] for case in CASES for v in trees}
+            for r in range(args.rounds):
+                for case, case_args in CASES.items():
+                    for version, tree in trees.items():
+                        t = epoch_seconds(tree, case_args, Path(tmp) / f"{case}_{version}_{r}.json")
+                        times[case, version].append(t)
+                        print(f"round {r + 1}: {case} {version} {t:.4f} s/epoch", flush=True)
+            print(f"\n| configuration | {args.base} s/epoch | {args.head or 'working tree'} s/epoch | ratio |")
+            print("|---|---|---|---|")
+            for case in CASES:
+                b, h = (statistics.median(times[case, v]) for v in ("base", "head"))
+                print(f"| {case} | {b:.4f} | {h:.4f} | {h / b:.3f} |")
+        finally:
+            for version, tree in trees.items():
+                if tree != ROOT:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+if __name__ == "__main__":
+    main()
