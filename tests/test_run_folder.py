@@ -220,11 +220,14 @@ def test_a_diverged_run_leaves_error_txt(root, tmp_path):
 
 
 def test_ctrl_c_prints_the_resume_command(root, tmp_path):
-    """Ctrl-C while the run is provably training (it waits before its second epoch)."""
+    """Ctrl-C while the run is provably training (it waits before its second epoch). The run
+    gets the default SIGINT handling even where the test runner ignores SIGINT (a background
+    job of a non-interactive shell does, and its children inherit that)."""
     env, marker = pause_at_epoch(tmp_path / "hook", epoch=1)
     proc = subprocess.Popen([sys.executable, str(root / "main.py"), *TINY, "--n_epochs", "3",
                              "--results_dir", str(tmp_path), "--save_dir_name", "run"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(marker, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
