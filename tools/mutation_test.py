@@ -1,0 +1,136 @@
+"""Mutation testing of the formulas the paper's numbers rest on, with mutmut 3.
+
+    pip install -r requirements/requirements_dev.txt
+    python3 tools/mutation_test.py [--rev HEAD] [--work /tmp/hsnn-mutation] [--modules models ...]
+
+Copies the git revision `--rev` into `--work` (never the working tree itself), marks every
+function that is not a formula of the model, the loss, the training rule, the hierarchies or
+the data (`FORMULAS` below) with `# pragma: no mutate` so that mutmut leaves it alone, and runs
+`mutmut run` there with the quick test suite (`-m "not slow"`). Then prints, per module, how
+many mutants the tests killed and lists the survivors with their diffs (`mutmut show`).
+
+A full run takes hours on 2 cores (about 2,000 mutants; mutmut runs only the tests that reach
+the mutated function). It can be stopped and started again: mutmut continues where it
+stopped. `--modules` limits it to some modules, `--report` only prints the results of an
+earlier run.
+"""
+
+import argparse
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The functions (and classes) whose one-line changes must fail a quick test: the model, the
+# normalisation, the loss and each of its terms, the learning-rate schedule, the optimizer and
+# the decay-gradient rule, evaluation, the hierarchies and initialisation, and the data.
+FORMULAS = {
+    "models": None,  # every function
+    "utils_normalization": None,
+    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "correct_counts", "learning_rate",
+                 "scale_by_epoch_adam", "make_optimizer", "_alpha_grad_scales", "alpha_grad_rule",
+                 "freeze_fixed_decays", "make_step_fns", "Tally", "evaluate", "eval_rngs",
+                 "median_tau_per_layer", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
+    "utils_initialization": ["tau_hierarchy", "conv_hierarchy", "layer_sizes", "tau_from_alpha",
+                             "weight_scales", "init_params", "_uniform", "_tau_layers", "_hidden_alpha"],
+    "utils_dataset": ["iterate_batches", "mts_xor_score_mask", "generate_mts_xor", "load_mts_xor", "SpikeCounts",
+                      "frequency_shift", "channel_stride", "_spikes", "bin_rows", "shd_validation_rows",
+                      "load_audiospikes", "latency_steps", "LatencyCoded", "PixelSequence", "mnist_images",
+                      "mnist_seeds", "pixel_permutation", "load_ps_mnist"],
+}
+SOURCES = ["cli.py", "figures.py", "main.py", "models.py", "report.py", "run_folder.py", "sweep.py", "training.py",
+           "utils_dataset.py", "utils_initialization.py", "utils_io.py", "utils_normalization.py"]
+CONFIG = """[mutmut]
+source_paths =
+{sources}
+only_mutate =
+{modules}
+also_copy =
+    paper/
+    tools/
+    benchmarks/
+    pytest.ini
+    requirements.txt
+    README.md
+    .ci/
+pytest_add_cli_args =
+    -m
+    not slow
+    -x
+    -p
+    no:cacheprovider
+pytest_add_cli_args_test_selection = tests/
+process_isolation = forkserver
+forkserver_warmup = none
+"""
+
+
+def exclude_non_formulas(path: Path, keep):
+    """Wrap every top-level function or class not in `keep` (None: keep all) in
+    `# pragma: no mutate start` / `end`."""
+    if keep is None:
+        return
+    lines = path.read_text().splitlines()
+    spans = [(n.lineno - 1 - len(n.decorator_list), n.end_lineno) for n in ast.parse("\n".join(lines)).body
+             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name not in keep]
+    for start, end in sorted(spans, reverse=True):
+        lines[end:end] = ["# pragma: no mutate end"]
+        lines[start:start] = ["# pragma: no mutate start"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def prepare(rev: str, work: Path, modules: list):
+    work.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    for name in modules:
+        exclude_non_formulas(work / f"{name}.py", FORMULAS[name])
+    (work / "setup.cfg").write_text(CONFIG.format(sources="\n".join(f"    {s}" for s in SOURCES),
+                                                  modules="\n".join(f"    {m}.py" for m in modules)))
+
+
+def report(work: Path, modules: list):
+    """Per module: mutants by mutmut's status; the score counts killed and timed-out mutants
+    against all that were checked (a mutant no quick test reaches counts as survived)."""
+    from mutmut.stats import status_by_exit_code
+    print("| module | mutants | killed | timeout | survived | no test reaches it | not checked | score |")
+    print("|---|---|---|---|---|---|---|---|")
+    survivors = []
+    for name in modules:
+        meta = work / "mutants" / f"{name}.py.meta"
+        if not meta.exists():
+            print(f"| {name} | not run yet | | | | | | |")
+            continue
+        status = {k: status_by_exit_code[c] for k, c in json.loads(meta.read_text())["exit_code_by_key"].items()}
+        count = {s: sum(1 for v in status.values() if v == s)
+                 for s in ("killed", "timeout", "survived", "no tests", "not checked")}
+        checked = count["killed"] + count["timeout"] + count["survived"] + count["no tests"]
+        score = (count["killed"] + count["timeout"]) / max(1, checked)
+        print(f"| {name} | {len(status)} | {count['killed']} | {count['timeout']} | {count['survived']} | "
+              f"{count['no tests']} | {count['not checked']} | {score:.1%} |")
+        survivors += [k for k, v in status.items() if v in ("survived", "no tests")]
+    for key in survivors:
+        shown = subprocess.run(["mutmut", "show", key], cwd=work, capture_output=True, text=True).stdout
+        print(f"\n### {key}\n```diff\n{shown.strip()}\n```")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rev", default="HEAD", help="git revision to test (default HEAD)")
+    parser.add_argument("--work", default="/tmp/hsnn-mutation", help="work folder (a copy of the revision)")
+    parser.add_argument("--modules", nargs="*", default=list(FORMULAS), choices=list(FORMULAS))
+    parser.add_argument("--report", action="store_true", help="only print the results of an earlier run")
+    args = parser.parse_args()
+    work = Path(args.work)
+    if not args.report:
+        if not (work / "setup.cfg").exists():
+            prepare(args.rev, work, args.modules)
+        subprocess.run(["mutmut", "run"], cwd=work, check=False)
+    report(work, args.modules)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
