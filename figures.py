@@ -75,7 +75,12 @@ FIGURES = {
     "hSNN_Figure_6": dict(kind="line", x="delta_tau", x_scale=784, x_label="delta_tau [time steps of 1/784 s]"),
     "hSNN_Figure_3b": dict(kind="tau", paper="hSNN_Figure_3_mts_xor"),
     "hSNN_Figure_3c": dict(kind="tau", paper="hSNN_Figure_3_shd"),
+    "hSNN_Figure_S6_mts_xor": dict(kind="eigen"),
+    "hSNN_Figure_S6_shd": dict(kind="eigen"),
 }
+# Fig. S6: which recurrent matrix a spectrum is of (results lines' w_rec_abs_eigenvalues)
+SPECTRA = {"stored": "W_rec as stored (as the published notebook plotted it)",
+           "masked": "W_rec with its diagonal masked to zero (the matrix the forward pass uses)"}
 UNITS = {"tau_mem": "s", "delta_tau": "s", "noise_rate": "spike probability per step",
          "conv_dilation": "steps", "conv_kernel": "steps", "delta_ker": "steps", "delta_dil": "steps"}
 SUMMARY_FIELDS = ["series", "x_name", "x", "stat", "ours", "ours_sd", "ours_median", "n_seeds",
@@ -97,7 +102,8 @@ def plot_sweep(sweep: "Panel", paper_numbers: dict) -> list:
     lines = sweep.lines
     spec = figure_spec(sweep.name, sweep.definition)
     paper = paper_numbers.get(spec["paper"], {})
-    draw = {"line": line_figure, "heatmap": heatmap_figure, "table": table_figure, "tau": tau_figure}[spec["kind"]]
+    draw = {"line": line_figure, "heatmap": heatmap_figure, "table": table_figure, "tau": tau_figure,
+            "eigen": eigen_figure}[spec["kind"]]
     fig, rows = draw(sweep, lines, spec, paper)
     annotate(fig, sweep, lines, paper)
     for suffix in ("png", "pdf"):
@@ -126,7 +132,8 @@ def annotate(fig, sweep: "Panel", lines: list, paper: dict):
 
 
 def paper_recoverable(paper: dict) -> bool:
-    return bool(paper.get("series") or paper.get("rows") or paper.get("tau_median_ms"))
+    return bool(paper.get("series") or paper.get("rows") or paper.get("tau_median_ms")
+                or paper.get("largest_abs_eigenvalue_per_hidden_layer"))
 
 
 def accuracy_pct(lines):
@@ -404,6 +411,59 @@ def tau_figure(sweep, lines, spec, paper):
     ax.text(1.04, 0.02, f"test accuracy, mean of {acc['n_seeds']} seeds:\nours {acc['ours']:.2f} %"
             + (f"\npaper {acc['paper']:.2f} %" if "paper" in acc else ""), transform=ax.transAxes, fontsize=8)
     return fig, rows
+
+
+class Spectrum(NamedTuple):
+    """One hidden layer's spectrum over the runs of a sweep (Fig. S6)."""
+    which: str            # "stored" or "masked" (SPECTRA)
+    layer: int            # 1 = closest to the input
+    mean: np.ndarray      # mean over runs of the sorted absolute eigenvalues
+    q25: np.ndarray       # 25 % and 75 % quantiles over runs, per index
+    q75: np.ndarray
+    largest: np.ndarray   # each run's largest absolute eigenvalue
+
+
+def spectra(lines: list) -> list:
+    """Fig. S6's numbers, for the figure and the report alike: per kind of matrix and hidden
+    layer, the runs' sorted absolute eigenvalues of the trained W_rec summarised over runs."""
+    out = []
+    for which in SPECTRA:
+        runs = np.array([line["w_rec_abs_eigenvalues"][which] for line in lines])  # [runs, layers, n]
+        for l in range(runs.shape[1]):
+            q25, q75 = np.percentile(runs[:, l], [25, 75], axis=0)
+            out.append(Spectrum(which, l + 1, runs[:, l].mean(0), q25, q75, runs[:, l, 0]))
+    return out
+
+
+def eigen_figure(sweep, lines, spec, paper):
+    """Fig. S6: per hidden layer the absolute eigenvalues of the trained W_rec, sorted, largest
+    first: the mean over seeds (line) and the 25-75 % quantiles over seeds (band); top, W_rec
+    as stored, as the published notebook plotted it; bottom, with the diagonal the forward
+    pass masks. The paper's largest eigenvalue per layer (read off its plot) as diamonds."""
+    fig, axes = new_figure(2, 1, figsize=(6.4, 7.4), sharex=True)
+    paper_largest = paper.get("largest_abs_eigenvalue_per_hidden_layer") or []
+    rows = []
+    for ax, which in zip(axes, SPECTRA):
+        for s in (s for s in spectra(lines) if s.which == which):
+            index = np.arange(1, len(s.mean) + 1)
+            ax.plot(index, s.mean, color=f"C{s.layer - 1}", label=f"hidden layer {s.layer}, ours")
+            ax.fill_between(index, s.q25, s.q75, color=f"C{s.layer - 1}", alpha=0.2)
+            row = dict(series=f"largest |eigenvalue|, {which}", x_name="hidden layer", x=s.layer, stat="mean",
+                       ours=float(s.largest.mean()), ours_median=float(np.median(s.largest)),
+                       ours_sd=float(np.std(s.largest, ddof=1)) if len(s.largest) > 1 else "",
+                       n_seeds=len(s.largest), unit="", paper_source=paper.get("source", ""))
+            if which == "stored" and s.layer <= len(paper_largest):
+                p = paper_largest[s.layer - 1]
+                ax.plot([1], [p], "D", color=f"C{s.layer - 1}", mec="black",
+                        label=f"hidden layer {s.layer}, paper's largest")
+                row.update(paper=p, difference=row["ours"] - p)
+            rows.append(row)
+        ax.set_title(SPECTRA[which], fontsize=9)
+        ax.set_ylabel("|eigenvalue| (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[-1].set_xlabel("eigenvalue index, largest first (band: 25-75 % of the seeds)")
+    return fig, rows + accuracy_rows(lines, paper)
 
 
 def tau_samples(sweep: "Panel", lines: list):

@@ -70,6 +70,11 @@ SECTIONS = [
             "hierarchy (delta_tau 0.4 s) and an anti-hierarchy (-0.4 s).",
             Claim("the hierarchy beats the anti-hierarchy at every noise level", "beats",
                   dict(field="delta_tau", better=0.4, worse=-0.4, by=("noise_rate",)))),
+    Section("Fig. S6", ("hSNN_Figure_S6_mts_xor", "hSNN_Figure_S6_shd"), "Recurrent networks without a "
+            "time-constant hierarchy, MTS-XOR and SHD: the absolute eigenvalues of each hidden layer's trained "
+            "recurrent matrix (larger eigenvalues are slower modes of the recurrent dynamics).",
+            Claim("a hierarchy appears in the recurrent dynamics: deeper layers have larger recurrent eigenvalues",
+                  "deeper_larger")),
     Section("Fig. S2b", ("hSNN_Figure_S2b",), "SHD without hierarchy: accuracy against tau_mem "
             "(the tuning behind the SHD runs' 0.1 s)."),
     Section("Fig. S2c", ("hSNN_Figure_S2c",), "SHD, 5 hidden layers of 32: accuracy against the tanh "
@@ -116,6 +121,9 @@ RULES = {
                      "over runs is above the first's",
     "gains": "the median gain over the delta_tau 0 runs is positive in at least three quarters of "
              "the cells",
+    "deeper_larger": "Spearman's rank correlation between the hidden layer's depth and each run's largest "
+                     "absolute eigenvalue of W_rec (as stored) is positive, and the deepest hidden layer's "
+                     "mean over runs is above the first's",
 }
 DATA_OF = {"mts_xor": None, "shd": "SHD", "ssc": "SSC", "mnist": "MNIST", "s-mnist": "MNIST",
            "ps-mnist": "MNIST"}
@@ -224,7 +232,17 @@ def tau_points(sweep: SweepResults, spec, paper) -> list:
                   paper_ms[l] if l < len(paper_ms) else None) for l in range(medians.shape[1])]
 
 
-POINTS = {"line": line_points, "heatmap": heatmap_points, "table": table_points, "tau": tau_points}
+def eigen_points(sweep: SweepResults, spec, paper) -> list:
+    paper_largest = paper.get("largest_abs_eigenvalue_per_hidden_layer") or []
+    points = []
+    for s in figures.spectra(sweep.lines):
+        p = paper_largest[s.layer - 1] if s.which == "stored" and s.layer <= len(paper_largest) else None
+        points.append(point(f"largest abs. eigenvalue of W_rec, {s.which}", s.layer, s.largest, "mean", p))
+    return points
+
+
+POINTS = {"line": line_points, "heatmap": heatmap_points, "table": table_points, "tau": tau_points,
+          "eigen": eigen_points}
 
 
 def summary(points) -> str:
@@ -311,6 +329,23 @@ def verdict_deeper_slower(lines):
                                             f"in {slowest} of {len(medians)} runs")
 
 
+def verdict_deeper_larger(lines):
+    """Per task (a section may hold an MTS-XOR and an SHD sweep): holds where it holds in each."""
+    results = {}
+    for task in sorted({line["config"]["dataset_name"] for line in lines}):
+        group = [line for line in lines if line["config"]["dataset_name"] == task]
+        largest = np.array([[spectrum[0] for spectrum in line["w_rec_abs_eigenvalues"]["stored"]] for line in group])
+        rho = spearman(np.tile(np.arange(largest.shape[1]), len(largest)), largest.ravel())
+        first, last = largest[:, 0].mean(), largest[:, -1].mean()
+        ordered = int(np.sum(np.argmax(largest, axis=1) == largest.shape[1] - 1))
+        ok = None if np.isnan(rho) else bool(rho > 0 and last > first)
+        results[task] = ok, (f"{task}: rank correlation {rho:+.2f}, first hidden layer {first:.2f}, deepest "
+                             f"{last:.2f}, the deepest layer's eigenvalue the largest in {ordered} of {len(largest)} runs")
+    oks = [ok for ok, _ in results.values()]
+    ok = None if any(o is None for o in oks) else all(oks)
+    return ok, "; ".join(text for _, text in results.values())
+
+
 def verdict_gains(points):
     if not points:
         return None, "no delta_tau 0 runs to compare with yet"
@@ -327,6 +362,8 @@ def verdict(claim: Claim, lines, points):
         return verdict_beats(lines, **claim.args)
     if claim.rule == "deeper_slower":
         return verdict_deeper_slower(lines)
+    if claim.rule == "deeper_larger":
+        return verdict_deeper_larger(lines)
     return verdict_gains(points)
 
 

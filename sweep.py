@@ -325,7 +325,8 @@ def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
                 valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
-                median_tau_init=metrics.get("median_tau_init"), host=socket.gethostname(),
+                median_tau_init=metrics.get("median_tau_init"),
+                w_rec_abs_eigenvalues=metrics.get("w_rec_abs_eigenvalues"), host=socket.gethostname(),
                 provenance=run_folder.read_provenance(run_dir),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

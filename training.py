@@ -318,6 +318,20 @@ def median_tau_per_layer(params, cfg: Config) -> list:
             for l in params[:-1]]
 
 
+def recurrent_spectra(params) -> Optional[dict]:
+    """The absolute eigenvalues of each hidden layer's trained recurrent matrix, largest first
+    (paper Fig. S6): of W_rec as stored ('stored', what the published notebook plotted) and
+    with its diagonal zeroed ('masked', the matrix the forward pass uses). Writing
+    tau dv/dt = -v + W_rec v as dv/dt = ((W_rec - I) / tau) v, a larger eigenvalue is a slower
+    mode. None for a feed-forward network."""
+    matrices = [np.asarray(layer["W_rec"], np.float64) for layer in params[:-1] if "W_rec" in layer]
+    if not matrices:
+        return None
+    spectrum = lambda W: sorted(np.abs(np.linalg.eigvals(W)).tolist(), reverse=True)  # noqa: E731
+    return dict(stored=[spectrum(W) for W in matrices],
+                masked=[spectrum(W * (1.0 - np.eye(len(W)))) for W in matrices])
+
+
 def configure_jax(compilation_cache: bool = True, cache_dir=None):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
     JAX's first computation.
@@ -580,6 +594,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     for s, (run, c) in enumerate(zip(runs, cfgs)):
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
                            test_terms=test.mean_terms(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
+                           w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
                            seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
         if run_dirs[s] is not None:
             _finish_run(run_dirs[s], best[s], run.metrics)

@@ -32,7 +32,7 @@ PUBLISHED_RUNS = {  # the grids of paper/sweeps.json, counted by hand
     "hSNN_Figure_4b": 10 * 9, "hSNN_Figure_4d": 10 * 7, "SHD_hCSNN_max_performance": 10,
     "SSC_hCSNN_max_performance": 10 * 2, "SSC_hSNN_hierarchy": 5 * 2, "hSNN_Figure_5b": 5 * 5,
     "hSNN_Figure_5c": 5 * 5, "hSNN_Figure_6": 5 * 5 * 2, "hSNN_Figure_3b": 5, "hSNN_Figure_3c": 5,
-    "SHD_hCSNN_proper_validation": 10 * 2,
+    "SHD_hCSNN_proper_validation": 10 * 2, "hSNN_Figure_S6_mts_xor": 10, "hSNN_Figure_S6_shd": 10,
 }
 # a sweep starts from the published SimArgs() defaults, so the task's sizes are given here,
 # as the published MTS-XOR sweeps gave them
