@@ -9,6 +9,7 @@ by a rule the report states, and the provenance of the runs. The same results gi
 bytes: everything is sorted and no clock is read.
 """
 
+import json
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -132,14 +133,9 @@ DATA_OF = {"mts_xor": None, "shd": "SHD", "ssc": "SSC", "mnist": "MNIST", "s-mni
 # --- statistics ---------------------------------------------------------------------------------
 def ranks(values) -> np.ndarray:
     """Ranks 1..n, ties sharing their mean rank."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="stable")
-    r = np.empty(len(values))
-    r[order] = np.arange(1, len(values) + 1)
-    for v in np.unique(values):
-        tied = values == v
-        r[tied] = r[tied].mean()
-    return r
+    _, where, counts = np.unique(np.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return ((last - counts + 1 + last) / 2.0)[where]
 
 
 def spearman(x, y) -> float:
@@ -166,9 +162,10 @@ class Point(NamedTuple):
     paper_sd: Optional[float] = None
     in_iqr: Optional[bool] = None
     in_paper_bar: Optional[bool] = None
+    here: Optional[float] = None   # the published code run on this machine kind, same statistic
 
 
-def point(series, x, acc, stat, paper=None, paper_sd=None) -> Point:
+def point(series, x, acc, stat, paper=None, paper_sd=None, here=None) -> Point:
     acc = np.asarray(acc, dtype=float)
     q25, q75 = np.percentile(acc, 25), np.percentile(acc, 75)
     ours = figures.stat_of(acc, stat)
@@ -176,10 +173,11 @@ def point(series, x, acc, stat, paper=None, paper_sd=None) -> Point:
         else f"{q25:.2f}-{q75:.2f}"
     in_iqr = None if paper is None else bool(q25 <= paper <= q75)
     in_bar = None if paper is None or not paper_sd else bool(abs(ours - paper) <= paper_sd)
-    return Point(series, x, stat, ours, spread, len(acc), paper, paper_sd, in_iqr, in_bar)
+    here = None if here is None else figures.stat_of(np.asarray(here, dtype=float), stat)
+    return Point(series, x, stat, ours, spread, len(acc), paper, paper_sd, in_iqr, in_bar, here)
 
 
-def line_points(sweep: SweepResults, spec, paper) -> list:
+def line_points(sweep: SweepResults, spec, paper, here=None) -> list:
     panel = figures.Panel(sweep.name, None, sweep.definition, sweep.lines, sweep.n_runs)
     points = []
     stat = paper.get("stat", "median")
@@ -191,11 +189,13 @@ def line_points(sweep: SweepResults, spec, paper) -> list:
             paper_label = figures.match_paper_series(paper, by_x[min(by_x)][0])
             for x in sorted(by_x):
                 value, sd = figures.paper_value(paper, paper_label, x)
-                points.append(point(name, x, figures.accuracy_pct(by_x[x]), stat, value, sd))
+                published = next((p["test_acc"] for p in (here or {}).get("points", [])
+                                  if figures.matches(p["series"], by_x[x][0]["config"]) and p["x"] == x), None)
+                points.append(point(name, x, figures.accuracy_pct(by_x[x]), stat, value, sd, published))
     return points
 
 
-def heatmap_points(sweep: SweepResults, spec, paper) -> list:
+def heatmap_points(sweep: SweepResults, spec, paper, here=None) -> list:
     base = [line for line in sweep.lines if line["baseline"]]
     if not base:
         return []
@@ -212,7 +212,7 @@ def heatmap_points(sweep: SweepResults, spec, paper) -> list:
     return points
 
 
-def table_points(sweep: SweepResults, spec, paper) -> list:
+def table_points(sweep: SweepResults, spec, paper, here=None) -> list:
     by_point = {}
     for line in sweep.lines:
         by_point.setdefault(figures.series_label(line["point"]), []).append(line)
@@ -225,19 +225,24 @@ def table_points(sweep: SweepResults, spec, paper) -> list:
     return points
 
 
-def tau_points(sweep: SweepResults, spec, paper) -> list:
+def tau_points(sweep: SweepResults, spec, paper, here=None) -> list:
     medians = np.array([line["median_tau_per_layer"] for line in sweep.lines]) * 1e3
     paper_ms = paper.get("tau_median_ms") or []
+    published = [[v for v in seed if v is not None] for seed in zip(*(here or {}).get("tau_median_ms_per_seed", []))]
     return [point("trained tau [ms], median of the runs' medians", l + 1, medians[:, l], "median",
-                  paper_ms[l] if l < len(paper_ms) else None) for l in range(medians.shape[1])]
+                  paper_ms[l] if l < len(paper_ms) else None, None, published[l] if l < len(published) else None)
+            for l in range(medians.shape[1])]
 
 
-def eigen_points(sweep: SweepResults, spec, paper) -> list:
+def eigen_points(sweep: SweepResults, spec, paper, here=None) -> list:
     paper_largest = paper.get("largest_abs_eigenvalue_per_hidden_layer") or []
+    published = list(zip(*(here or {}).get("largest_abs_eigenvalue_per_seed", [])))
     points = []
     for s in figures.spectra(sweep.lines):
-        p = paper_largest[s.layer - 1] if s.which == "stored" and s.layer <= len(paper_largest) else None
-        points.append(point(f"largest abs. eigenvalue of W_rec, {s.which}", s.layer, s.largest, "mean", p))
+        stored = s.which == "stored"
+        p = paper_largest[s.layer - 1] if stored and s.layer <= len(paper_largest) else None
+        h = published[s.layer - 1] if stored and s.layer <= len(published) else None
+        points.append(point(f"largest abs. eigenvalue of W_rec, {s.which}", s.layer, s.largest, "mean", p, None, h))
     return points
 
 
@@ -274,13 +279,25 @@ def _series(lines, x):
     return groups
 
 
-def verdict_rises(lines, x, more=None, less=None):
+class Stat(NamedTuple):
+    """A rule's statistic and the threshold it must clear (value > threshold, or >= with
+    `inclusive`)."""
+    name: str
+    value: float
+    threshold: float
+    inclusive: bool = False
+
+    def clears(self, value) -> bool:
+        return bool(value >= self.threshold if self.inclusive else value > self.threshold)
+
+
+def stats_rises(lines, x, more=None, less=None):
     groups = _series(lines, x)
     rhos = {k: spearman(_values(g, x), figures.accuracy_pct(g)) for k, g in sorted(groups.items())}
     if not rhos or any(np.isnan(r) for r in rhos.values()):
         return None, "not enough distinct values to rank"
     text = "rank correlation " + ", ".join(f"{k}: {r:+.2f}" for k, r in rhos.items())
-    ok = all(r > 0 for r in rhos.values())
+    stats = [Stat("smallest rank correlation", min(rhos.values()), 0.0)]
     if more is not None:
         def rise(cond):
             group = [line for line in lines if figures.matches(cond, line["config"]) and not line.get("baseline")]
@@ -289,11 +306,11 @@ def verdict_rises(lines, x, more=None, less=None):
             return at(xs[-1]) - at(xs[0]) if len(xs) > 1 else float("nan")
         r_more, r_less = rise(more), rise(less)
         text += f"; rise {figures.series_label(more)}: {r_more:+.2f}, {figures.series_label(less)}: {r_less:+.2f}"
-        ok = ok and r_more > r_less
-    return ok, text
+        stats.append(Stat("difference of the rises [points]", r_more - r_less, 0.0))
+    return stats, text
 
 
-def verdict_beats(lines, field, better, worse, by):
+def stats_beats(lines, field, better, worse, by):
     fields, betters, worses = ((field,), (better,), (worse,)) if isinstance(field, str) else (field, better, worse)
     wins, cells = 0, 0
     parts = []
@@ -313,58 +330,106 @@ def verdict_beats(lines, field, better, worse, by):
                 parts.append(f"{key if key != 'all' else f}: {diff:+.2f}")
     if not cells:
         return None, "no pair of runs to compare yet"
-    return wins >= 0.75 * cells, f"better in {wins} of {cells} ({'; '.join(parts)} points)"
+    return ([Stat("share of the comparisons won", wins / cells, 0.75, inclusive=True)],
+            f"better in {wins} of {cells} ({'; '.join(parts)} points)")
 
 
-def verdict_deeper_slower(lines):
+def stats_deeper_slower(lines):
     medians = np.array([line["median_tau_per_layer"] for line in lines]) * 1e3
-    depth = np.tile(np.arange(medians.shape[1]), len(medians))
-    rho = spearman(depth, medians.ravel())
+    rho = spearman(np.tile(np.arange(medians.shape[1]), len(medians)), medians.ravel())
     first, last = np.median(medians[:, 0]), np.median(medians[:, -1])
     if np.isnan(rho):
         return None, "not enough layers or runs to rank"
     slowest = int(np.sum(np.argmax(medians, axis=1) == medians.shape[1] - 1))
-    return bool(rho > 0 and last > first), (f"rank correlation {rho:+.2f}; first hidden layer {first:.0f} ms, "
-                                            f"deepest {last:.0f} ms; the deepest hidden layer is the slowest "
-                                            f"in {slowest} of {len(medians)} runs")
+    return ([Stat("rank correlation", rho, 0.0), Stat("deepest minus first hidden layer [ms]", last - first, 0.0)],
+            f"rank correlation {rho:+.2f}; first hidden layer {first:.0f} ms, deepest {last:.0f} ms; the deepest "
+            f"hidden layer is the slowest in {slowest} of {len(medians)} runs")
 
 
-def verdict_deeper_larger(lines):
-    """Per task (a section may hold an MTS-XOR and an SHD sweep): holds where it holds in each."""
-    results = {}
+def stats_deeper_larger(lines):
+    """Per task: a section may hold an MTS-XOR and an SHD sweep."""
+    stats, texts = [], []
     for task in sorted({line["config"]["dataset_name"] for line in lines}):
         group = [line for line in lines if line["config"]["dataset_name"] == task]
         largest = np.array([[spectrum[0] for spectrum in line["w_rec_abs_eigenvalues"]["stored"]] for line in group])
         rho = spearman(np.tile(np.arange(largest.shape[1]), len(largest)), largest.ravel())
+        if np.isnan(rho):
+            return None, f"{task}: not enough layers or runs to rank"
         first, last = largest[:, 0].mean(), largest[:, -1].mean()
         ordered = int(np.sum(np.argmax(largest, axis=1) == largest.shape[1] - 1))
-        ok = None if np.isnan(rho) else bool(rho > 0 and last > first)
-        results[task] = ok, (f"{task}: rank correlation {rho:+.2f}, first hidden layer {first:.2f}, deepest "
-                             f"{last:.2f}, the deepest layer's eigenvalue the largest in {ordered} of {len(largest)} runs")
-    oks = [ok for ok, _ in results.values()]
-    ok = None if any(o is None for o in oks) else all(oks)
-    return ok, "; ".join(text for _, text in results.values())
+        stats += [Stat(f"rank correlation ({task})", rho, 0.0),
+                  Stat(f"deepest minus first hidden layer ({task})", last - first, 0.0)]
+        texts.append(f"{task}: rank correlation {rho:+.2f}, first hidden layer {first:.2f}, deepest {last:.2f}, "
+                     f"the deepest layer's eigenvalue the largest in {ordered} of {len(largest)} runs")
+    return stats, "; ".join(texts)
 
 
-def verdict_gains(points):
-    if not points:
+def stats_gains(lines):
+    base = [line for line in lines if line.get("baseline")]
+    cells = {}
+    for line in lines:
+        if not line.get("baseline"):
+            cells.setdefault(figures.series_label(line["point"]), []).append(line)
+    if not base or not cells:
         return None, "no delta_tau 0 runs to compare with yet"
-    wins = sum(p.ours > 0 for p in points)
-    return wins >= 0.75 * len(points), f"positive in {wins} of {len(points)} cells"
+    base_median = np.median(figures.accuracy_pct(base))
+    wins = sum(np.median(figures.accuracy_pct(c)) > base_median for c in cells.values())
+    return ([Stat("share of the cells with a gain", wins / len(cells), 0.75, inclusive=True)],
+            f"positive in {wins} of {len(cells)} cells")
 
 
-def verdict(claim: Claim, lines, points):
-    if claim.rule == "rises":
-        return verdict_rises(lines, claim.args["x"])
-    if claim.rule == "rises_more":
-        return verdict_rises(lines, claim.args["x"], claim.args["more"], claim.args["less"])
-    if claim.rule == "beats":
-        return verdict_beats(lines, **claim.args)
-    if claim.rule == "deeper_slower":
-        return verdict_deeper_slower(lines)
-    if claim.rule == "deeper_larger":
-        return verdict_deeper_larger(lines)
-    return verdict_gains(points)
+STATISTICS = {"rises": stats_rises, "rises_more": stats_rises, "beats": stats_beats,
+              "deeper_slower": stats_deeper_slower, "deeper_larger": stats_deeper_larger, "gains": stats_gains}
+# the bootstrap over seeds behind every verdict: resamples, and a fixed generator seed so that
+# the same results give the same report
+BOOTSTRAP = dict(resamples=1000, seed=2407_18838)
+
+
+def statistics(claim: Claim, lines):
+    args = {k: v for k, v in claim.args.items() if claim.rule != "rises" or k == "x"}
+    return STATISTICS[claim.rule](lines, **args)
+
+
+def seed_groups(lines) -> list:
+    """The runs of each point: runs that differ only in their seed."""
+    points = {}
+    for line in lines:
+        key = json.dumps({k: v for k, v in line["config"].items() if k != "seed"}, sort_keys=True)
+        points.setdefault((key, bool(line.get("baseline"))), []).append(line)
+    return list(points.values())
+
+
+def resample_seeds(groups: list, rng) -> list:
+    """One bootstrap sample of the runs: within each point, as many runs as it has, drawn
+    with replacement."""
+    return [group[i] for group in groups for i in rng.integers(0, len(group), len(group))]
+
+
+def verdict(claim: Claim, lines):
+    """(word, evidence): 'holds' when the 95 % bootstrap interval of every statistic of the
+    rule clears its threshold, 'holds within noise' when the statistics do but an interval
+    does not, 'not supported' when a statistic does not, 'not decided' without enough runs."""
+    stats, text = statistics(claim, lines)
+    if stats is None:
+        return "not decided", text
+    rng, groups = np.random.default_rng(BOOTSTRAP["seed"]), seed_groups(lines)
+    samples = []
+    for _ in range(BOOTSTRAP["resamples"]):
+        boot, _ = statistics(claim, resample_seeds(groups, rng))
+        samples.append([b.value for b in boot] if boot is not None and len(boot) == len(stats) else
+                       [np.nan] * len(stats))
+    samples = np.array(samples, dtype=float)
+    parts, word = [], "holds"
+    for i, st in enumerate(stats):
+        column = samples[:, i][np.isfinite(samples[:, i])]
+        lo, hi = (np.percentile(column, [2.5, 97.5]) if len(column) else (np.nan, np.nan))
+        need = f"{'>=' if st.inclusive else '>'} {st.threshold:g}"
+        parts.append(f"{st.name} {st.value:+.2f} (95 % interval {lo:+.2f} to {hi:+.2f}; needs {need})")
+        if not st.clears(st.value):
+            word = "not supported"
+        elif not (np.isfinite(lo) and st.clears(lo)) and word == "holds":
+            word = "holds within noise"
+    return word, f"{text}; " + "; ".join(parts)
 
 
 def rule_text(claim: Claim) -> str:
@@ -437,22 +502,25 @@ def provenance(lines) -> list:
 
 
 def points_table(points) -> list:
+    """Ours, the paper's, and where it was run here (PUBLISHED_HERE) the published code's."""
     if not points:
         return []
-    rows = ["| series | x | ours | spread | seeds | paper | paper sd | difference |", "|---|---|---|---|---|---|---|---|"]
+    here = any(p.here is not None for p in points)
+    rows = ["| series | x | ours | spread | seeds | paper | paper sd | difference |"
+            + (" published code here |" if here else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if here else "")]
     for p in points:
         x = figures.fmt(p.x) if p.x != "" else ""
         diff = "" if p.paper is None else f"{p.ours - p.paper:+.2f}"
         rows.append(f"| {p.series} | {x} | {p.ours:.2f} ({p.stat}) | {p.spread} | {p.n} | {num(p.paper)} | "
-                    f"{num(p.paper_sd)} | {diff} |")
+                    f"{num(p.paper_sd)} | {diff} |" + (f" {num(p.here)} |" if here else ""))
     return rows
 
 
-def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, published: list) -> list:
+def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, published: list, here: dict) -> list:
     """An extension of a sweep (`sweep.py --seeds`): its numbers and verdict on its own, then
     with the published grid's runs, kept out of the section's status and verdict."""
     spec = figures.figure_spec(ext.name, ext.definition)
-    points = POINTS[spec["kind"]](ext, spec, paper_numbers.get(spec["paper"], {}))
+    points = POINTS[spec["kind"]](ext, spec, paper_numbers.get(spec["paper"], {}), here.get(ext.name))
     modified = f", modified: {changes_text(ext)}" if ext.changed else ""
     out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}{modified}", "",
            f"`{command(ext)}`", "",
@@ -462,14 +530,13 @@ def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, publis
                                    f"![{ext.folder}]({ext.folder}/figure.png)", "",
                                    "Provenance: " + "; ".join(provenance(ext.lines)) + ".", ""]
     if sec.claim is not None:
-        for what, lines in (("the extension alone", ext.lines), ("with the published grid's runs", published + ext.lines)):
-            ok, evidence = verdict(sec.claim, lines, points)
-            word = "not decided" if ok is None else ("holds" if ok else "does not hold")
+        for what, lines in (("the extension alone", ext.lines), ("the extension and the published grid's runs together", published + ext.lines)):
+            word, evidence = verdict(sec.claim, lines)
             out += [f"**Verdict on {what} ({len(lines)} runs):** {word}: {evidence}.", ""]
     return out
 
 
-def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = None) -> tuple:
+def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = None, here: dict = None) -> tuple:
     """(the section's lines, its row of the top table)."""
     out = [f"## {sec.title}", "", sec.tests, ""]
     statuses, verdict_text = [], "no claim tested"
@@ -487,7 +554,7 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
                     "ours only.", ""]
         if not sweep.lines:
             continue
-        points = POINTS[spec["kind"]](sweep, spec, paper)
+        points = POINTS[spec["kind"]](sweep, spec, paper, (here or {}).get(name))
         all_points += points
         all_lines += sweep.lines
         line = summary(points)
@@ -498,8 +565,7 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
     if sec.claim is not None:
         out += [f"**Claim:** {sec.claim.text}.", "", f"**Rule:** {rule_text(sec.claim)}.", ""]
         if all_lines:
-            ok, evidence = verdict(sec.claim, all_lines, all_points)
-            word = "not decided" if ok is None else ("holds" if ok else "does not hold")
+            word, evidence = verdict(sec.claim, all_lines)
             reduced = " (on reduced --quick runs)" if any(sweeps[n].reduced for n in sec.sweeps if n in sweeps) else ""
             if any(sweeps[n].changed for n in sec.sweeps if n in sweeps):
                 reduced += " (on modified runs: " + "; ".join(changes_text(sweeps[n]) for n in sec.sweeps
@@ -512,16 +578,16 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
     for name in sec.sweeps:
         for ext in (extensions or {}).get(name, []):
             published = sweeps[name].lines if name in sweeps and not sweeps[name].reduced else []
-            out += extension_lines(sec, ext, paper_numbers, published)
+            out += extension_lines(sec, ext, paper_numbers, published, here or {})
     top = (sec.title, ", ".join(f"`{n}`" for n in sec.sweeps), "; ".join(statuses) or "not defined",
            summary(all_points) if all_lines else "", verdict_text)
     return out, top
 
 
-def render(sweeps: dict, paper_numbers: dict, extensions: dict = None) -> str:
+def render(sweeps: dict, paper_numbers: dict, extensions: dict = None, here: dict = None) -> str:
     sections, top = [], []
     for sec in SECTIONS:
-        lines, row = section(sec, sweeps, paper_numbers, extensions)
+        lines, row = section(sec, sweeps, paper_numbers, extensions, here)
         sections += lines
         top.append(row)
     head = ["# Reproduction report", "",
@@ -530,15 +596,22 @@ def render(sweeps: dict, paper_numbers: dict, extensions: dict = None) -> str:
             "`python3 sweep.py --report` from the sweeps' `runs.jsonl` files only; our numbers are test "
             "accuracies in % (the paper's statistic over seeds: median with the interquartile range, or mean "
             "with the standard deviation), the paper's are read off its figures (+-0.3 points) or printed in "
-            "its tables. A verdict follows the rule stated under it, computed from our runs alone.", "",
+            "its tables. Where the authors' published code was itself run on the kind of machine these "
+            "results come from (`paper/published_runs_here.json`), its numbers are a column of their own. A "
+            "verdict follows the rule stated under it, computed from our runs alone: 'holds' when the 95 % "
+            "interval of each statistic of the rule (a bootstrap over the seeds of every point, "
+            f"{BOOTSTRAP['resamples']} resamples, a fixed generator seed) clears the rule's threshold, 'holds "
+            "within noise' when the statistics do but an interval does not, 'not supported' when a statistic "
+            "does not.", "",
             "| panel | sweeps | status | ours against the paper | verdict |", "|---|---|---|---|---|"]
     head += [f"| {t} | {s} | {st} | {summ} | {v} |" for t, s, st, summ, v in top]
     return "\n".join(head + [""] + sections).rstrip() + "\n"
 
 
-def write_report(path, sweeps: dict, paper_numbers: dict, extensions: dict = None) -> str:
+def write_report(path, sweeps: dict, paper_numbers: dict, extensions: dict = None, here: dict = None) -> str:
     """Write the report to `path` atomically; returns its text. `extensions`: {sweep name:
-    [SweepResults of its `--seeds` extensions]}, reported after the sweep's own results."""
-    text = render(sweeps, paper_numbers, extensions)
+    [SweepResults of its `--seeds` extensions]}, reported after the sweep's own results;
+    `here`: {sweep name: the published code's numbers on this machine kind}."""
+    text = render(sweeps, paper_numbers, extensions, here)
     atomic_write(path, lambda f: f.write(text.encode()))
     return text

@@ -57,6 +57,7 @@ from utils_io import FileError, read_json, write_json
 ROOT = Path(__file__).resolve().parent
 SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
 PAPER_FILE = ROOT / "paper" / "paper_numbers.json"
+PUBLISHED_HERE_FILE = ROOT / "paper" / "published_runs_here.json"  # the published code, run on this machine kind
 QUICK = dict(seeds=2, n_epochs=10, points=3)  # --quick: per grid axis first, middle, last
 LINES = "runs.jsonl"
 NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
@@ -804,6 +805,10 @@ def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> 
                                sets=sets, changed=changed_fields(lines, definition))
 
 
+# fields that say where the data is, not what is trained
+WHERE_NOT_WHAT = ("data_dir",)
+
+
 def changed_fields(lines: list, definition: dict) -> dict:
     """{field: the values the runs trained} for every field in which a results line's
     configuration differs from what `definition` trains at that grid point and seed."""
@@ -815,7 +820,7 @@ def changed_fields(lines: list, definition: dict) -> dict:
             continue
         reference = make_run_config(published[line["group"]], line["seed"]).to_dict()
         for k, v in line["config"].items():
-            if k in reference and v != reference[k]:
+            if k in reference and v != reference[k] and k not in WHERE_NOT_WHAT:
                 changed.setdefault(k, set()).add(json.dumps(v))
     return {k: sorted(json.loads(v) if k != "grid point" else v for v in vs) for k, vs in sorted(changed.items())}
 
@@ -837,7 +842,9 @@ def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> P
     path = results_dir / "REPORT.md"
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
-        report.write_report(path, sweeps, paper_numbers, extensions)
+        here = {k: v for k, v in read_json(PUBLISHED_HERE_FILE, "published code's numbers").items()
+                if not k.startswith("_")}
+        report.write_report(path, sweeps, paper_numbers, extensions, here)
     except (OSError, FileError) as err:
         raise SweepError(f"cannot write the report {path} ({getattr(err, 'strerror', None) or err}); "
                          "choose another --results_dir") from None

@@ -673,3 +673,33 @@ def test_an_unwritable_results_dir_is_one_line(root, jax_cache):
     result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2a", "--results_dir", "/sys/hsnn")
     assert result.returncode == 2 and "cannot write the sweep folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_shd_recurrence_sweep_runs_on_synthetic_files(root, tmp_path, jax_cache):
+    """Fig. S6's SHD sweep (it waits for the real data here) on a small synthetic SHD: every
+    run records each hidden layer's sorted eigenvalue magnitudes of W_rec, the figure and the
+    summary follow, and the report has its section."""
+    from test_audiospikes import synthetic
+    synthetic.make_dataset("shd", tmp_path / "data" / "audiospikes", {"train": 40, "test": 10}, seed=2)
+    args = ["--sweep_name", "hSNN_Figure_S6_shd", "--quick", "--set", f"data_dir={tmp_path / 'data'}",
+            "--set", "n_epochs=2", "--results_dir", str(tmp_path / "results")]
+    result = run_sweep(root, jax_cache, *args)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "results" / "hSNN_Figure_S6_shd_quick"
+    lines = lines_of(folder / "runs.jsonl")
+    assert sorted(line["seed"] for line in lines) == [0, 1]
+    for line in lines:
+        spectra = line["w_rec_abs_eigenvalues"]
+        assert [len(layer) for layer in spectra["stored"]] == [32, 32, 32] and len(spectra["masked"]) == 3
+        for layer in spectra["stored"] + spectra["masked"]:
+            assert layer == sorted(layer, reverse=True) and layer[0] > 0
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert [r["x"] for r in rows if r["series"] == "largest |eigenvalue|, stored"] == ["1", "2", "3"]
+    assert (folder / "figure.png").exists()
+    report = run_sweep(root, jax_cache, "--report", "--results_dir", str(tmp_path / "results"))
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "results" / "REPORT.md").read_text()
+    section = text[text.index("## Fig. S6"):text.index("## Fig. S2b")]
+    assert "`hSNN_Figure_S6_shd`: reduced (--quick, modified: n_epochs=2" in section
+    assert "shd: rank correlation" in section

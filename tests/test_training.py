@@ -516,3 +516,18 @@ def test_host_batches_convert_alias_and_wait_for_their_step():
     assert kept.dtype == np.uint8
     np.testing.assert_array_equal(kept, np.stack([x.transpose(1, 0, 2) for x in xs]))
 
+
+
+def test_recurrent_spectra_are_the_sorted_eigenvalue_magnitudes():
+    """Fig. S6: |eigenvalues| of each hidden layer's W_rec, largest first, as stored and with
+    the diagonal the forward pass masks; none for a feed-forward network."""
+    rotation = np.array([[0.0, -0.5], [0.5, 0.0]])           # eigenvalues +-0.5i
+    W1 = np.diag([0.3, -0.9]) + rotation                        # a diagonal the mask removes
+    W2 = np.array([[2.0, 1.0], [1.0, 2.0]])                     # eigenvalues 3 and 1
+    params = [{"W_rec": jnp.asarray(W1)}, {"W_rec": jnp.asarray(W2)}, {"W": jnp.ones(2)}]
+    spectra = training.recurrent_spectra(params)
+    np.testing.assert_allclose(spectra["stored"][0], sorted(np.abs(np.linalg.eigvals(W1)), reverse=True), rtol=1e-5)
+    np.testing.assert_allclose(spectra["stored"][1], [3.0, 1.0])
+    np.testing.assert_allclose(spectra["masked"][0], [0.5, 0.5])
+    np.testing.assert_allclose(spectra["masked"][1], [1.0, 1.0])
+    assert training.recurrent_spectra([{"W": jnp.ones(2)}, {"W": jnp.ones(2)}]) is None
