@@ -12,6 +12,7 @@ Equations (numbered as in docs/model.md; threshold theta):
   with a the per-neuron decay alpha clipped to [1e-5, 0.98] (hidden layers).
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -212,15 +213,35 @@ def input_current(layer, x_TBI, cfg: Config, dilation=None):
     return normalize(I, layer, cfg.normalizer)  # float32: preferred_element_type
 
 
+def mix32(x):
+    """lowbias32 (C. Wellons' search for 32-bit integer hashes): a bijection of uint32 whose
+    output bits each flip with probability 0.5 when any input bit flips."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_bits(key, shape):
+    """Uniform 16-bit draws (as uint32), one per element of `shape`, from a counter-based
+    hash: word j = mix32(mix32(j + k0) ^ k1), with (k0, k1) the two words of `key`, gives
+    element 2j its low 16 bits and element 2j + 1 its high 16 bits. The keys come from JAX's
+    generator (one per layer, batch, epoch and seed); the elements cost a few integer
+    operations each, computed in the loop that applies the mask, where threefry spent its
+    rounds on every word."""
+    k = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    k = k.astype(jnp.uint32).reshape(-1)
+    element = jnp.arange(math.prod(shape), dtype=jnp.uint32)
+    word = mix32(mix32((element >> 1) + k[0]) ^ k[1])
+    return ((word >> ((element & 1) << 4)) & jnp.uint32(0xFFFF)).reshape(shape)
+
+
 def dropout(key, S_TBH, rate):
-    """Inverted dropout on hidden spikes (training only): each spike is kept with probability
-    1 - rate, to 1/65536, and scaled by 1 / (1 - rate). The draws are 16-bit numbers, two per
-    32-bit random word: a third of the generator's work of `jax.random.bernoulli`'s 32 bits
-    per spike, the largest cost of a small network's step on a CPU."""
-    n = S_TBH.size
-    words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
-    u16 = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(S_TBH.shape)
-    keep = u16.astype(jnp.uint32) >= min(round(rate * 65536), 65535)
+    """Inverted dropout on hidden spikes (training only): each spike is kept when its 16-bit
+    draw (`dropout_bits`) is at least round(rate * 65536), i.e. with probability 1 - rate to
+    1/65536, and scaled by 1 / (1 - rate)."""
+    keep = dropout_bits(key, S_TBH.shape) >= min(round(rate * 65536), 65535)
     return jnp.where(keep, S_TBH / (1.0 - rate), 0.0)
 
 

@@ -195,6 +195,82 @@ def test_dropout_only_in_training():
     np.testing.assert_array_equal(train, forward(params, x, cfg, key, train=True)[1])
 
 
+def dropout_key(seed=0, epoch=0, batch=0, layer=0, n_layers=4):
+    """A layer's dropout key as a training step derives it: the first half of PRNGKey(seed)
+    (training._init_run), folded with the epoch and the batch (make_step_fns), split per layer
+    (models.forward)."""
+    key = jax.random.split(jax.random.PRNGKey(seed))[0]
+    return jax.random.split(jax.random.fold_in(jax.random.fold_in(key, epoch), batch), n_layers)[layer]
+
+
+SHAPE = (64, 256, 256)  # time x batch x neurons: 4.2 million draws
+FIVE_SIGMA = 5 / np.sqrt(np.prod(SHAPE))  # of a correlation coefficient of independent draws
+
+
+def draws(**key):
+    return np.asarray(models.dropout_bits(dropout_key(**key), SHAPE), dtype=np.float64)
+
+
+def correlation(a, b):
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_dropout_draws_are_uniform_16_bit_values():
+    """A frequency test of the low and the high byte of 4.2 million draws (chi-square with 255
+    degrees of freedom within 5 sigma), the extreme values reached, the mean within 5 sigma."""
+    u = draws().astype(np.int64).ravel()
+    assert u.min() == 0 and u.max() == 65535
+    for byte in (u & 0xFF, u >> 8):
+        counts = np.bincount(byte, minlength=256)
+        expected = len(u) / 256
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert abs(chi2 - 255) < 5 * np.sqrt(2 * 255), chi2
+    assert abs(u.mean() / 65535 - 0.5) < 5 * np.sqrt(1 / 12 / len(u))
+
+
+def test_neighbouring_dropout_draws_are_uncorrelated():
+    """In time, batch and neuron (neighbours in the neuron axis share a 32-bit hash word)."""
+    u = draws()
+    assert abs(correlation(u[1:], u[:-1])) < FIVE_SIGMA * 1.01
+    assert abs(correlation(u[:, 1:], u[:, :-1])) < FIVE_SIGMA * 1.01
+    assert abs(correlation(u[..., 1:], u[..., :-1])) < FIVE_SIGMA * 1.01
+    assert abs(correlation(u[..., 0::2], u[..., 1::2])) < FIVE_SIGMA * 1.5  # the two halves of each word
+
+
+@pytest.mark.parametrize("other", [dict(layer=1), dict(layer=3), dict(batch=1), dict(batch=19), dict(epoch=1),
+                                   dict(epoch=59), dict(seed=1), dict(seed=9), dict(seed=1, epoch=1, batch=1)])
+def test_dropout_masks_of_other_layers_batches_epochs_and_seeds_are_independent(other):
+    """The same position in the mask of another layer, batch, epoch or seed: no correlation,
+    and the keep decisions agree as often as independent draws would."""
+    a, b = draws(), draws(**other)
+    assert abs(correlation(a, b)) < FIVE_SIGMA
+    keep_a, keep_b = a >= round(0.1 * 65536), b >= round(0.1 * 65536)
+    p = 1 - round(0.1 * 65536) / 65536
+    both = (keep_a & keep_b).mean()
+    assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / keep_a.size)
+
+
+def test_dropout_masks_follow_the_documented_hash():
+    """Word j = lowbias32(lowbias32(j + k0) ^ k1): element 2j its low, 2j + 1 its high 16 bits
+    (docs/model.md), recomputed here in numpy."""
+    def lowbias32(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    key = dropout_key(seed=3, epoch=2, batch=5, layer=1)
+    k0, k1 = (np.uint32(v) for v in np.asarray(key, dtype=np.uint32))
+    with np.errstate(over="ignore"):
+        words = lowbias32(lowbias32(np.arange(6, dtype=np.uint32) + k0) ^ k1)
+    expected = np.stack([words & np.uint32(0xFFFF), words >> np.uint32(16)], axis=1).ravel()[:11]
+    np.testing.assert_array_equal(np.asarray(models.dropout_bits(key, (11,))), expected)
+    S = jnp.ones((11,))
+    kept = np.asarray(models.dropout(key, S, 0.3)) > 0
+    np.testing.assert_array_equal(kept, expected >= round(0.3 * 65536))
+
+
 @pytest.mark.parametrize("rate,shape", [(0.1, (100, 64, 10)), (0.4, (7, 3, 5)), (0.25, (33, 17, 9))])
 def test_dropout_keeps_each_spike_with_probability_one_minus_rate(rate, shape):
     """Inverted dropout: the kept spikes are scaled by 1 / (1 - rate); the fraction dropped
