@@ -18,10 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from utils_initialization import Config, conv_hierarchy
+from utils_initialization import ALPHA_MAX, ALPHA_MIN, Config, conv_hierarchy
 from utils_normalization import normalize, sum_rows
 
-ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
 # `--matmul_precision`: how float32 matrix products and convolutions are computed. "default"
 # is JAX's default, which the published code used: exact float32 on CPUs; on NVIDIA GPUs from
 # Ampere on, TF32 (inputs rounded to a 10-bit mantissa, float32 accumulation). "highest" asks

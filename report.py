@@ -1,21 +1,28 @@
 """The reproduction report: which of the paper's claims the results here reproduce, and how
 closely.
 
-`write_report(path, results, paper_numbers)` writes one Markdown page from the sweeps' results
-lines (nothing else: no data set, no network), in the paper's order, one section per figure
+`write_folder_report(results_dir, definitions, paper_numbers)` writes results_dir/REPORT.md,
+one Markdown page from the sweeps' results lines (nothing else: no data set, no network), in the paper's order, one section per figure
 or table: what the panel tests, the command that reproduces it, its status, our numbers next
 to the paper's point by point with one summary line, the figure, the claim's verdict computed
 by a rule the report states, and the provenance of the runs. The same results give the same
 bytes: everything is sorted and no clock is read.
 """
 
+import contextlib
 import json
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-import figures
-from utils_io import atomic_write
+import panels
+import run_folder
+from sweep_definitions import (MANIFEST, ROOT, SweepError, changed_fields, expand, make_run_config, read_lines,
+                               reduced)
+from utils_io import FileError, atomic_write, read_json
+
+PUBLISHED_HERE_FILE = ROOT / "paper" / "published_runs_here.json"  # the published code, run on this machine kind
 
 
 class SweepResults(NamedTuple):
@@ -150,104 +157,33 @@ def num(v, digits=2) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
-# --- points: ours next to the paper's ------------------------------------------------------------
-class Point(NamedTuple):
-    series: str
-    x: object
-    stat: str
-    ours: float
-    spread: str        # "q25-q75" (median) or "+-sd" (mean)
-    n: int
-    paper: Optional[float] = None
-    paper_sd: Optional[float] = None
-    in_iqr: Optional[bool] = None
-    in_paper_bar: Optional[bool] = None
-    here: Optional[float] = None   # the published code run on this machine kind, same statistic
+# --- points: ours next to the paper's (panels.py computes them, as it does for the figures) ------
+def spread(p: panels.Point) -> str:
+    """'q25-q75' of a median, '+-sd' of a mean."""
+    if p.stat.startswith("mean"):
+        return f"+-{np.std(p.values, ddof=1):.2f}" if len(p.values) > 1 else ""
+    q25, q75 = np.percentile(p.values, [25, 75])
+    return f"{q25:.2f}-{q75:.2f}"
 
 
-def point(series, x, acc, stat, paper=None, paper_sd=None, here=None) -> Point:
-    acc = np.asarray(acc, dtype=float)
-    q25, q75 = np.percentile(acc, 25), np.percentile(acc, 75)
-    ours = figures.stat_of(acc, stat)
-    spread = (f"+-{np.std(acc, ddof=1):.2f}" if len(acc) > 1 else "") if stat.startswith("mean") \
-        else f"{q25:.2f}-{q75:.2f}"
-    in_iqr = None if paper is None else bool(q25 <= paper <= q75)
-    in_bar = None if paper is None or not paper_sd else bool(abs(ours - paper) <= paper_sd)
-    here = None if here is None else figures.stat_of(np.asarray(here, dtype=float), stat)
-    return Point(series, x, stat, ours, spread, len(acc), paper, paper_sd, in_iqr, in_bar, here)
+def in_iqr(p: panels.Point) -> bool:
+    q25, q75 = np.percentile(p.values, [25, 75])
+    return bool(q25 <= p.paper <= q75)
 
 
-def line_points(sweep: SweepResults, spec, paper, here=None) -> list:
-    panel = figures.Panel(sweep.name, None, sweep.definition, sweep.lines, sweep.n_runs)
-    points = []
-    stat = paper.get("stat", "median")
-    for panel_value, series in sorted(figures.lines_by_panel(panel, sweep.lines, spec).items(),
-                                      key=lambda kv: (kv[0] is None, kv[0] if kv[0] is not None else 0)):
-        for label, by_x in sorted(series.items()):
-            name = label if panel_value is None else f"{spec['panel']}={figures.fmt(panel_value)}" + (
-                "" if label == "all" else f",{label}")
-            paper_label = figures.match_paper_series(paper, by_x[min(by_x)][0])
-            for x in sorted(by_x):
-                value, sd = figures.paper_value(paper, paper_label, x)
-                published = next((p["test_acc"] for p in (here or {}).get("points", [])
-                                  if figures.matches(p["series"], by_x[x][0]["config"]) and p["x"] == x), None)
-                points.append(point(name, x, figures.accuracy_pct(by_x[x]), stat, value, sd, published))
-    return points
+def in_paper_bar(p: panels.Point) -> Optional[bool]:
+    return None if not p.paper_sd else bool(abs(p.ours - p.paper) <= p.paper_sd)
 
 
-def heatmap_points(sweep: SweepResults, spec, paper, here=None) -> list:
-    base = [line for line in sweep.lines if line["baseline"]]
-    if not base:
-        return []
-    base_median = float(np.median(figures.accuracy_pct(base)))
-    cells = {}
-    for line in sweep.lines:
-        if not line["baseline"]:
-            cells.setdefault((line["point"][spec["y"]], line["point"][spec["x"]]), []).append(line)
-    points = []
-    for (y, x), cell in sorted(cells.items()):
-        gain = figures.accuracy_pct(cell) - base_median
-        paper_gain = figures.cell_paper_value(paper, spec["y"], y, x)
-        points.append(point(f"{spec['y']}={figures.fmt(y)}", x, gain, "median", paper_gain))
-    return points
+def series_name(p: panels.Point, spec: dict) -> str:
+    if p.panel is None:
+        return p.series
+    return f"{spec['panel']}={panels.fmt(p.panel)}" + ("" if p.series == "all" else f",{p.series}")
 
 
-def table_points(sweep: SweepResults, spec, paper, here=None) -> list:
-    by_point = {}
-    for line in sweep.lines:
-        by_point.setdefault(figures.series_label(line["point"]), []).append(line)
-    points = []
-    for label, group in sorted(by_point.items()):
-        row = next((name for name, cond in spec["rows"].items() if figures.matches(cond, group[0]["config"])), None)
-        value, sd = (paper.get("rows") or {}).get(row, (None, None))
-        points.append(point(row or (label if label != "all" else sweep.name), "", figures.accuracy_pct(group),
-                            "mean", value, sd))
-    return points
-
-
-def tau_points(sweep: SweepResults, spec, paper, here=None) -> list:
-    medians = np.array([line["median_tau_per_layer"] for line in sweep.lines]) * 1e3
-    paper_ms = paper.get("tau_median_ms") or []
-    published = [[v for v in seed if v is not None] for seed in zip(*(here or {}).get("tau_median_ms_per_seed", []))]
-    return [point("trained tau [ms], median of the runs' medians", l + 1, medians[:, l], "median",
-                  paper_ms[l] if l < len(paper_ms) else None, None, published[l] if l < len(published) else None)
-            for l in range(medians.shape[1])]
-
-
-def eigen_points(sweep: SweepResults, spec, paper, here=None) -> list:
-    paper_largest = paper.get("largest_abs_eigenvalue_per_hidden_layer") or []
-    published = list(zip(*(here or {}).get("largest_abs_eigenvalue_per_seed", [])))
-    points = []
-    for s in figures.spectra(sweep.lines):
-        stored = s.which == "stored"
-        p = paper_largest[s.layer - 1] if stored and s.layer <= len(paper_largest) else None
-        h = published[s.layer - 1] if stored and s.layer <= len(published) else None
-        points.append(point(f"largest abs. eigenvalue of W_rec, {s.which}", s.layer, s.largest, "mean", p, None, h))
-    return points
-
-
-POINTS = {"line": line_points, "heatmap": heatmap_points, "table": table_points, "tau": tau_points,
-          "eigen": eigen_points}
+def sweep_points(sweep: SweepResults, paper: dict, here: Optional[dict]) -> list:
+    """The panel's points that hold runs of ours (paper-only points are for the figure)."""
+    return [p for p in panels.points(sweep.name, sweep.definition, sweep.lines, paper, here) if len(p.values)]
 
 
 def summary(points) -> str:
@@ -256,11 +192,11 @@ def summary(points) -> str:
         return "no published numbers to compare with"
     diff = np.mean([abs(p.ours - p.paper) for p in compared])
     text = (f"{len(compared)} points compared, mean absolute difference {diff:.2f}; "
-            f"{sum(bool(p.in_iqr) for p in compared)} of {len(compared)} paper values inside our seeds' "
+            f"{sum(in_iqr(p) for p in compared)} of {len(compared)} paper values inside our seeds' "
             "interquartile range")
-    with_bar = [p for p in compared if p.in_paper_bar is not None]
+    with_bar = [p for p in compared if in_paper_bar(p) is not None]
     if with_bar:
-        text += f", {sum(p.in_paper_bar for p in with_bar)} of {len(with_bar)} of ours inside the paper's +-sd"
+        text += f", {sum(in_paper_bar(p) for p in with_bar)} of {len(with_bar)} of ours inside the paper's +-sd"
     return text
 
 
@@ -274,7 +210,7 @@ def _series(lines, x):
     groups = {}
     for line in lines:
         if not line.get("baseline"):
-            key = figures.series_label({k: v for k, v in line["point"].items() if k != x})
+            key = panels.series_label({k: v for k, v in line["point"].items() if k != x})
             groups.setdefault(key, []).append(line)
     return groups
 
@@ -293,19 +229,19 @@ class Stat(NamedTuple):
 
 def stats_rises(lines, x, more=None, less=None):
     groups = _series(lines, x)
-    rhos = {k: spearman(_values(g, x), figures.accuracy_pct(g)) for k, g in sorted(groups.items())}
+    rhos = {k: spearman(_values(g, x), panels.accuracy_pct(g)) for k, g in sorted(groups.items())}
     if not rhos or any(np.isnan(r) for r in rhos.values()):
         return None, "not enough distinct values to rank"
     text = "rank correlation " + ", ".join(f"{k}: {r:+.2f}" for k, r in rhos.items())
     stats = [Stat("smallest rank correlation", min(rhos.values()), 0.0)]
     if more is not None:
         def rise(cond):
-            group = [line for line in lines if figures.matches(cond, line["config"]) and not line.get("baseline")]
+            group = [line for line in lines if panels.matches(cond, line["config"]) and not line.get("baseline")]
             xs = sorted(set(_values(group, x)))
             at = lambda v: np.median([100 * l["test_acc"] for l in group if l["config"][x] == v])  # noqa: E731
             return at(xs[-1]) - at(xs[0]) if len(xs) > 1 else float("nan")
         r_more, r_less = rise(more), rise(less)
-        text += f"; rise {figures.series_label(more)}: {r_more:+.2f}, {figures.series_label(less)}: {r_less:+.2f}"
+        text += f"; rise {panels.series_label(more)}: {r_more:+.2f}, {panels.series_label(less)}: {r_less:+.2f}"
         stats.append(Stat("difference of the rises [points]", r_more - r_less, 0.0))
     return stats, text
 
@@ -318,13 +254,13 @@ def stats_beats(lines, field, better, worse, by):
         relevant = [line for line in lines if f in line["point"] or f in line["config"]]
         groups = {}
         for line in relevant:
-            key = figures.series_label({k: line["config"][k] for k in by})
+            key = panels.series_label({k: line["config"][k] for k in by})
             groups.setdefault(key, {}).setdefault(line["config"][f], []).append(line)
         for key, by_value in sorted(groups.items()):
-            hi = [l for v, ls in by_value.items() if figures.matches({f: b}, {f: v}) for l in ls]
-            lo = [l for v, ls in by_value.items() if figures.matches({f: w}, {f: v}) for l in ls]
+            hi = [l for v, ls in by_value.items() if panels.matches({f: b}, {f: v}) for l in ls]
+            lo = [l for v, ls in by_value.items() if panels.matches({f: w}, {f: v}) for l in ls]
             if hi and lo and (len(fields) == 1 or set(by_value) == {b, w}):
-                diff = np.median(figures.accuracy_pct(hi)) - np.median(figures.accuracy_pct(lo))
+                diff = np.median(panels.accuracy_pct(hi)) - np.median(panels.accuracy_pct(lo))
                 cells += 1
                 wins += diff > 0
                 parts.append(f"{key if key != 'all' else f}: {diff:+.2f}")
@@ -369,11 +305,11 @@ def stats_gains(lines):
     cells = {}
     for line in lines:
         if not line.get("baseline"):
-            cells.setdefault(figures.series_label(line["point"]), []).append(line)
+            cells.setdefault(panels.series_label(line["point"]), []).append(line)
     if not base or not cells:
         return None, "no delta_tau 0 runs to compare with yet"
-    base_median = np.median(figures.accuracy_pct(base))
-    wins = sum(np.median(figures.accuracy_pct(c)) > base_median for c in cells.values())
+    base_median = np.median(panels.accuracy_pct(base))
+    wins = sum(np.median(panels.accuracy_pct(c)) > base_median for c in cells.values())
     return ([Stat("share of the cells with a gain", wins / len(cells), 0.75, inclusive=True)],
             f"positive in {wins} of {len(cells)} cells")
 
@@ -435,7 +371,7 @@ def verdict(claim: Claim, lines):
 def rule_text(claim: Claim) -> str:
     args = dict(claim.args)
     if claim.rule == "rises_more":
-        args.update(more=figures.series_label(args["more"]), less=figures.series_label(args["less"]))
+        args.update(more=panels.series_label(args["more"]), less=panels.series_label(args["less"]))
     if claim.rule == "beats":
         by = args.get("by") or ()
         args["by"] = f" (one comparison per value of {', '.join(by)})" if by else ""
@@ -449,7 +385,7 @@ def rule_text(claim: Claim) -> str:
 # --- the page -------------------------------------------------------------------------------------
 def changes_text(sweep: SweepResults) -> str:
     """'n_epochs=1, n_hid=4': what the runs changed against the published definition."""
-    return figures.changes_text(sweep.changed)
+    return panels.changes_text(sweep.changed)
 
 
 def command(sweep: SweepResults) -> str:
@@ -501,32 +437,33 @@ def provenance(lines) -> list:
     return out or ["no provenance recorded"]
 
 
-def points_table(points) -> list:
-    """Ours, the paper's, and where it was run here (PUBLISHED_HERE) the published code's."""
+def points_table(points, spec) -> list:
+    """Ours, the paper's, and where it was run here (paper/published_runs_here.json) the
+    published code's."""
     if not points:
         return []
     here = any(p.here is not None for p in points)
     rows = ["| series | x | ours | spread | seeds | paper | paper sd | difference |"
             + (" published code here |" if here else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if here else "")]
     for p in points:
-        x = figures.fmt(p.x) if p.x != "" else ""
+        x = panels.fmt(p.x) if p.x != "" and not isinstance(p.x, str) else p.x
         diff = "" if p.paper is None else f"{p.ours - p.paper:+.2f}"
-        rows.append(f"| {p.series} | {x} | {p.ours:.2f} ({p.stat}) | {p.spread} | {p.n} | {num(p.paper)} | "
-                    f"{num(p.paper_sd)} | {diff} |" + (f" {num(p.here)} |" if here else ""))
+        rows.append(f"| {series_name(p, spec)} | {x} | {p.ours:.2f} ({p.stat}) | {spread(p)} | {len(p.values)} | "
+                    f"{num(p.paper)} | {num(p.paper_sd)} | {diff} |" + (f" {num(p.here_value)} |" if here else ""))
     return rows
 
 
 def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, published: list, here: dict) -> list:
     """An extension of a sweep (`sweep.py --seeds`): its numbers and verdict on its own, then
     with the published grid's runs, kept out of the section's status and verdict."""
-    spec = figures.figure_spec(ext.name, ext.definition)
-    points = POINTS[spec["kind"]](ext, spec, paper_numbers.get(spec["paper"], {}), here.get(ext.name))
+    spec = panels.layout(ext.name, ext.definition)
+    points = sweep_points(ext, paper_numbers.get(spec["paper"], {}), here.get(ext.name))
     modified = f", modified: {changes_text(ext)}" if ext.changed else ""
     out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}{modified}", "",
            f"`{command(ext)}`", "",
            "Not part of the published grid, so not counted in this section's status and verdict above.", ""]
     line = summary(points)
-    out += points_table(points) + ["", line[0].upper() + line[1:] + ".", "",
+    out += points_table(points, spec) + ["", line[0].upper() + line[1:] + ".", "",
                                    f"![{ext.folder}]({ext.folder}/figure.png)", "",
                                    "Provenance: " + "; ".join(provenance(ext.lines)) + ".", ""]
     if sec.claim is not None:
@@ -545,20 +482,20 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
         sweep = sweeps.get(name)
         if sweep is None:
             continue
-        spec = figures.figure_spec(name, sweep.definition)
+        spec = panels.layout(name, sweep.definition)
         paper = paper_numbers.get(spec["paper"], {})
         out += [f"### `{name}`: {status(sweep)}", "", f"`{command(sweep)}`", ""]
         statuses.append(status(sweep) if len(sec.sweeps) == 1 else f"`{name}`: {status(sweep)}")
-        if not figures.paper_recoverable(paper):
+        if not panels.paper_recoverable(paper):
             out += [f"The paper's numbers for this panel are not recoverable ({paper.get('source', 'none listed')}); "
                     "ours only.", ""]
         if not sweep.lines:
             continue
-        points = POINTS[spec["kind"]](sweep, spec, paper, (here or {}).get(name))
+        points = sweep_points(sweep, paper, (here or {}).get(name))
         all_points += points
         all_lines += sweep.lines
         line = summary(points)
-        out += points_table(points) + ["", line[0].upper() + line[1:] + ".", ""]
+        out += points_table(points, spec) + ["", line[0].upper() + line[1:] + ".", ""]
         folder = f"{name}_quick" if sweep.reduced else name
         out += [f"![{name}]({folder}/figure.png)", ""]
         out += ["Provenance: " + "; ".join(provenance(sweep.lines)) + ".", ""]
@@ -615,3 +552,54 @@ def write_report(path, sweeps: dict, paper_numbers: dict, extensions: dict = Non
     text = render(sweeps, paper_numbers, extensions, here)
     atomic_write(path, lambda f: f.write(text.encode()))
     return text
+
+
+# --- the report of a results folder ------------------------------------------------------------------
+def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> SweepResults:
+    """The finished runs of the sweep in `folder` (with the definition and --set of its
+    sweep.json when present), sorted by key, the failures its run folders record, and how
+    the runs' configurations differ from `definition` (the published one, or its --quick
+    reduction), whatever sweep.json says."""
+    sets = {}
+    stored_definition = definition
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        with contextlib.suppress(FileError):  # a damaged manifest: the sweep as defined now
+            stored = read_json(manifest)
+            if isinstance(stored, dict):
+                stored_definition, sets = stored.get("definition", definition), stored.get("set", {})
+    runs = expand(stored_definition, sets)
+    present = read_lines(folder) if folder.exists() else {}
+    lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]
+    for line in lines:
+        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
+    errors = sorted({run_folder.read_error(d) for d in sorted((folder / "runs").glob("*"))
+                     if (d / run_folder.ERROR).exists()} - {None}) if (folder / "runs").exists() else []
+    return SweepResults(name, stored_definition, lines, len(runs), reduced_, tuple(errors),
+                               sets=sets, changed=changed_fields(lines, definition))
+
+
+def write_folder_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
+    """results_dir/REPORT.md from every sweep's results (the full sweep's, else its --quick
+    reduction's), and the extensions that --seeds trained beside them."""
+    sweeps, extensions = {}, {}
+    for name, definition in definitions.items():
+        full = sweep_results(results_dir / name, name, definition, False)
+        if not full.lines and (results_dir / f"{name}_quick").exists():
+            quick = sweep_results(results_dir / f"{name}_quick", name, reduced(definition), True)
+            full = quick if quick.lines else full
+        sweeps[name] = full
+        for folder in sorted(results_dir.glob(f"{name}_seeds*")):
+            ext = sweep_results(folder, name, definition, False)
+            if ext.definition.get("extension") and ext.lines:
+                extensions.setdefault(name, []).append(ext._replace(folder=folder.name))
+    path = results_dir / "REPORT.md"
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        here = {k: v for k, v in read_json(PUBLISHED_HERE_FILE, "published code's numbers").items()
+                if not k.startswith("_")}
+        write_report(path, sweeps, paper_numbers, extensions, here)
+    except (OSError, FileError) as err:
+        raise SweepError(f"cannot write the report {path} ({getattr(err, 'strerror', None) or err}); "
+                         "choose another --results_dir") from None
+    return path

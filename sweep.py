@@ -28,7 +28,6 @@ import ctypes
 import difflib
 import fcntl
 import importlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -48,183 +47,16 @@ import figures
 import report
 import run_folder
 from cli import OneLineParser, parse_bool, parse_field
-from figures import fmt
+from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, ROOT, SWEEPS_FILE, Run, SweepError,
+                               changed_fields, conversion_notes, expand, load_definitions, load_paper_numbers,
+                               make_run_config, parse_seeds, read_lines, record_keys, reduced, seeds_text,
+                               with_seeds)
 from training import OutOfMemory, TrainingDiverged, configure_jax, train_seeds
 from utils_dataset import DataError
-from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
+from utils_initialization import Config, ConfigError
 from utils_io import FileError, read_json, write_json
 
-ROOT = Path(__file__).resolve().parent
-SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
-PAPER_FILE = ROOT / "paper" / "paper_numbers.json"
-PUBLISHED_HERE_FILE = ROOT / "paper" / "published_runs_here.json"  # the published code, run on this machine kind
-QUICK = dict(seeds=2, n_epochs=10, points=3)  # --quick: per grid axis first, middle, last
-LINES = "runs.jsonl"
 NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
-MANIFEST = "sweep.json"
-
-
-class SweepError(RuntimeError):
-    """A command-line or results-folder problem; exit code 2 with a one-line message."""
-
-
-# --- definitions: published data -> runs -----------------------------------------------------
-class Run(NamedTuple):
-    key: str          # unique in the sweep, also the run folder's name
-    group: str        # the key without the seed: runs of one group train together
-    point: dict       # the grid values (seed excluded)
-    seed: int
-    overrides: dict   # everything given to make_config except the seed
-    baseline: bool    # an extra run of the sweep's 'baseline' (Fig. S2e)
-
-
-def load_definitions(path=SWEEPS_FILE) -> dict:
-    """The sweeps of a definitions file (--sweeps_file): {name: {what, fixed, grid, ...}}."""
-    data = _read_flag_file(path, "sweeps_file", "sweep definitions")
-    definitions = {k: v for k, v in data.items() if not k.startswith("_")}
-    for name, d in definitions.items():
-        if not (isinstance(d, dict) and isinstance(d.get("fixed"), dict) and isinstance(d.get("grid"), dict)
-                and isinstance(d.get("what"), str)
-                and all(isinstance(v, list) and v for v in d["grid"].values())):
-            raise SweepError(f"--sweeps_file {path}: sweep {name!r} is not a definition (an object with "
-                             "'what', 'fixed' and a 'grid' of non-empty lists)")
-    return definitions
-
-
-def load_paper_numbers(path=PAPER_FILE) -> dict:
-    """The published numbers (--paper_file): {panel: {...}}."""
-    data = _read_flag_file(path, "paper_file", "published numbers")
-    if not all(isinstance(v, dict) for k, v in data.items() if not k.startswith("_")):
-        raise SweepError(f"--paper_file {path}: every entry must be an object of a panel's numbers")
-    return data
-
-
-def _read_flag_file(path, flag: str, what: str) -> dict:
-    """A JSON object from the file a flag names, else one SweepError line."""
-    if not Path(path).is_file():
-        raise SweepError(f"--{flag} {path}: no such file" if not Path(path).exists()
-                         else f"--{flag} {path}: not a regular file")
-    try:
-        data = read_json(path, what, f"give --{flag} a file of {what}")
-    except FileError as err:
-        raise SweepError(f"--{flag} {err}") from None
-    if not isinstance(data, dict):
-        raise SweepError(f"--{flag} {path}: not the {what} (a JSON object)")
-    return data
-
-
-def published_value(field, value):
-    """The published sweeps passed distrib_tau=True, which the published code treated as
-    homogeneous time constants: 'none' here."""
-    return "none" if field == "distrib_tau" and value is True else value
-
-
-def group_key(point: dict, baseline: bool) -> str:
-    """'n_layers=3__delta_tau=-0.5' (grid order); 'all' for a grid of seeds only."""
-    parts = (["baseline"] if baseline else []) + [f"{k}={fmt(v)}" for k, v in point.items()]
-    return "__".join(parts) or "all"
-
-
-def reduced(definition: dict) -> dict:
-    """--quick: QUICK['seeds'] seeds, at most QUICK['points'] values per other grid axis
-    (first, middle, last) and at most QUICK['n_epochs'] epochs."""
-    def pick(values):
-        if len(values) <= QUICK["points"]:
-            return list(values)
-        return [values[0], values[len(values) // 2], values[-1]]
-
-    grid = {k: (v[:QUICK["seeds"]] if k == "seed" else pick(v)) for k, v in definition["grid"].items()}
-    fixed = dict(definition["fixed"], n_epochs=min(definition["fixed"].get("n_epochs", QUICK["n_epochs"]),
-                                                   QUICK["n_epochs"]))
-    return dict(definition, fixed=fixed, grid=grid)
-
-
-def parse_seeds(text: str) -> list:
-    """'5-14' or '5,7,9-11' -> sorted distinct seeds."""
-    seeds = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seeds such as 5-14 or 5,7,9-11, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected seeds >= 0 such as 5-14, got {text!r}")
-    return sorted(seeds)
-
-
-def seeds_text(seeds) -> str:
-    """[5, 6, 7, 9] -> '5-7,9': runs of consecutive seeds as ranges."""
-    seeds = sorted(seeds)
-    parts, start = [], seeds[0]
-    for a, b in zip(seeds, seeds[1:] + [None]):
-        if b != a + 1:
-            parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ",".join(parts)
-
-
-def with_seeds(definition: dict, seeds: list) -> dict:
-    """--seeds: the sweep's grid with other seeds, marked as an extension (its results go to
-    their own folder and are reported apart from the published grid's)."""
-    published = definition["grid"].get("seed", [0])
-    overlap = sorted(set(seeds) & set(published))
-    if overlap:
-        raise SweepError(f"--seeds: seed {overlap[0]} is in the published grid of this sweep already "
-                         f"(seeds {seeds_text(published)}); give only seeds beyond it")
-    text = seeds_text(seeds)
-    return dict(definition, grid={**definition["grid"], "seed": list(seeds)}, extension_seeds=text,
-                extension=f"seeds {text}, beyond the published grid's seeds {seeds_text(published)}",
-                what=f"{definition['what']} [EXTENSION: seeds {text}, not in the published grid]")
-
-
-def expand(definition: dict, sets: dict = None) -> list:
-    """Every run of a sweep, in a fixed order: the grid's cartesian product, then the
-    baseline runs (one per seed)."""
-    sets = sets or {}
-    grid = {k: [published_value(k, v) for v in vs] for k, vs in definition["grid"].items()}
-    clash = sorted(set(sets) & (set(grid) | {"seed"}))
-    if clash:
-        raise SweepError(f"--set {clash[0]}: it is a grid axis of this sweep; it cannot be fixed")
-    axes = [k for k in grid if k != "seed"]
-    seeds = grid.get("seed", [0])
-    points = [dict(zip(axes, values)) for values in itertools.product(*(grid[k] for k in axes))]
-    runs = [_make_run(definition, p, s, sets, False) for p in points for s in seeds]
-    if "baseline" in definition:
-        runs += [_make_run(definition, dict(definition["baseline"]["overrides"]), s, sets, True)
-                 for s in seeds]
-    return runs
-
-
-def _make_run(definition, point, seed, sets, baseline) -> Run:
-    fixed = {k: published_value(k, v) for k, v in definition["fixed"].items()}
-    overrides = {**fixed, **point, **sets}
-    group = group_key(point, baseline)
-    key = f"{group}__seed={seed}" if group != "all" else f"seed={seed}"
-    return Run(key, group, point, seed, overrides, baseline)
-
-
-def make_run_config(overrides: dict, seed: int):
-    """A sweep run's Config, built as the published sweeps built theirs: the published
-    SimArgs() defaults (Config's defaults and SWEEP_BASE), then the sweep's values. The task
-    presets of main.py do not apply."""
-    unknown = sorted(set(overrides) - set(FIELDS))
-    if unknown:
-        raise ConfigError(unknown[0], "is not a configuration field")
-    return Config(**{**SWEEP_BASE, **overrides, "seed": seed})
-
-
-def conversion_notes(definition: dict) -> list:
-    """What the mapping from published data changed or adds, in words (--list, docs)."""
-    notes = []
-    values = [definition["fixed"]] + [{k: v} for k, vs in definition["grid"].items() for v in vs]
-    if any(d.get("distrib_tau") is True for d in values):
-        notes.append("distrib_tau=True (published) runs as 'none', as the published code treated it")
-    if definition.get("added"):
-        notes.append("added here, not in the published code: " + definition["added"])
-    if "baseline" in definition:
-        notes.append("added here: the baseline runs (" + definition["baseline"]["what"] + ")")
-    return notes
 
 
 def groups_of(runs: list, seeds_per_task: int = 0) -> list:
@@ -251,34 +83,6 @@ def shard_runs(runs: list, shard) -> list:
 
 
 # --- the results table: one line per finished run --------------------------------------------
-def read_lines(folder: Path) -> dict:
-    """{key: line} from runs.jsonl and any runs*.jsonl beside it (shards copied together); the
-    first line of a key wins. A line that is not a run record (a torn last line after a
-    crash, junk) is skipped, with one warning."""
-    lines, skipped = {}, 0
-    for path in sorted(Path(folder).glob("runs*.jsonl")):
-        for raw in path.read_bytes().splitlines():
-            line = parse_line(raw)
-            if line is None:
-                skipped += bool(raw.strip())
-            else:
-                lines.setdefault(line["key"], line)
-    if skipped:
-        print(f"warning: {folder}: skipped {skipped} line(s) of runs*.jsonl that are not run records",
-              file=sys.stderr)
-    return lines
-
-
-def parse_line(raw: bytes):
-    """A runs.jsonl line as a run record (a JSON object with a key and a test accuracy), else None."""
-    try:
-        line = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError):
-        return None
-    ok = isinstance(line, dict) and isinstance(line.get("key"), str) and isinstance(line.get("test_acc"), (int, float))
-    return line if ok else None
-
-
 @contextlib.contextmanager
 def locked(path: Path):
     """An exclusive flock on `path` (created if missing), released on exit."""
@@ -302,15 +106,11 @@ def append_line(path: Path, line: dict) -> bool:
         if content and not content.endswith(b"\n"):
             content = content[:content.rfind(b"\n") + 1]
             f.truncate(len(content))
-        if line["key"] in _keys(content):
+        if line["key"] in record_keys(content):
             return False
         os.write(f.fileno(), data)  # O_APPEND: one write, at the end of the file
         os.fsync(f.fileno())
     return True
-
-
-def _keys(content: bytes) -> set:
-    return {line["key"] for line in map(parse_line, content.splitlines()) if line is not None}
 
 
 def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
@@ -780,77 +580,6 @@ def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
     return figures.plot_sweep(panel, paper_numbers)
 
 
-# --- the reproduction report ------------------------------------------------------------------------
-def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> report.SweepResults:
-    """The finished runs of the sweep in `folder` (with the definition and --set of its
-    sweep.json when present), sorted by key, the failures its run folders record, and how
-    the runs' configurations differ from `definition` (the published one, or its --quick
-    reduction), whatever sweep.json says."""
-    sets = {}
-    stored_definition = definition
-    manifest = folder / MANIFEST
-    if manifest.exists():
-        with contextlib.suppress(FileError):  # a damaged manifest: the sweep as defined now
-            stored = read_json(manifest)
-            if isinstance(stored, dict):
-                stored_definition, sets = stored.get("definition", definition), stored.get("set", {})
-    runs = expand(stored_definition, sets)
-    present = read_lines(folder) if folder.exists() else {}
-    lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]
-    for line in lines:
-        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
-    errors = sorted({run_folder.read_error(d) for d in sorted((folder / "runs").glob("*"))
-                     if (d / run_folder.ERROR).exists()} - {None}) if (folder / "runs").exists() else []
-    return report.SweepResults(name, stored_definition, lines, len(runs), reduced_, tuple(errors),
-                               sets=sets, changed=changed_fields(lines, definition))
-
-
-# fields that say where the data is, not what is trained
-WHERE_NOT_WHAT = ("data_dir",)
-
-
-def changed_fields(lines: list, definition: dict) -> dict:
-    """{field: the values the runs trained} for every field in which a results line's
-    configuration differs from what `definition` trains at that grid point and seed."""
-    published = {r.group: r.overrides for r in expand(definition)}
-    changed = {}
-    for line in lines:
-        if line["group"] not in published:
-            changed.setdefault("grid point", set()).add(line["group"])
-            continue
-        reference = make_run_config(published[line["group"]], line["seed"]).to_dict()
-        for k, v in line["config"].items():
-            if k in reference and v != reference[k] and k not in WHERE_NOT_WHAT:
-                changed.setdefault(k, set()).add(json.dumps(v))
-    return {k: sorted(json.loads(v) if k != "grid point" else v for v in vs) for k, vs in sorted(changed.items())}
-
-
-def write_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
-    """results_dir/REPORT.md from every sweep's results (the full sweep's, else its --quick
-    reduction's), and the extensions that --seeds trained beside them."""
-    sweeps, extensions = {}, {}
-    for name, definition in definitions.items():
-        full = sweep_results(results_dir / name, name, definition, False)
-        if not full.lines and (results_dir / f"{name}_quick").exists():
-            quick = sweep_results(results_dir / f"{name}_quick", name, reduced(definition), True)
-            full = quick if quick.lines else full
-        sweeps[name] = full
-        for folder in sorted(results_dir.glob(f"{name}_seeds*")):
-            ext = sweep_results(folder, name, definition, False)
-            if ext.definition.get("extension") and ext.lines:
-                extensions.setdefault(name, []).append(ext._replace(folder=folder.name))
-    path = results_dir / "REPORT.md"
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        here = {k: v for k, v in read_json(PUBLISHED_HERE_FILE, "published code's numbers").items()
-                if not k.startswith("_")}
-        report.write_report(path, sweeps, paper_numbers, extensions, here)
-    except (OSError, FileError) as err:
-        raise SweepError(f"cannot write the report {path} ({getattr(err, 'strerror', None) or err}); "
-                         "choose another --results_dir") from None
-    return path
-
-
 # --- command line --------------------------------------------------------------------------------
 def parse_shard(text: str):
     try:
@@ -918,7 +647,7 @@ def main(argv=None):
             return print_list(definitions)
         paper_numbers = load_paper_numbers(args.paper_file)  # before anything trains
         if args.report:
-            return print(f"report: {write_report(Path(args.results_dir), definitions, paper_numbers)}")
+            return print(f"report: {report.write_folder_report(Path(args.results_dir), definitions, paper_numbers)}")
         check_args(args, definitions)
         sweep = open_sweep(args, definitions)
         if args.print_configs:

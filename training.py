@@ -24,8 +24,8 @@ import optax
 from tqdm.auto import tqdm
 
 import utils_dataset
-from models import ALPHA_MAX, ALPHA_MIN, decode, forward
-from utils_initialization import Config, hierarchy_notes, init_params, tau_from_alpha
+from models import decode, forward
+from utils_initialization import ALPHA_MAX, ALPHA_MIN, Config, hierarchy_notes, init_params, tau_from_alpha
 import run_folder
 from run_folder import RunFolderError  # noqa: F401 (part of this module's interface)
 from utils_io import FileError, atomic_write, write_json

@@ -22,8 +22,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 DATASETS = ("mts_xor", "shd", "ssc", "mnist", "s-mnist", "ps-mnist")
@@ -341,12 +339,18 @@ def alpha_from_tau(tau, dt):
     return np.exp(-dt / np.asarray(tau))
 
 
+# the decay a = alpha is clipped to [ALPHA_MIN, ALPHA_MAX] inside the LIF step (models.lif_scan)
+ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
+
+
 def tau_from_alpha(alpha, dt):
     """Inverse of `alpha_from_tau`: the time constant [s] that a decay stands for."""
     return -dt / np.log(np.asarray(alpha, dtype=np.float64))
 
 
 # --- initialisation ----------------------------------------------------------------------
+# JAX is imported by the functions that draw parameters, not at the top: the configuration,
+# the hierarchies and the decay conversions serve figures and reports, which need no JAX.
 def weight_scales(cfg: Config) -> list:
     """Bounds (s_W, s_Wrec) of the uniform initialisation of each layer's W and W_rec.
 
@@ -355,6 +359,7 @@ def weight_scales(cfg: Config) -> list:
     in sweeps; the command-line values in main.py), and reshaped it per layer: used per layer
     when it has n_layers entries, else replaced by its mean for every layer (recurrent runs:
     (W, W_rec) pairs by the same rule). `fan_in`: 1/sqrt(fan-in) of each weight."""
+    import jax.numpy as jnp
     n_layers = cfg.n_layers
     if cfg.weight_init == "fan_in":
         sizes = layer_sizes(cfg)
@@ -385,6 +390,8 @@ def init_params(key, cfg: Config) -> list:
     l + 1 (so W_rec equals W in hidden layers after the first, where the shapes and bounds
     agree), and the output layer reuses the last hidden layer's key. `fan_in`: every array
     from a key of its own."""
+    import jax
+    import jax.numpy as jnp
     sizes, scales = layer_sizes(cfg), weight_scales(cfg)
     kernels, _ = conv_hierarchy(cfg)
     taus = _tau_layers(cfg)
@@ -415,12 +422,14 @@ def init_params(key, cfg: Config) -> list:
 
 
 def _uniform(key, shape, bound):
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    import jax
+    return jax.random.uniform(key, shape, "float32", -bound, bound)
 
 
 def _tau_layers(cfg: Config):
     """`tau_hierarchy` in the number types of the published initialiser (float32 for linear
     and none, float64 for tanh), so that the drawn time constants round alike."""
+    import jax.numpy as jnp
     taus = tau_hierarchy(cfg)
     if cfg.hierarchy_tau == "linear" and cfg.n_hidden_layers > 1:
         return jnp.linspace(taus[0], taus[-1], cfg.n_hidden_layers)
@@ -433,6 +442,8 @@ def _hidden_alpha(key, tau_l, n, cfg):
     """Per-neuron decays around the layer's time constant tau_l: tau ~ U[tau_l (1 - sd),
     tau_l (1 + sd)] or N(tau_l, (sd tau_l)^2), clipped to [1e-10, 10] s; one shared scalar
     when `distrib_tau` is none. alpha = exp(-dt / tau) clipped to [0.1, 0.99]."""
+    import jax
+    import jax.numpy as jnp
     sd = cfg.distrib_tau_sd
     if cfg.distrib_tau == "uniform":
         tau = jax.random.uniform(key, (n,), jnp.float32, tau_l * (1 - sd), tau_l * (1 + sd))

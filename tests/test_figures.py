@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-import figures
+import panels
 import sweep
 
 
@@ -31,7 +31,7 @@ def fake_results(folder, definition, rng, with_params=False):
 
 
 @pytest.mark.parametrize("name,rows,check", [
-    ("hSNN_Figure_S2e", 20, lambda r: r[0]["stat"] == "median gain (points)" and r[0]["paper"] == "2.4"),
+    ("hSNN_Figure_S2e", 20, lambda r: r[0]["unit"].startswith("points over") and r[0]["paper"] == "2.4"),
     ("SHD_hCSNN_max_performance", 3, lambda r: r[0]["paper"] == "94.67" and r[0]["n_seeds"] == "10"),
     ("SHD_hCSNN_proper_validation", 3, lambda r: [x["paper"] for x in r[:2]] == ["92.23", "94.12"]),
     ("SSC_hSNN_hierarchy", 2, lambda r: [x["paper"] for x in r] == ["71", "73.07"]),
@@ -51,9 +51,9 @@ def test_plot_every_kind_of_figure(tmp_path, definitions, name, rows, check):
 
 
 def test_labels_and_values():
-    assert figures.fmt(True) == "true" and figures.fmt(0.4) == "0.4"
-    assert figures.parse_series("n_hid=32,delta_tau=0.15") == {"n_hid": 32, "delta_tau": 0.15}
-    assert figures.matches({"delta_tau": 0.15}, {"delta_tau": 0.15000000001}) and not figures.matches(
+    assert panels.fmt(True) == "true" and panels.fmt(0.4) == "0.4"
+    assert panels.parse_series("n_hid=32,delta_tau=0.15") == {"n_hid": 32, "delta_tau": 0.15}
+    assert panels.matches({"delta_tau": 0.15}, {"delta_tau": 0.15000000001}) and not panels.matches(
         {"recurrent": True}, {"recurrent": False})
     paper = {"x_values": [0, 0.5], "series": {"a": [1.0, 2.0]}, "std": {"a": [0.1, 0.2]}}
-    assert figures.paper_value(paper, "a", 0.5) == (2.0, 0.2) and figures.paper_value(paper, "a", 0.3) == (None, None)
+    assert panels.paper_value(paper, "a", 0.5) == (2.0, 0.2) and panels.paper_value(paper, "a", 0.3) == (None, None)

@@ -44,7 +44,7 @@ def hierarchy_helps(run):
 
 
 def make_report(tmp_path, definitions):
-    path = sweep.write_report(tmp_path, definitions, PAPER)
+    path = report.write_folder_report(tmp_path, definitions, PAPER)
     return path, path.read_text()
 
 

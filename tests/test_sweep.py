@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import figures
+import panels
 import sweep
 from conftest import pause_at_epoch, training_hook, wait_for
 from utils_initialization import conv_hierarchy
@@ -80,7 +81,7 @@ def without_timings(metrics):
 # --- definitions -------------------------------------------------------------------------------
 def test_every_published_sweep_is_defined(definitions):
     assert set(definitions) == set(PUBLISHED_RUNS)
-    assert set(figures.FIGURES) == set(PUBLISHED_RUNS)
+    assert set(panels.LAYOUTS) == set(PUBLISHED_RUNS)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
