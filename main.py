@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cli import OneLineParser, add_config_flags, parse_bool
 from run_folder import CONFIG, RunFolderError, check_name
-from training import OutOfMemory, TrainingDiverged, configure_jax, train_hsnn
+from runtime import OutOfMemory, configure_jax
+from training import TrainingDiverged, train_hsnn
 from utils_dataset import DataError
 from utils_initialization import FIELDS, Config, ConfigError, make_config
 from utils_io import FileError, read_json

@@ -6,6 +6,8 @@ time, checked when it is resumed, tidied after a kill, and never overwritten or 
         provenance.json   one entry per start: commit, versions, device, command line
         checkpoint.npz    parameters, optimizer state, best parameters and metrics after the
                           last finished epoch, with the configuration they belong to
+                          (save_checkpoint writes it, load_checkpoint checks it,
+                          restore_checkpoint reads it)
         metrics.json      per-epoch metrics; with test_acc once the run has finished
         params.npz        the best epoch's parameters (finished runs)
         error.txt         why the run stopped, if it failed (diverged or crashed)
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -267,6 +270,65 @@ def load_checkpoint(path: Path, cfg: Config) -> Optional[dict]:
                              f"{', '.join(diff)} than config.json holds; restore config.json, or "
                              f"{RESTART_HINT}")
     return state
+
+
+# --- the checkpoint and the parameters: written here, checked and read here ----------------------
+def named_arrays(params, prefix=""):
+    """{'L0_W': ..., 'L0_alpha': ...}: the golden files' naming."""
+    return {f"{prefix}L{l}_{k}": np.asarray(v) for l, layer in enumerate(params) for k, v in layer.items()}
+
+
+def params_from_arrays(arrays, prefix="") -> list:
+    """Inverse of `named_arrays`."""
+    layers = {}
+    for name, value in arrays.items():
+        if name.startswith(prefix + "L"):
+            l, key = name[len(prefix) + 1:].split("_", 1)
+            layers.setdefault(int(l), {})[key] = jnp.asarray(value)
+    return [layers[l] for l in sorted(layers)]
+
+
+def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
+    """Everything needed to continue after the last finished epoch, and the configuration it
+    belongs to, in one atomic file."""
+    arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
+    arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
+    arrays["metrics_json"] = np.array(json.dumps(metrics))
+    arrays["config_json"] = np.array(config_text(cfg))
+    atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+    write_json(run_dir / METRICS, metrics)
+
+
+def restore_checkpoint(state, params, opt_state, run_dir):
+    """The checkpoint's training state, with the shapes of a fresh initialisation."""
+    treedef = jax.tree_util.tree_structure(opt_state)
+    try:
+        leaves = [jnp.asarray(state[f"opt_{i}"]) for i in range(treedef.num_leaves)]
+        restored = (params_from_arrays(state, "params/"), jax.tree_util.tree_unflatten(treedef, leaves),
+                    params_from_arrays(state, "best/"), json.loads(str(state["metrics_json"])))
+        shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
+        if shapes(restored[:3]) != shapes((params, opt_state, params)):
+            raise ValueError("its arrays do not have this configuration's shapes")
+    except (KeyError, ValueError) as err:
+        raise FileError(f"{run_dir / CHECKPOINT}: incomplete checkpoint ({err}); "
+                        f"{RESTART_HINT}") from None
+    return restored
+
+
+def save_task_arrays(run_dir, arrays: dict):
+    """task.npz: arrays a run needs to be evaluated again later (psMNIST's pixel permutation);
+    written once."""
+    if not (run_dir / TASK).exists():
+        atomic_write(run_dir / TASK, lambda f: np.savez(f, **arrays))
+
+
+def finish_run(run_dir, best_params, metrics):
+    """The best parameters and the final metrics; the checkpoint has served its purpose, and
+    an error.txt of an earlier, resumed failure no longer describes the run."""
+    atomic_write(run_dir / PARAMS, lambda f: np.savez(f, **named_arrays(best_params)))
+    write_json(run_dir / METRICS, metrics)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    (run_dir / ERROR).unlink(missing_ok=True)
 
 
 def problem(path: Path, cfg: Config) -> Optional[str]:

@@ -51,7 +51,8 @@ from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, ROOT, SWEEPS_
                                changed_fields, conversion_notes, expand, load_definitions, load_paper_numbers,
                                make_run_config, parse_seeds, read_lines, record_keys, reduced, seeds_text,
                                with_seeds)
-from training import OutOfMemory, TrainingDiverged, configure_jax, train_seeds
+from runtime import OutOfMemory, configure_jax
+from training import TrainingDiverged, train_seeds
 from utils_dataset import DataError
 from utils_initialization import Config, ConfigError
 from utils_io import FileError, read_json, write_json

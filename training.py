@@ -11,7 +11,6 @@ resumed from the checkpoint of epoch e continues exactly as an uninterrupted run
 
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+import run_folder
+import runtime
 import utils_dataset
 from models import decode, forward
 from utils_initialization import ALPHA_MAX, ALPHA_MIN, Config, hierarchy_notes, init_params, tau_from_alpha
-import run_folder
-from run_folder import RunFolderError  # noqa: F401 (part of this module's interface)
-from utils_io import FileError, atomic_write, write_json
+from utils_io import FileError
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
 ALPHA_HIGH = 0.95        # decays above this are penalised ...
@@ -229,50 +228,6 @@ class Tally:
         return {name: float(value[s] / self.samples) for name, value in self.terms.items()}
 
 
-class HostBatches:
-    """Host buffers for the input batches, made time-major (and on the CPU converted to
-    float32) in one copy. On the CPU, JAX reads a 64-byte aligned numpy array in place
-    instead of copying it, and numpy's conversion is faster than XLA's own uint8-to-float32
-    conversion there (docs/performance.md). An accelerator gets the stored dtype (uint8 spike counts: a
-    quarter of the bytes to transfer) and converts on the device. A buffer is reused every
-    `slots` batches, so each batch is put with the outputs of the step that reads it
-    (`fence`); the buffer is overwritten only after that step finished.
-
-    `dtype`: of the buffers; None keeps the batches' own; default float32 on the CPU, else None."""
-
-    def __init__(self, slots: int = 2, dtype="auto"):
-        self.slots, self.count = slots, 0
-        self.buffers, self.fences = {}, [None] * slots
-        self.dtype = (np.float32 if jax.default_backend() == "cpu" else None) if dtype == "auto" else dtype
-
-    def put(self, xs_BTI) -> np.ndarray:
-        """[S, T, B, I] of the seeds' batch-major arrays `xs_BTI`."""
-        k = self.count % self.slots
-        if self.fences[k] is not None:
-            jax.block_until_ready(self.fences[k])
-            self.fences[k] = None
-        b, t, i = xs_BTI[0].shape
-        shape, dtype = (len(xs_BTI), t, b, i), np.dtype(self.dtype or xs_BTI[0].dtype)
-        if (k, shape, dtype) not in self.buffers:
-            self.buffers[k, shape, dtype] = _aligned_empty(shape, dtype)
-        out = self.buffers[k, shape, dtype]
-        for s, x_BTI in enumerate(xs_BTI):
-            np.copyto(out[s], x_BTI.transpose(1, 0, 2))
-        self.count += 1
-        return out
-
-    def fence(self, outputs):
-        """The outputs of the step that reads the last batch put."""
-        self.fences[(self.count - 1) % self.slots] = outputs
-
-
-def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def _stack(items):
     """Stack pytrees (or numpy batches) along a new leading seed axis."""
     if isinstance(items[0], np.ndarray):
@@ -295,7 +250,7 @@ def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
     orders = [utils_dataset.iterate_batches(sp, cfg.batch_size, rng if sp.reshuffle else None,
                                             time_major=False, augment=False)
               for sp, rng in zip(splits, rngs)]
-    tally, host = Tally(), HostBatches()
+    tally, host = Tally(), runtime.HostBatches()
     for batches in zip(*orders):
         x, y = host.put([b[0] for b in batches]), _stack([b[1] for b in batches])
         out = steps.evaluate(params, Batch(x, y, jnp.int32(0)))
@@ -332,29 +287,6 @@ def recurrent_spectra(params) -> Optional[dict]:
                 masked=[spectrum(W * (1.0 - np.eye(len(W)))) for W in matrices])
 
 
-def configure_jax(compilation_cache: bool = True, cache_dir=None):
-    """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
-    JAX's first computation.
-
-    - XLA's XNNPACK ("ynn") fusions slow down the narrow matmuls of small SNN layers on x86
-      CPUs (docs/performance.md): they are switched off unless XLA_FLAGS already mentions them
-      or HSNN_XLA_DEFAULTS=1.
-    - JAX's persistent compilation cache (in `cache_dir`, else $HSNN_CACHE_DIR, default
-      ~/.cache/hsnn/jax) lets a second run of the same configuration skip compilation.
-      Cached programs are the programs XLA would compile again: results do not change.
-    """
-    import jaxlib
-    flags = os.environ.get("XLA_FLAGS", "")
-    new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
-    if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
-    if compilation_cache:
-        cache = cache_dir or os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool = True,
                task: Optional[utils_dataset.Task] = None, restart: bool = False,
                force: bool = False) -> dict:
@@ -366,24 +298,8 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     step's memory estimate exceeds the memory available.
     """
     if resume and run_dir is not None and not Path(run_dir).exists():
-        raise RunFolderError(f"cannot resume: {run_dir} does not exist")
+        raise run_folder.RunFolderError(f"cannot resume: {run_dir} does not exist")
     return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task], restart=restart, force=force)[0]
-
-
-# Seeds trained together hold one batch per seed and the activations of every layer at once;
-# a group is split so that this stays under GROUP_MEMORY_BYTES.
-GROUP_MEMORY_BYTES = 2 ** 31
-
-
-def seeds_per_group(cfg: Config) -> int:
-    """How many seeds of `cfg` one vmapped program trains by default: on an accelerator as
-    many as a rough activation budget allows; on the CPU one, because there the vmapped
-    program is slower than the seeds one after another (docs/performance.md; measured with
-    benchmarks/benchmark.py --seeds 10 --compare_sequential)."""
-    if jax.default_backend() == "cpu":
-        return 1
-    per_seed = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
-    return max(1, GROUP_MEMORY_BYTES // per_seed)
 
 
 def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress: bool = True,
@@ -420,7 +336,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
             if d is not None:
                 run_folder.record_provenance(d)
         done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
-        size = group_size or seeds_per_group(cfg)
+        size = group_size or runtime.seeds_per_group(cfg)
         results, failures = {}, {}
         for epoch in sorted(set(done)):
             members = [i for i in range(len(seeds)) if done[i] == epoch]
@@ -429,7 +345,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                 try:
                     results.update(zip(group, _train_group(pick(cfgs), pick(run_dirs), pick(states),
                                                            pick(tasks), progress, force)))
-                except OutOfMemory:  # this group trained nothing: its new folders are removed
+                except runtime.OutOfMemory:  # this group trained nothing: its new folders are removed
                     _discard(pick(folders))
                     raise
                 except Exception as err:  # not KeyboardInterrupt: an interrupted run is resumable
@@ -463,71 +379,23 @@ def _discard(folders):
             folder.discard()
 
 
-class OutOfMemory(RuntimeError):
-    """The train step would need more memory than the machine has available."""
-
-
-def available_memory() -> Optional[int]:
-    """Bytes still free for training: the accelerator's free memory, on the CPU the host's
-    available memory (Linux MemAvailable, else the free physical pages); None if unknown."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def step_memory(cfg: Config, steps: Steps, optimizer, tasks) -> int:
-    """XLA's estimate of the train step's memory [bytes] for the seeds of `tasks`: arguments,
-    outputs not aliased to them, and temporaries. The step is compiled from shapes alone (no
-    parameter or batch is allocated), and the training reuses the compiled program."""
+    """XLA's estimate of the train step's memory [bytes] for the seeds of `tasks`, from the
+    shapes of its parameters, optimizer state and first batch (runtime.compiled_memory)."""
     n = len(tasks)
     per_seed = lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype)  # noqa: E731
     params = jax.eval_shape(lambda k: init_params(k, cfg), jax.random.PRNGKey(0))
     opt_state = jax.eval_shape(optimizer.init, params)
     x_BTI, y = tasks[0].train.X[np.arange(1)], tasks[0].train.Y[:1]
-    dtype = HostBatches().dtype or x_BTI.dtype
+    dtype = runtime.HostBatches().dtype or x_BTI.dtype
     b = min(cfg.batch_size, len(tasks[0].train))
     x = jax.ShapeDtypeStruct((n, x_BTI.shape[1], b, x_BTI.shape[2]), dtype)
     y = jax.ShapeDtypeStruct((n, b, *y.shape[1:]), y.dtype)
     keys = jax.ShapeDtypeStruct((n, *jax.random.PRNGKey(0).shape), jax.random.PRNGKey(0).dtype)
     scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
     tree = lambda t: jax.tree_util.tree_map(per_seed, t)  # noqa: E731
-    compiled = steps.train.lower(tree(params), tree(opt_state), Batch(x, y, scalar(jnp.int32)), keys,
-                                 scalar(jnp.int32), scalar(jnp.float32)).compile()
-    m = compiled.memory_analysis()
-    if m is None:
-        return 0
-    return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-
-
-# the flags that set the size of the train step, named when it does not fit
-SIZE_FLAGS = ("n_hid", "n_layers", "batch_size", "nb_steps", "n_in")
-
-
-def check_memory(cfg: Config, steps: Steps, optimizer, tasks, force: bool = False):
-    """Stop before training when the step's estimate exceeds the memory available (after the
-    data was loaded); `force` tries anyway."""
-    available = available_memory()
-    if force or available is None:
-        return
-    need = step_memory(cfg, steps, optimizer, tasks)
-    if need > available:
-        flags = " ".join(f"--{f} {getattr(cfg, f)}" for f in SIZE_FLAGS)
-        seeds = f" x {len(tasks)} seeds" if len(tasks) > 1 else ""
-        raise OutOfMemory(f"the train step needs about {need / 2**30:.1f} GiB (XLA's estimate for {flags}"
-                          f"{seeds}), more than the {available / 2**30:.1f} GiB available; make those "
-                          "flags smaller, or add --force to try anyway")
+    return runtime.compiled_memory(steps.train, tree(params), tree(opt_state), Batch(x, y, scalar(jnp.int32)), keys,
+                                   scalar(jnp.int32), scalar(jnp.float32))
 
 
 class _Run(NamedTuple):
@@ -545,7 +413,7 @@ def _init_run(cfg: Config, optimizer, state, run_dir) -> _Run:
     params = init_params(key_init, cfg)
     opt_state = optimizer.init(params)
     if state is not None:
-        return _Run(*_restore(state, params, opt_state, run_dir), key_dropout)
+        return _Run(*run_folder.restore_checkpoint(state, params, opt_state, run_dir), key_dropout)
     return _Run(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
 
 
@@ -553,12 +421,12 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     """Train seeds of one configuration together, all from the same finished epoch."""
     cfg = cfgs[0]
     for run_dir, task in zip(run_dirs, tasks):
-        if run_dir is not None and task.extras and not (run_dir / run_folder.TASK).exists():
-            atomic_write(run_dir / run_folder.TASK, lambda f, t=task: np.savez(f, **t.extras))
+        if run_dir is not None and task.extras:
+            run_folder.save_task_arrays(run_dir, task.extras)
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer, mask)
-    check_memory(cfg, steps, optimizer, tasks, force)
+    runtime.check_memory(cfg, lambda: step_memory(cfg, steps, optimizer, tasks), len(tasks), force)
     runs = [_init_run(c, optimizer, st, d) for c, st, d in zip(cfgs, states, run_dirs)]
     params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
     key_dropout = jnp.stack([r.key_dropout for r in runs])
@@ -584,7 +452,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
                 best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
             if run_dirs[s] is not None:
-                _save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
+                run_folder.save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
@@ -597,7 +465,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
                            w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
                            seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
         if run_dirs[s] is not None:
-            _finish_run(run_dirs[s], best[s], run.metrics)
+            run_folder.finish_run(run_dirs[s], best[s], run.metrics)
     return [r.metrics for r in runs]
 
 
@@ -630,7 +498,7 @@ def _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout, prog
 
     iterators = [utils_dataset.iterate_batches(t.train, cfg.batch_size, rng, time_major=False)
                  for t, rng in zip(tasks, rngs)]
-    host = HostBatches()
+    host = runtime.HostBatches()
     for b, batches in enumerate(zip(*iterators)):
         x, y = host.put([bt[0] for bt in batches]), _stack([bt[1] for bt in batches])
         params, opt_state, step_metrics = steps.train(params, opt_state, Batch(x, y, jnp.int32(b)),
@@ -649,53 +517,3 @@ def _new_metrics(cfg, params):
                 median_tau_init=median_tau_per_layer(params, cfg))
 
 
-# --- run folder: atomic writes, never overwritten --------------------------------------------
-def named_arrays(params, prefix=""):
-    """{'L0_W': ..., 'L0_alpha': ...}: the golden files' naming."""
-    return {f"{prefix}L{l}_{k}": np.asarray(v) for l, layer in enumerate(params) for k, v in layer.items()}
-
-
-def params_from_arrays(arrays, prefix="") -> list:
-    """Inverse of `named_arrays`."""
-    layers = {}
-    for name, value in arrays.items():
-        if name.startswith(prefix + "L"):
-            l, key = name[len(prefix) + 1:].split("_", 1)
-            layers.setdefault(int(l), {})[key] = jnp.asarray(value)
-    return [layers[l] for l in sorted(layers)]
-
-
-def _save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
-    """Everything needed to continue after the last finished epoch, and the configuration it
-    belongs to, in one atomic file."""
-    arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
-    arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
-    arrays["metrics_json"] = np.array(json.dumps(metrics))
-    arrays["config_json"] = np.array(run_folder.config_text(cfg))
-    atomic_write(run_dir / run_folder.CHECKPOINT, lambda f: np.savez(f, **arrays))
-    write_json(run_dir / run_folder.METRICS, metrics)
-
-
-def _restore(state, params, opt_state, run_dir):
-    """The checkpoint's training state, with the shapes of a fresh initialisation."""
-    treedef = jax.tree_util.tree_structure(opt_state)
-    try:
-        leaves = [jnp.asarray(state[f"opt_{i}"]) for i in range(treedef.num_leaves)]
-        restored = (params_from_arrays(state, "params/"), jax.tree_util.tree_unflatten(treedef, leaves),
-                    params_from_arrays(state, "best/"), json.loads(str(state["metrics_json"])))
-        shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
-        if shapes(restored[:3]) != shapes((params, opt_state, params)):
-            raise ValueError("its arrays do not have this configuration's shapes")
-    except (KeyError, ValueError) as err:
-        raise FileError(f"{run_dir / run_folder.CHECKPOINT}: incomplete checkpoint ({err}); "
-                        f"{run_folder.RESTART_HINT}") from None
-    return restored
-
-
-def _finish_run(run_dir, best_params, metrics):
-    """The best parameters and the final metrics; the checkpoint has served its purpose, and
-    an error.txt of an earlier, resumed failure no longer describes the run."""
-    atomic_write(run_dir / run_folder.PARAMS, lambda f: np.savez(f, **named_arrays(best_params)))
-    write_json(run_dir / run_folder.METRICS, metrics)
-    (run_dir / run_folder.CHECKPOINT).unlink(missing_ok=True)
-    (run_dir / run_folder.ERROR).unlink(missing_ok=True)

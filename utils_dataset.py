@@ -68,7 +68,7 @@ def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Gener
     """Yield (x, y) batches; shuffled (and augmented, if `augment`) when `rng` is given. The last batch may
     be smaller (at most one extra compiled shape). x is time-major float32 [T, B, I]; with
     `time_major` False it is the stored [B, T, I] array as it is (uint8 spike counts), for
-    the training loop's `training.HostBatches`, which converts and transposes in one copy."""
+    the training loop's `runtime.HostBatches`, which converts and transposes in one copy."""
     order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]

@@ -134,7 +134,7 @@ def time_first_layer_matmul(cfg, task):
         I = x2 @ W
         return I, x2.T @ I  # I and a weight gradient of the same shape and cost
 
-    # float32 inputs already in memory, as the train step receives them (training.HostBatches);
+    # float32 inputs already in memory, as the train step receives them (runtime.HostBatches);
     # the first four batches stand in for the full ones, the last one for itself
     n = utils_dataset.n_batches(task.train, cfg.batch_size)
     full, last = [], None
@@ -159,8 +159,9 @@ def peak_rss_mb():
 
 def main(argv=None):
     args = parse_args(argv)
+    import runtime
     import training
-    training.configure_jax(compilation_cache=False)  # measure compilation, not the cache
+    runtime.configure_jax(compilation_cache=False)  # measure compilation, not the cache
     import jax
     cfg = build_config(args)
     tasks = [build_task(cfg.replace(seed=s), args) for s in range(args.seeds)]

@@ -89,8 +89,8 @@ def per_neuron_seconds(cfg, seeds, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
-    import training
-    training.configure_jax(compilation_cache=False)
+    import runtime
+    runtime.configure_jax(compilation_cache=False)
     import jax
     cfg = build_config(args)
     S, H, n_hidden = args.seeds, cfg.n_hid, cfg.n_hidden_layers

@@ -34,7 +34,7 @@ def step_times(cfg, n_steps, steps=None):
     params = init_params(jax.random.PRNGKey(0), cfg)
     params, opt_state = training._stack([params]), training._stack([optimizer.init(params)])  # one seed
     rng = np.random.default_rng(0)
-    # in memory already, as training.HostBatches hands the batches to the step
+    # in memory already, as runtime.HostBatches hands the batches to the step
     x = jnp.asarray(rng.random((1, cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05, jnp.float32)
     y_shape = (1, cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (1, cfg.batch_size)
     y = rng.integers(0, cfg.n_out, y_shape).astype(np.int32)
@@ -62,7 +62,7 @@ def network_size(cfg):
 
 def main():
     import sweep
-    from training import configure_jax
+    from runtime import configure_jax
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sweeps", nargs="*")

@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from models import forward
-from training import alpha_grad_rule, learning_rate, loss_fn, make_optimizer, params_from_arrays
+from run_folder import params_from_arrays
+from training import alpha_grad_rule, learning_rate, loss_fn, make_optimizer
 from utils_initialization import Config, conv_hierarchy, tau_hierarchy
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import figures
 import panels
 import sweep
 from conftest import pause_at_epoch, training_hook, wait_for

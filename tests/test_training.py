@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import run_folder
+import runtime
 import training
 import utils_dataset
 from conftest import tiny_mts_xor_task
-from training import (RunFolderError, TrainingDiverged, alpha_grad_rule, learning_rate,
+from run_folder import RunFolderError
+from training import (TrainingDiverged, alpha_grad_rule, learning_rate,
                       make_optimizer, train_hsnn)
 from utils_initialization import make_config
 
@@ -199,7 +201,7 @@ def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
     accuracies, from the best epoch's parameters (params.npz)."""
     cfg, task, folder, metrics = micro_run
     with np.load(folder / "params.npz") as z:
-        params = training.params_from_arrays(dict(z))
+        params = run_folder.params_from_arrays(dict(z))
     expected, accs = per_batch_accuracy(params, task.test, cfg, task.score_mask)
     assert len(accs) == 3
     assert metrics["test_acc"] == pytest.approx(expected, abs=1e-6)
@@ -451,7 +453,7 @@ def first_grad_norms(cfg, task):
     key = jax.random.fold_in(jax.random.fold_in(run.key_dropout, 0), 0)
     grads = jax.grad(lambda p: training.loss_fn(training.freeze_fixed_decays(p, cfg.train_alpha), jnp.asarray(x),
                                                 jnp.asarray(y), cfg, key, True)[0])(run.params)
-    return {name: float(np.linalg.norm(g)) for name, g in training.named_arrays(grads).items()
+    return {name: float(np.linalg.norm(g)) for name, g in run_folder.named_arrays(grads).items()
             if not name.endswith("alpha")}
 
 
@@ -496,7 +498,7 @@ def test_host_batches_convert_alias_and_wait_for_their_step():
     reused only after the step fenced on them has finished."""
     rng = np.random.default_rng(0)
     xs = [rng.integers(0, 4, (6, 5, 3)).astype(np.uint8) for _ in range(2)]
-    host = training.HostBatches(slots=2)
+    host = runtime.HostBatches(slots=2)
     first = host.put(xs)
     assert first.shape == (2, 5, 6, 3) and first.dtype == np.float32 and first.ctypes.data % 64 == 0
     np.testing.assert_array_equal(first, np.stack([x.transpose(1, 0, 2) for x in xs]))
@@ -512,7 +514,7 @@ def test_host_batches_convert_alias_and_wait_for_their_step():
     assert float(total) == float(sum(x.sum() for x in xs))
     np.testing.assert_array_equal(third[1], (xs[1] + 2).transpose(1, 0, 2))
     # for an accelerator: the stored dtype (a quarter of the bytes to transfer)
-    kept = training.HostBatches(dtype=None).put(xs)
+    kept = runtime.HostBatches(dtype=None).put(xs)
     assert kept.dtype == np.uint8
     np.testing.assert_array_equal(kept, np.stack([x.transpose(1, 0, 2) for x in xs]))
 

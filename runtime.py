@@ -1,0 +1,149 @@
+"""The machine a run trains on: JAX's runtime settings, the memory a train step needs against
+the memory free, how many seeds share one compiled program, and the host buffers through
+which batches reach it."""
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+
+from utils_initialization import Config
+
+
+def configure_jax(compilation_cache: bool = True, cache_dir=None):
+    """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
+    JAX's first computation.
+
+    - XLA's XNNPACK ("ynn") fusions slow down the narrow matmuls of small SNN layers on x86
+      CPUs (docs/performance.md): they are switched off unless XLA_FLAGS already mentions them
+      or HSNN_XLA_DEFAULTS=1.
+    - JAX's persistent compilation cache (in `cache_dir`, else $HSNN_CACHE_DIR, default
+      ~/.cache/hsnn/jax) lets a second run of the same configuration skip compilation.
+      Cached programs are the programs XLA would compile again: results do not change.
+    """
+    import jaxlib
+    flags = os.environ.get("XLA_FLAGS", "")
+    new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
+    if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+    if compilation_cache:
+        cache = cache_dir or os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# Seeds trained together hold one batch per seed and the activations of every layer at once;
+# a group is split so that this stays under GROUP_MEMORY_BYTES.
+GROUP_MEMORY_BYTES = 2 ** 31
+
+
+def seeds_per_group(cfg: Config) -> int:
+    """How many seeds of `cfg` one vmapped program trains by default: on an accelerator as
+    many as a rough activation budget allows; on the CPU one, because there the vmapped
+    program is slower than the seeds one after another (docs/performance.md; measured with
+    benchmarks/benchmark.py --seeds 10 --compare_sequential)."""
+    if jax.default_backend() == "cpu":
+        return 1
+    per_seed = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
+    return max(1, GROUP_MEMORY_BYTES // per_seed)
+
+
+class OutOfMemory(RuntimeError):
+    """The train step would need more memory than the machine has available."""
+
+
+def available_memory() -> Optional[int]:
+    """Bytes still free for training: the accelerator's free memory, on the CPU the host's
+    available memory (Linux MemAvailable, else the free physical pages); None if unknown."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def compiled_memory(jitted, *abstract_args) -> int:
+    """XLA's estimate of the memory [bytes] of `jitted` on arguments of these shapes
+    (jax.ShapeDtypeStruct): arguments, outputs not aliased to them, and temporaries. Compiled
+    from shapes alone, nothing allocated; the persistent compilation cache hands the program
+    to the first real call."""
+    m = jitted.lower(*abstract_args).compile().memory_analysis()
+    if m is None:
+        return 0
+    return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+
+# the flags that set the size of the train step, named when it does not fit
+SIZE_FLAGS = ("n_hid", "n_layers", "batch_size", "nb_steps", "n_in")
+
+
+def check_memory(cfg: Config, need_bytes, n_seeds: int, force: bool = False):
+    """Stop before training when the step's estimate (`need_bytes()`, asked only when the
+    available memory is known) exceeds the memory available; `force` tries anyway."""
+    available = available_memory()
+    if force or available is None:
+        return
+    need = need_bytes()
+    if need > available:
+        flags = " ".join(f"--{f} {getattr(cfg, f)}" for f in SIZE_FLAGS)
+        seeds = f" x {n_seeds} seeds" if n_seeds > 1 else ""
+        raise OutOfMemory(f"the train step needs about {need / 2**30:.1f} GiB (XLA's estimate for {flags}"
+                          f"{seeds}), more than the {available / 2**30:.1f} GiB available; make those "
+                          "flags smaller, or add --force to try anyway")
+
+
+class HostBatches:
+    """Host buffers for the input batches, made time-major (and on the CPU converted to
+    float32) in one copy. On the CPU, JAX reads a 64-byte aligned numpy array in place
+    instead of copying it, and numpy's conversion is faster than XLA's own uint8-to-float32
+    conversion there (docs/performance.md). An accelerator gets the stored dtype (uint8 spike counts: a
+    quarter of the bytes to transfer) and converts on the device. A buffer is reused every
+    `slots` batches, so each batch is put with the outputs of the step that reads it
+    (`fence`); the buffer is overwritten only after that step finished.
+
+    `dtype`: of the buffers; None keeps the batches' own; default float32 on the CPU, else None."""
+
+    def __init__(self, slots: int = 2, dtype="auto"):
+        self.slots, self.count = slots, 0
+        self.buffers, self.fences = {}, [None] * slots
+        self.dtype = (np.float32 if jax.default_backend() == "cpu" else None) if dtype == "auto" else dtype
+
+    def put(self, xs_BTI) -> np.ndarray:
+        """[S, T, B, I] of the seeds' batch-major arrays `xs_BTI`."""
+        k = self.count % self.slots
+        if self.fences[k] is not None:
+            jax.block_until_ready(self.fences[k])
+            self.fences[k] = None
+        b, t, i = xs_BTI[0].shape
+        shape, dtype = (len(xs_BTI), t, b, i), np.dtype(self.dtype or xs_BTI[0].dtype)
+        if (k, shape, dtype) not in self.buffers:
+            self.buffers[k, shape, dtype] = _aligned_empty(shape, dtype)
+        out = self.buffers[k, shape, dtype]
+        for s, x_BTI in enumerate(xs_BTI):
+            np.copyto(out[s], x_BTI.transpose(1, 0, 2))
+        self.count += 1
+        return out
+
+    def fence(self, outputs):
+        """The outputs of the step that reads the last batch put."""
+        self.fences[(self.count - 1) % self.slots] = outputs
+
+
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
