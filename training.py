@@ -71,11 +71,22 @@ def regularizers(params, hidden_TBH, cfg: Config) -> dict:
 
 
 def loss_fn(params, x_TBI, y, cfg: Config, key=None, train=False):
-    """Total loss (M6) and (terms, class probabilities) of a time-major batch."""
+    """Total loss (M6) and (measures, class probabilities) of a time-major batch.
+
+    `measures` is every quantity measured on the batch: the loss terms (their sum is the
+    loss) and the measures of `measure`. A quantity added to it is averaged over each epoch's
+    batches for training, validation and test, and reaches metrics.json and W&B as it is."""
     hidden, out_TBO = forward(params, x_TBI.astype(jnp.float32), cfg, key, train)
     yhat = decode(out_TBO, cfg.decoder)
     terms = {"ce": cross_entropy(yhat, y, cfg.n_out), **regularizers(params, hidden, cfg)}
-    return sum(terms.values()), (terms, yhat)
+    return sum(terms.values()), ({**terms, **measure(hidden)}, yhat)
+
+
+def measure(hidden_TBH) -> dict:
+    """Quantities reported beside the loss terms: each hidden layer's firing rate, in spikes
+    per neuron and sample (as the next layer receives them: after dropout, scaled, while
+    training)."""
+    return {f"rate_L{l + 1}": S.sum(0).mean() for l, S in enumerate(hidden_TBH)}
 
 
 def correct_counts(yhat, y, score_mask_T=None):
@@ -160,7 +171,7 @@ class Batch(NamedTuple):
 
 class Metrics(NamedTuple):
     loss: jax.Array    # total loss of the batch (M6)
-    terms: dict        # each loss term: ce, alpha_high, alpha_sd, and l2, firing_rate if used
+    measures: dict     # the loss terms (ce, alpha_high, alpha_sd; l2, firing_rate if used) and `measure`'s
     correct: jax.Array  # correct predictions (MTS-XOR: per scored step)
     scored: jax.Array  # predictions that count
 
@@ -177,17 +188,17 @@ def make_step_fns(cfg: Config, optimizer, score_mask=None):
     that count for accuracy when every step has a label (MTS-XOR)."""
     def train_step(params, opt_state, batch: Batch, key_epoch, epoch, lr):
         key = jax.random.fold_in(key_epoch, batch.index)
-        (loss, (terms, yhat)), grads = jax.value_and_grad(
+        (loss, (measures, yhat)), grads = jax.value_and_grad(
             lambda p: loss_fn(freeze_fixed_decays(p, cfg.train_alpha), batch.x_TBI, batch.y, cfg, key, True),
             has_aux=True)(params)
         grads = alpha_grad_rule(grads, cfg.train_alpha)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch, lr=lr)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, Metrics(loss, terms, *correct_counts(yhat, batch.y, score_mask))
+        return params, opt_state, Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask))
 
     def eval_step(params, batch: Batch):
-        loss, (terms, yhat) = loss_fn(params, batch.x_TBI, batch.y, cfg)
-        return Metrics(loss, terms, *correct_counts(yhat, batch.y, score_mask))
+        loss, (measures, yhat) = loss_fn(params, batch.x_TBI, batch.y, cfg)
+        return Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask))
 
     return train_step, eval_step
 
@@ -203,20 +214,20 @@ def make_steps(cfg: Config, optimizer, score_mask=None) -> Steps:
 
 
 class Tally:
-    """Per-seed sums of a split's metrics over an epoch: loss and loss terms weighted by batch
+    """Per-seed sums of a split's metrics over an epoch: loss and every measure weighted by batch
     size, the accuracy both over all scored predictions and as the mean of per-batch
     accuracies (how the published code reported validation and test accuracy)."""
 
     def __init__(self):
-        self.samples, self.batches, self.loss, self.terms = 0, 0, 0.0, {}
+        self.samples, self.batches, self.loss, self.measures = 0, 0, 0.0, {}
         self.correct, self.scored, self.batch_acc = 0.0, 0.0, 0.0
 
     def add(self, m: Metrics, size: int):
         self.samples += size
         self.batches += 1
         self.loss = self.loss + np.asarray(m.loss) * size
-        for name, value in m.terms.items():
-            self.terms[name] = self.terms.get(name, 0.0) + np.asarray(value) * size
+        for name, value in m.measures.items():
+            self.measures[name] = self.measures.get(name, 0.0) + np.asarray(value) * size
         correct, scored = np.asarray(m.correct), np.asarray(m.scored)
         self.correct, self.scored = self.correct + correct, self.scored + scored
         self.batch_acc = self.batch_acc + correct / scored
@@ -224,8 +235,8 @@ class Tally:
     def mean_loss(self):
         return self.loss / self.samples
 
-    def mean_terms(self, s: int) -> dict:
-        return {name: float(value[s] / self.samples) for name, value in self.terms.items()}
+    def mean_measures(self, s: int) -> dict:
+        return {name: float(value[s] / self.samples) for name, value in self.measures.items()}
 
 
 def _stack(items):
@@ -444,7 +455,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
             metrics["epochs"].append(dict(
                 epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train_loss[s]),
                 train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
-                valid_acc=float(valid_acc[s]), terms=train.mean_terms(s), valid_terms=valid.mean_terms(s),
+                valid_acc=float(valid_acc[s]), measures=train.mean_measures(s),
+                valid_measures=valid.mean_measures(s),
                 seconds=time.time() - t0))
             seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
             # a tie keeps the later epoch, as the published code did (>=)
@@ -461,7 +473,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     test_loss, test_acc = test.mean_loss(), test.batch_acc / test.batches
     for s, (run, c) in enumerate(zip(runs, cfgs)):
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
-                           test_terms=test.mean_terms(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
+                           test_measures=test.mean_measures(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
                            w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
                            seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
         if run_dirs[s] is not None:

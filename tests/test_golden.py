@@ -86,10 +86,10 @@ def test_step_case(name):
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z["out_vmem"], RTOL, ATOL)
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z[f"L{last}_output"], RTOL, ATOL)
 
-    (loss, (terms, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
+    (loss, (measures, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
         params, x, jnp.asarray(z["Y"]), cfg)
     np.testing.assert_allclose(yhat, z["Yhat"], RTOL, ATOL)
-    np.testing.assert_allclose(terms["ce"], z["loss_ce"], RTOL)
+    np.testing.assert_allclose(measures["ce"], z["loss_ce"], RTOL)
     np.testing.assert_allclose(loss, z["loss_total"], RTOL)
     checked = 0
     for l, layer in enumerate(grads):
@@ -150,9 +150,9 @@ def test_full_batch_case(name):
         assert differ <= limit, f"L{l}_output: {differ} spikes differ (at most {limit})"
     assert relative_error_in_norm(np.swapaxes(out_TBO, 0, 1), z["out_vmem"]) <= 2e-2
 
-    (loss, (terms, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
+    (loss, (measures, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
         params, x, jnp.asarray(z["Y"]), cfg)
-    np.testing.assert_allclose(terms["ce"], z["loss_ce"], rtol=3e-5)
+    np.testing.assert_allclose(measures["ce"], z["loss_ce"], rtol=3e-5)
     np.testing.assert_allclose(loss, z["loss_total"], rtol=3e-5)
     assert relative_error_in_norm(yhat, z["Yhat"]) <= 2e-2
     errors = {f"L{l}_grad_{key}": relative_error_in_norm(g, z[f"L{l}_grad_{key}"])

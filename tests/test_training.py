@@ -97,6 +97,7 @@ def test_firing_rate_loss_counts_the_spikes_after_dropout():
     assert 0.3 < (S.sum() - kept.sum() / 2) / S.sum() < 0.7        # about half the spikes dropped
     rate = lambda s: s.sum(0).mean()  # noqa: E731  spikes per neuron and sample
     terms = training.loss_fn(params, x, y, cfg, key, train=True)[1][0]
+    np.testing.assert_allclose(terms["rate_L1"], rate(kept), rtol=1e-6)  # the reported firing rate
     np.testing.assert_allclose(terms["firing_rate"], 0.3 * (2.0 - rate(kept)) ** 2, rtol=1e-6)
     assert abs(rate(kept) - rate(S)) > 0.01
     evaluated = training.loss_fn(params, x, y, cfg)[1][0]            # no dropout outside training
@@ -185,15 +186,29 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
     assert json.loads((folder / "metrics.json").read_text()) == metrics
     assert len(metrics["epochs"]) == 3 and [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
     for e in metrics["epochs"]:
-        assert {"loss", "train_acc", "valid_acc", "valid_loss", "lr", "seconds", "terms", "valid_terms"} <= set(e)
+        assert {"loss", "train_acc", "valid_acc", "valid_loss", "lr", "seconds", "measures", "valid_measures"} <= set(e)
         assert e["lr"] == 0.01 and 0 <= e["train_acc"] <= 1 and 0 <= e["valid_acc"] <= 1
-        assert set(e["terms"]) == {"ce", "alpha_high", "alpha_sd"}
-        assert e["loss"] == pytest.approx(sum(e["terms"].values()), rel=1e-5)  # the loss is its terms
-        assert e["valid_loss"] == pytest.approx(sum(e["valid_terms"].values()), rel=1e-5)
+        assert set(e["measures"]) == set(e["valid_measures"]) == {"ce", "alpha_high", "alpha_sd", "rate_L1", "rate_L2"}
+        for split in ("measures", "valid_measures"):  # the loss is the sum of its terms
+            terms = [v for k, v in e[split].items() if not k.startswith("rate_")]
+            assert e["loss" if split == "measures" else "valid_loss"] == pytest.approx(sum(terms), rel=1e-5)
+            assert all(e[split][f"rate_L{l}"] > 0 for l in (1, 2))
     valid = [e["valid_acc"] for e in metrics["epochs"]]
     assert metrics["best_epoch"] == max(i for i, v in enumerate(valid) if v == max(valid))
     assert metrics["best_valid_acc"] == max(valid)
     assert metrics["median_tau_per_layer"] == pytest.approx(metrics["median_tau_init"], rel=1e-6)
+
+
+def test_a_measure_added_once_reaches_every_average_and_metrics_json(tmp_path, monkeypatch):
+    """One entry added where it is computed (training.measure, the loss's aux output) is
+    averaged for training, validation and test and written to metrics.json: no other edit."""
+    real = training.measure
+    monkeypatch.setattr(training, "measure", lambda hidden: {**real(hidden), "answer": jnp.float32(42.0)})
+    metrics = train_hsnn(micro_config(n_epochs=1), tmp_path / "run", progress=False, task=micro_task())
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert stored == metrics
+    for measures in (stored["epochs"][0]["measures"], stored["epochs"][0]["valid_measures"], stored["test_measures"]):
+        assert measures["answer"] == pytest.approx(42.0)
 
 
 def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
@@ -374,8 +389,10 @@ def test_jit_and_eager_train_steps_agree(tiny_task):
                          training.Batch(x[None], y[None], jnp.int32(3)), key[None], epoch, lr)
     for a, b in zip(jax.tree_util.tree_leaves(jitted[0]), jax.tree_util.tree_leaves(eager[0])):
         np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6)
-    assert isinstance(jitted[2], training.Metrics) and set(jitted[2].terms) == {"ce", "alpha_high", "alpha_sd"}
-    assert float(jitted[2].loss[0]) == pytest.approx(sum(float(v[0]) for v in jitted[2].terms.values()), rel=1e-5)
+    assert isinstance(jitted[2], training.Metrics)
+    terms = {k: v for k, v in jitted[2].measures.items() if not k.startswith("rate_")}
+    assert set(terms) == {"ce", "alpha_high", "alpha_sd"}
+    assert float(jitted[2].loss[0]) == pytest.approx(sum(float(v[0]) for v in terms.values()), rel=1e-5)
 
 
 @pytest.mark.slow
