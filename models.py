@@ -82,26 +82,58 @@ class LIFState(NamedTuple):
     s: jax.Array  # spikes of the previous step [B, H]
 
 
+def lif_step(state: LIFState, I_BH, a_H, W_rec, v_thr, spike, precision="default") -> LIFState:
+    """One time step of the hidden LIF neuron (M2, M3): the equation, written once. Both the
+    fused layer (`lif_scan`, with its hand-written adjoint) and the reference layer
+    (`lif_scan_reference`, differentiated by JAX) run it; `spike` is H(V - v_thr) with its
+    surrogate derivative."""
+    if W_rec is not None:
+        I_BH = I_BH + jnp.dot(state.s, W_rec, precision=PRECISIONS[precision])
+    v = a_H * state.v + I_BH - v_thr * state.s
+    return LIFState(v, spike(v - v_thr))
+
+
+def _lif_inputs(I_TBH, alpha, W_rec):
+    """The decays a = clip(alpha, 1e-5, 0.98) per neuron, and W_rec with its diagonal masked."""
+    a_H = jnp.broadcast_to(jnp.clip(alpha, ALPHA_MIN, ALPHA_MAX), I_TBH.shape[-1:])
+    if W_rec is not None:
+        W_rec = W_rec * (1.0 - jnp.eye(W_rec.shape[0], dtype=W_rec.dtype))
+    return a_H, W_rec
+
+
 def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
     """Leaky integrate-and-fire over time with subtractive reset (M2, M3); returns spikes [T, B, H].
 
     V[t] = a V[t-1] + I[t] + S[t-1] W_rec - v_thr S[t-1], S[t] = H(V[t] - v_thr), with
     a = clip(alpha, 1e-5, 0.98) and the diagonal of W_rec masked to zero; `precision` of the
-    recurrent products (a key of PRECISIONS).
+    recurrent products (a key of PRECISIONS). The backward pass is hand-written (`_lif_bwd`):
+    one reverse loop that stores only the membranes.
     """
-    a_H = jnp.broadcast_to(jnp.clip(alpha, ALPHA_MIN, ALPHA_MAX), I_TBH.shape[-1:])
-    if W_rec is not None:
-        W_rec = W_rec * (1.0 - jnp.eye(W_rec.shape[0], dtype=W_rec.dtype))
+    a_H, W_rec = _lif_inputs(I_TBH, alpha, W_rec)
     return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate, precision)
+
+
+def lif_scan_reference(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
+    """`lif_scan`'s layer as a plain lax.scan of `lif_step`, differentiated by JAX through the
+    surrogate spike function (`--lif_impl reference`): slower and storing more for the
+    backward pass, but the place to try a new neuron equation, since no adjoint needs
+    deriving; the tests hold the fused layer to it."""
+    a_H, W_rec = _lif_inputs(I_TBH, alpha, W_rec)
+    spike = make_spike_fn(surrogate)
+    zeros = jnp.zeros(I_TBH.shape[1:], I_TBH.dtype)
+
+    def step(state, I_BH):
+        state = lif_step(state, I_BH, a_H, W_rec, float(v_thr), spike, precision)
+        return state, state.s
+
+    return jax.lax.scan(step, LIFState(zeros, zeros), I_TBH)[1]
 
 
 def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision):
     """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
     def step(state, I_BH):
-        if W_rec is not None:
-            I_BH = I_BH + jnp.dot(state.s, W_rec, precision=PRECISIONS[precision])
-        v = a_H * state.v + I_BH - v_thr * state.s
-        return LIFState(v, heaviside(v - v_thr)), v
+        state = lif_step(state, I_BH, a_H, W_rec, v_thr, heaviside, precision)
+        return state, state.v
 
     zeros = jnp.zeros(I_TBH.shape[1:], I_TBH.dtype)
     return scan_in_place(step, LIFState(zeros, zeros), (I_TBH,))[1]
@@ -186,6 +218,21 @@ def leaky_integrator_scan(I_TBO, alpha):
     return decay_scan((1.0 - a_O) * I_TBO, a_O)
 
 
+def leaky_integrator_reference(I_TBO, alpha):
+    """`leaky_integrator_scan` as a plain lax.scan, differentiated by JAX."""
+    a_O = jnp.broadcast_to(alpha, I_TBO.shape[-1:])
+
+    def step(u, I_BO):
+        u = a_O * u + (1.0 - a_O) * I_BO
+        return u, u
+
+    return jax.lax.scan(step, jnp.zeros_like(I_TBO[0]), I_TBO)[1]
+
+
+# --lif_impl: the layers' loops with hand-written backward passes, or differentiated by JAX
+LAYERS = {"fused": (lif_scan, leaky_integrator_scan), "reference": (lif_scan_reference, leaky_integrator_reference)}
+
+
 def causal_conv(x_TBI, W_KIO, dilation, precision=None):
     """Causal dilated temporal convolution: y[t] = sum_j x[t - (K-1-j) d] W[j]."""
     k = W_KIO.shape[0]
@@ -251,21 +298,20 @@ def forward(params, x_TBI, cfg: Config, key=None, train=False):
     its firing-rate loss; output trace [T, B, O]): the output membrane U, or the output
     spikes for the `freq` decoder."""
     _, dilations = conv_hierarchy(cfg)
+    lif, leaky_integrator = LAYERS[cfg.lif_impl]
     use_dropout = train and cfg.dropout > 0
     keys = jax.random.split(key, len(params)) if use_dropout else [None] * len(params)
     hidden, h_TBX = [], x_TBI
     for l, layer in enumerate(params[:-1]):
         I_TBH = input_current(layer, h_TBX, cfg, dilations[l] if cfg.convolution else None)
-        S_TBH = lif_scan(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr,
-                         layer.get("W_rec"), cfg.matmul_precision)
+        S_TBH = lif(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr, layer.get("W_rec"), cfg.matmul_precision)
         h_TBX = dropout(keys[l], S_TBH, cfg.dropout) if use_dropout else S_TBH
         hidden.append(h_TBX)
     out = params[-1]
     I_TBO = input_current(out, h_TBX, cfg)
     if cfg.decoder == "freq":  # spiking output layer
-        return hidden, lif_scan(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr,
-                                precision=cfg.matmul_precision)
-    return hidden, leaky_integrator_scan(I_TBO, out["alpha"])
+        return hidden, lif(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr, precision=cfg.matmul_precision)
+    return hidden, leaky_integrator(I_TBO, out["alpha"])
 
 
 def decode(out_TBO, decoder: str):

@@ -38,6 +38,7 @@ CHOICES = {
     "optimizer": ("published_adam", "adam"),
     "matmul_dtype": ("float32", "bfloat16"),
     "matmul_precision": ("default", "highest"),
+    "lif_impl": ("fused", "reference"),
 }
 
 
@@ -116,6 +117,8 @@ class Config:
     w_scale_n_hid: int = _field(128, "published init: n_hid the weight-scale list was built from")
     w_scale_n_layers: int = _field(3, "published init: n_layers the weight-scale list was built from")
     matmul_dtype: str = _field("float32", "inputs of the input-current matmuls; state stays float32")
+    lif_impl: str = _field("fused", "the neuron loops' backward pass: fused (hand-written, fast) or reference "
+                                    "(a plain lax.scan differentiated by JAX; where a new neuron equation starts)")
     matmul_precision: str = _field("default", "float32 matmuls and convolutions: default (JAX's, "
                                               "as published: TF32 on NVIDIA GPUs from Ampere on) "
                                               "or highest (full float32 everywhere); CPUs: the same")

@@ -323,3 +323,34 @@ def test_matmul_precision(kw):
     assert not any("convolution" in l for l in exact)
     bf16 = products(cfg.replace(matmul_dtype="bfloat16", matmul_precision="highest"), "bf16")
     assert bf16 and not any("HIGHEST" in l for l in bf16)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(recurrent=True, surrogate="fast_sigmoid"),
+                                dict(decoder="freq"), dict(convolution=True, conv_kernel=3, conv_dilation=2),
+                                dict(normalizer="layer", recurrent=True)])
+def test_the_reference_layers_equal_the_fused_ones(kw):
+    """--lif_impl reference (plain lax.scan of models.lif_step, differentiated by JAX) and the
+    fused layers with their hand-written adjoints: the same spikes and outputs, the same
+    gradients of every parameter, feed-forward and recurrent."""
+    cfg = causal_config(**{"normalizer": "batch", **{k: v for k, v in kw.items() if k != "decoder"}})
+    cfg = cfg.replace(**{k: v for k, v in kw.items() if k == "decoder"})
+    params, x = active_params(cfg), spiky_input()
+    k1, k2 = jax.random.split(jax.random.PRNGKey(7))
+
+    def loss(p, cfg):
+        hidden, out = forward(p, x, cfg)
+        weights = [jax.random.normal(jax.random.fold_in(k1, l), h.shape) for l, h in enumerate(hidden)]
+        return (jnp.sum(jax.random.normal(k2, out.shape) * out)
+                + sum(jnp.sum(w * h) for w, h in zip(weights, hidden)))
+
+    reference = cfg.replace(lif_impl="reference")
+    (h_f, o_f), (h_r, o_r) = forward(params, x, cfg), forward(params, x, reference)
+    for a, b in zip(h_f, h_r):
+        np.testing.assert_array_equal(a, b)
+    assert 0 < float(jnp.mean(h_f[-1])) < 1
+    np.testing.assert_allclose(o_f, o_r, rtol=1e-5, atol=1e-6)
+    g_f, g_r = jax.grad(loss)(params, cfg), jax.grad(loss)(params, reference)
+    for l, (a, b) in enumerate(zip(g_f, g_r)):
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=2e-4, atol=1e-5, err_msg=f"L{l}_{name}")
+    assert any(float(jnp.abs(g["alpha"]).max()) > 0 for g in g_f[:-1])
