@@ -4,6 +4,7 @@ choices and default, and errors in one line."""
 
 import argparse
 import dataclasses
+import sys
 
 from utils_initialization import CHOICES, CONV_PRESET, FIELDS, MAIN_DEFAULTS, PRESETS
 
@@ -38,6 +39,12 @@ def parse_field(name: str, text: str):
         return field_type(FIELDS[name])(text)
     except argparse.ArgumentTypeError as err:
         raise ValueError(str(err)) from None
+
+
+def fail(prog: str, message, code: int):
+    """The one line of an error the user can fix, and the exit code (2: bad input)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 class OneLineParser(argparse.ArgumentParser):

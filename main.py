@@ -9,11 +9,10 @@ default. The run's folder is reserved before anything else happens; see run_fold
 
 import argparse
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
-from cli import OneLineParser, add_config_flags, parse_bool
+from cli import OneLineParser, add_config_flags, fail, parse_bool
 from run_folder import CONFIG, RunFolderError, check_name
 from runtime import OutOfMemory, configure_jax
 from training import TrainingDiverged, train_hsnn
@@ -77,23 +76,18 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.dataset_name}_L{cfg.n_layers}x{cfg.n_hid}_{cfg.hierarchy_tau}_seed{cfg.seed}_{stamp}"
 
 
-def fail(message, code):
-    print(f"main.py: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def check_run_flags(args):
     if args.save_dir_name is not None:
         try:
             check_name(args.save_dir_name)
         except RunFolderError as err:
-            fail(err, 2)
+            fail("main.py", err, 2)
     if (args.resume or args.restart) and not args.save_dir_name:
-        fail(f"--{'resume' if args.resume else 'restart'} needs --save_dir_name, the run folder", 2)
+        fail("main.py", f"--{'resume' if args.resume else 'restart'} needs --save_dir_name, the run folder", 2)
     if args.resume and args.restart:
-        fail("--resume and --restart exclude each other: continue the run, or train it again", 2)
+        fail("main.py", "--resume and --restart exclude each other: continue the run, or train it again", 2)
     if args.resume and not (Path(args.results_dir) / args.save_dir_name / CONFIG).exists():
-        fail(f"--resume: {Path(args.results_dir) / args.save_dir_name} holds no run to continue", 2)
+        fail("main.py", f"--resume: {Path(args.results_dir) / args.save_dir_name} holds no run to continue", 2)
 
 
 def main(argv=None):
@@ -111,13 +105,13 @@ def main(argv=None):
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,
                              restart=args.restart, force=args.force)
     except (ConfigError, RunFolderError, FileError, OutOfMemory) as err:
-        fail(err, 2)
+        fail("main.py", err, 2)
     except (TrainingDiverged, DataError) as err:
-        fail(err, 1)
+        fail("main.py", err, 1)
     except KeyboardInterrupt:
         if run_dir is None:
-            fail("interrupted", 130)
-        fail(f"interrupted; continue this run with: python3 main.py --results_dir {args.results_dir} "
+            fail("main.py", "interrupted", 130)
+        fail("main.py", f"interrupted; continue this run with: python3 main.py --results_dir {args.results_dir} "
              f"--save_dir_name {run_dir.relative_to(args.results_dir)} --resume", 130)
     print(f"best validation accuracy {metrics['best_valid_acc']:.2%} (epoch {metrics['best_epoch'] + 1}), "
           f"test accuracy {metrics['test_acc']:.2%}; run folder {run_dir}")

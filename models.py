@@ -198,13 +198,11 @@ def _decay_scan_bwd(residuals, g_TBH):
     """dy[t] = g[t] + a dy[t+1], run backwards; da = sum_tb dy[t+1] y[t], accumulated."""
     y_TBH, a_H = residuals
 
-    def step(carry, inputs):
-        dy_next = carry
-        g_BH, y_BH = inputs
+    def step(dy_next, g_BH):
         dy = g_BH + a_H * dy_next
         return dy, dy
 
-    _, dy_TBH = scan_in_place(step, jnp.zeros_like(y_TBH[0]), (g_TBH, y_TBH), reverse=True)
+    _, dy_TBH = scan_in_place(step, jnp.zeros_like(y_TBH[0]), (g_TBH,), reverse=True)
     da_H = sum_rows(dy_TBH[1:] * y_TBH[:-1])
     return dy_TBH, da_H
 
@@ -302,10 +300,10 @@ def forward(params, x_TBI, cfg: Config, key=None, train=False):
     use_dropout = train and cfg.dropout > 0
     keys = jax.random.split(key, len(params)) if use_dropout else [None] * len(params)
     hidden, h_TBX = [], x_TBI
-    for l, layer in enumerate(params[:-1]):
-        I_TBH = input_current(layer, h_TBX, cfg, dilations[l] if cfg.convolution else None)
+    for i, layer in enumerate(params[:-1]):
+        I_TBH = input_current(layer, h_TBX, cfg, dilations[i] if cfg.convolution else None)
         S_TBH = lif(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr, layer.get("W_rec"), cfg.matmul_precision)
-        h_TBX = dropout(keys[l], S_TBH, cfg.dropout) if use_dropout else S_TBH
+        h_TBX = dropout(keys[i], S_TBH, cfg.dropout) if use_dropout else S_TBH
         hidden.append(h_TBX)
     out = params[-1]
     I_TBO = input_current(out, h_TBX, cfg)

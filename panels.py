@@ -254,10 +254,10 @@ def tau_points(definition, lines, spec, paper, here) -> list:
     paper_ms = paper.get("tau_median_ms") or []
     published = [np.array([v for v in layer if v is not None], float)
                  for layer in zip(*here.get("tau_median_ms_per_seed", []))]
-    return [Point("trained tau [ms], median of the runs' medians", "hidden layer", l + 1, medians[:, l], "median",
-                  "ms", paper=paper_ms[l] if l < len(paper_ms) else None,
-                  here=published[l] if l < len(published) else None)
-            for l in range(medians.shape[1])]
+    return [Point("trained tau [ms], median of the runs' medians", "hidden layer", i + 1, medians[:, i], "median",
+                  "ms", paper=paper_ms[i] if i < len(paper_ms) else None,
+                  here=published[i] if i < len(published) else None)
+            for i in range(medians.shape[1])]
 
 
 # --- Fig. S6: the spectra of the trained recurrent matrices ---------------------------------------
@@ -277,9 +277,9 @@ def spectra(lines: list) -> list:
     out = []
     for which in SPECTRA:
         runs = np.array([line["w_rec_abs_eigenvalues"][which] for line in lines])  # [runs, layers, n]
-        for l in range(runs.shape[1]):
-            q25, q75 = np.percentile(runs[:, l], [25, 75], axis=0)
-            out.append(Spectrum(which, l + 1, runs[:, l].mean(0), q25, q75, runs[:, l, 0]))
+        for i in range(runs.shape[1]):
+            q25, q75 = np.percentile(runs[:, i], [25, 75], axis=0)
+            out.append(Spectrum(which, i + 1, runs[:, i].mean(0), q25, q75, runs[:, i, 0]))
     return out
 
 

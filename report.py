@@ -238,7 +238,7 @@ def stats_rises(lines, x, more=None, less=None):
         def rise(cond):
             group = [line for line in lines if panels.matches(cond, line["config"]) and not line.get("baseline")]
             xs = sorted(set(_values(group, x)))
-            at = lambda v: np.median([100 * l["test_acc"] for l in group if l["config"][x] == v])  # noqa: E731
+            at = lambda v: np.median([100 * run["test_acc"] for run in group if run["config"][x] == v])  # noqa: E731
             return at(xs[-1]) - at(xs[0]) if len(xs) > 1 else float("nan")
         r_more, r_less = rise(more), rise(less)
         text += f"; rise {panels.series_label(more)}: {r_more:+.2f}, {panels.series_label(less)}: {r_less:+.2f}"
@@ -257,8 +257,8 @@ def stats_beats(lines, field, better, worse, by):
             key = panels.series_label({k: line["config"][k] for k in by})
             groups.setdefault(key, {}).setdefault(line["config"][f], []).append(line)
         for key, by_value in sorted(groups.items()):
-            hi = [l for v, ls in by_value.items() if panels.matches({f: b}, {f: v}) for l in ls]
-            lo = [l for v, ls in by_value.items() if panels.matches({f: w}, {f: v}) for l in ls]
+            hi = [run for v, runs in by_value.items() if panels.matches({f: b}, {f: v}) for run in runs]
+            lo = [run for v, runs in by_value.items() if panels.matches({f: w}, {f: v}) for run in runs]
             if hi and lo and (len(fields) == 1 or set(by_value) == {b, w}):
                 diff = np.median(panels.accuracy_pct(hi)) - np.median(panels.accuracy_pct(lo))
                 cells += 1
@@ -417,7 +417,7 @@ def status(sweep: SweepResults) -> str:
     return f"complete ({n} of {sweep.n_runs} runs)" if n >= sweep.n_runs else f"partial ({n} of {sweep.n_runs} runs)"
 
 
-def provenance(lines) -> list:
+def provenance_summary(lines) -> list:
     entries = [e for line in lines for e in (line.get("provenance") or [])]
     commits = sorted({(e.get("commit") or "unknown")[:10] + (" (with uncommitted changes)" if e.get("dirty") else "")
                       for e in entries})
@@ -465,7 +465,7 @@ def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, publis
     line = summary(points)
     out += points_table(points, spec) + ["", line[0].upper() + line[1:] + ".", "",
                                    f"![{ext.folder}]({ext.folder}/figure.png)", "",
-                                   "Provenance: " + "; ".join(provenance(ext.lines)) + ".", ""]
+                                   "Provenance: " + "; ".join(provenance_summary(ext.lines)) + ".", ""]
     if sec.claim is not None:
         for what, lines in (("the extension alone", ext.lines), ("the extension and the published grid's runs together", published + ext.lines)):
             word, evidence = verdict(sec.claim, lines)
@@ -498,7 +498,7 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
         out += points_table(points, spec) + ["", line[0].upper() + line[1:] + ".", ""]
         folder = f"{name}_quick" if sweep.reduced else name
         out += [f"![{name}]({folder}/figure.png)", ""]
-        out += ["Provenance: " + "; ".join(provenance(sweep.lines)) + ".", ""]
+        out += ["Provenance: " + "; ".join(provenance_summary(sweep.lines)) + ".", ""]
     if sec.claim is not None:
         out += [f"**Claim:** {sec.claim.text}.", "", f"**Rule:** {rule_text(sec.claim)}.", ""]
         if all_lines:

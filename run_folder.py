@@ -19,7 +19,6 @@ is written atomically (utils_io), a finished run's leftover checkpoint and tempo
 are removed when the folder is next opened.
 """
 
-import fcntl
 import functools
 import json
 import os
@@ -28,20 +27,16 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import traceback
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from utils_initialization import Config
-from utils_io import FileError, atomic_write, read_json, write_json
+from utils_io import FileError, atomic_folder, atomic_write, flock, read_json, write_json
 
 CONFIG, METRICS, CHECKPOINT, PARAMS = "config.json", "metrics.json", "checkpoint.npz", "params.npz"
 PROVENANCE, ERROR, LOCK, TASK = "provenance.json", "error.txt", ".lock", "task.npz"
@@ -91,18 +86,14 @@ class RunFolder:
 
 def _lock(path: Path):
     """flock the folder's .lock without waiting; its text names the holder's process."""
-    lock = open(path / LOCK, "a+")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = flock(path / LOCK, wait=False)
     except BlockingIOError:
-        lock.seek(0)
-        holder = (lock.read().strip().splitlines() or ["another process"])[-1]
-        lock.close()
+        holder = ((path / LOCK).read_text().strip().splitlines() or ["another process"])[-1]
         raise RunFolderError(f"{path} is being trained by {holder}; wait for it to finish, or choose "
                              "another --save_dir_name") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"process {os.getpid()}\n")
+    lock.truncate(0)
+    lock.write(f"process {os.getpid()}\n".encode())
     lock.flush()
     return lock
 
@@ -117,19 +108,14 @@ def create(cfg: Config, path: Path) -> RunFolder:
     rename: a second run on the same name fails at once, whatever its timing."""
     if path.parent.exists() and not path.parent.is_dir():
         raise RunFolderError(f"--results_dir {path.parent}: is a file, not a folder; choose another")
+    lock = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        with atomic_folder(path) as tmp:  # appears under its name in one rename, or not at all
+            write_json(tmp / CONFIG, cfg.to_dict())
+            lock = _lock(tmp)
     except OSError as err:
-        raise RunFolderError(f"cannot create the run folder {path} ({err.strerror or err}); choose "
-                             "another --results_dir") from None
-    try:
-        write_json(tmp / CONFIG, cfg.to_dict())
-        lock = _lock(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the results from other users
-        os.rename(tmp, path)  # atomic; fails if the name exists (a non-empty folder)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            lock.close()
         if path.exists():
             raise _exists(path) from None
         raise RunFolderError(f"cannot create the run folder {path} ({err.strerror or err}); choose "
@@ -273,24 +259,28 @@ def load_checkpoint(path: Path, cfg: Config) -> Optional[dict]:
 
 
 # --- the checkpoint and the parameters: written here, checked and read here ----------------------
+# JAX is imported by the functions that turn arrays into a network's state, not at the top: the
+# report reads run folders (errors, provenance) and needs no JAX.
 def named_arrays(params, prefix=""):
     """{'L0_W': ..., 'L0_alpha': ...}: the golden files' naming."""
-    return {f"{prefix}L{l}_{k}": np.asarray(v) for l, layer in enumerate(params) for k, v in layer.items()}
+    return {f"{prefix}L{i}_{k}": np.asarray(v) for i, layer in enumerate(params) for k, v in layer.items()}
 
 
 def params_from_arrays(arrays, prefix="") -> list:
     """Inverse of `named_arrays`."""
+    import jax.numpy as jnp
     layers = {}
     for name, value in arrays.items():
         if name.startswith(prefix + "L"):
-            l, key = name[len(prefix) + 1:].split("_", 1)
-            layers.setdefault(int(l), {})[key] = jnp.asarray(value)
-    return [layers[l] for l in sorted(layers)]
+            i, key = name[len(prefix) + 1:].split("_", 1)
+            layers.setdefault(int(i), {})[key] = jnp.asarray(value)
+    return [layers[i] for i in sorted(layers)]
 
 
 def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
     """Everything needed to continue after the last finished epoch, and the configuration it
     belongs to, in one atomic file."""
+    import jax
     arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
     arrays["metrics_json"] = np.array(json.dumps(metrics))
@@ -299,8 +289,15 @@ def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
     write_json(run_dir / METRICS, metrics)
 
 
+def epochs_done(state: Optional[dict]) -> int:
+    """How many epochs a checkpoint (as `load_checkpoint` returns it) holds; 0 without one."""
+    return len(json.loads(str(state["metrics_json"]))["epochs"]) if state else 0
+
+
 def restore_checkpoint(state, params, opt_state, run_dir):
     """The checkpoint's training state, with the shapes of a fresh initialisation."""
+    import jax
+    import jax.numpy as jnp
     treedef = jax.tree_util.tree_structure(opt_state)
     try:
         leaves = [jnp.asarray(state[f"opt_{i}"]) for i in range(treedef.num_leaves)]
@@ -360,7 +357,9 @@ def _git_state():
 def provenance() -> dict:
     """What produced a run: the code's commit (and whether the checkout had uncommitted
     changes), Python and library versions, JAX's backend and device, the command line."""
+    import jax
     import jaxlib
+    import optax
     commit, dirty = _git_state()
     return dict(commit=commit, dirty=dirty, python=platform.python_version(), jax=jax.__version__,
                 jaxlib=jaxlib.__version__, numpy=np.__version__, optax=optax.__version__,

@@ -22,21 +22,13 @@ runs that differ only in their seed. Results:
 """
 
 import argparse
-import concurrent.futures as cf
 import contextlib
-import ctypes
 import difflib
-import fcntl
-import importlib
 import json
-import multiprocessing
 import os
-import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -46,16 +38,16 @@ from typing import NamedTuple
 import figures
 import report
 import run_folder
-from cli import OneLineParser, parse_bool, parse_field
-from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, ROOT, SWEEPS_FILE, Run, SweepError,
+from cli import OneLineParser, fail, parse_bool, parse_field
+from sweep_backends import WorkerDied, log_to_wandb, run_in_processes, run_on_ray
+from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, SWEEPS_FILE, Run, SweepError, append_line,
                                changed_fields, conversion_notes, expand, load_definitions, load_paper_numbers,
-                               make_run_config, parse_seeds, read_lines, record_keys, reduced, seeds_text,
-                               with_seeds)
+                               make_run_config, parse_seeds, read_lines, reduced, seeds_text, with_seeds)
 from runtime import OutOfMemory, configure_jax
 from training import TrainingDiverged, train_seeds
 from utils_dataset import DataError
 from utils_initialization import Config, ConfigError
-from utils_io import FileError, read_json, write_json
+from utils_io import FileError, atomic_folder, atomic_write, locked, read_json, write_json
 
 NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
 
@@ -84,36 +76,6 @@ def shard_runs(runs: list, shard) -> list:
 
 
 # --- the results table: one line per finished run --------------------------------------------
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive flock on `path` (created if missing), released on exit."""
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield f
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def append_line(path: Path, line: dict) -> bool:
-    """Append one JSON line atomically: under an exclusive lock (other drivers and shards
-    append to the same file), a torn tail left by a crash is cut first, a key already
-    present is not written twice, and the line goes down in one write, then fsync.
-    Returns whether the line was written."""
-    data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    with locked(path) as f:
-        f.seek(0)
-        content = f.read()
-        if content and not content.endswith(b"\n"):
-            content = content[:content.rfind(b"\n") + 1]
-            f.truncate(len(content))
-        if line["key"] in record_keys(content):
-            return False
-        os.write(f.fileno(), data)  # O_APPEND: one write, at the end of the file
-        os.fsync(f.fileno())
-    return True
-
-
 def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
     """A finished run's line: what was trained (the run folder's config.json, which equals
     the run's resolved configuration: plan and train_task move any other aside), how it did,
@@ -144,9 +106,9 @@ def stale_line(run: Run, line: dict):
     return f"it was trained with other values of {', '.join(diff)}" if diff else None
 
 
-def finished_metrics(run_dir: Path):
-    """The final metrics of a finished run folder, else None (also when its files are
-    damaged: `train_task` then trains the run again)."""
+def finished_or_none(run_dir: Path):
+    """`run_folder.finished_metrics`, but None for a missing folder or damaged files (the
+    sweep then trains the run again) instead of an error."""
     try:
         return run_folder.finished_metrics(Path(run_dir)) if Path(run_dir).exists() else None
     except FileError:
@@ -180,7 +142,7 @@ def train_task(task: dict) -> list:
                 aside = run_folder.move_aside(d)
                 print(f"warning: {why}; its files were moved to {aside}; training the run again",
                       file=sys.stderr, flush=True)
-        todo = [i for i, d in enumerate(dirs) if finished_metrics(d) is None]
+        todo = [i for i, d in enumerate(dirs) if finished_or_none(d) is None]
         if todo:
             try:
                 train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
@@ -191,7 +153,7 @@ def train_task(task: dict) -> list:
                 if not isinstance(err, EXPECTED_FAILURES):
                     traceback.print_exc()  # a bug of this code: its traceback, as it happens
         ship = task["runs_dir"] is None
-        return [(d.name, finished_metrics(d), _read_files(d) if ship else None, run_folder.read_error(d))
+        return [(d.name, finished_or_none(d), _read_files(d) if ship else None, run_folder.read_error(d))
                 for d in dirs]
 
 
@@ -202,7 +164,7 @@ def _config_from_dict(values: dict):
 def _use_compilation_cache(path):
     """The runtime settings of main.py, with JAX's persistent compilation cache in `path`:
     the runs of a sweep compile the same programs (only the seed differs), so all but the
-    first load them from disk (about 4 s saved per run of MTS-XOR on a 2-core CPU)."""
+    first load them from disk."""
     if path == NODE_CACHE:
         path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
     configure_jax(compilation_cache=bool(path), cache_dir=path)
@@ -224,19 +186,9 @@ def _write_files(folder: Path, files: dict):
 def install_run_folder(dest: Path, files: dict):
     """Put a run folder that came back from a worker in place, atomically: written beside
     it, then renamed over any unfinished folder of the same run."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.incoming."))
-    for name, data in files.items():
-        with open(tmp / name, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
-        os.replace(dest, old / dest.name)
-    os.rename(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old)
+    with atomic_folder(dest, replace=True) as tmp:
+        for name, data in files.items():
+            atomic_write(tmp / name, lambda f, data=data: f.write(data))
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -337,7 +289,7 @@ def plan(sweep: Sweep, lines: dict):
         if why:  # trained with other settings, or damaged: never adopted
             print(f"warning: {why}; its files were moved to {run_folder.move_aside(folder)}; training the "
                   "run again", file=sys.stderr, flush=True)
-        metrics = finished_metrics(folder)
+        metrics = finished_or_none(folder)
         if metrics is not None:
             append_line(sweep.folder / LINES, result_line(run, metrics, folder))
         else:
@@ -356,10 +308,6 @@ def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
                                   jax_cache=(args.jax_cache and NODE_CACHE) if ship else args.jax_cache,
                                   progress=args.progress and args.jobs == 1 and not ship, force=args.force)))
     return tasks
-
-
-class WorkerDied(RuntimeError):
-    """The process training a task ended without an answer (killed, out of memory)."""
 
 
 class RunsFailed(RuntimeError):
@@ -453,118 +401,6 @@ def run_sweep(sweep: Sweep, args):
             record.result(group, outcome)
     record.finish()
     return record.done
-
-
-def run_in_processes(tasks: list, jobs: int, record):
-    """`jobs` lanes, each a worker process of its own that trains one task after another;
-    the driver writes every line. A worker that dies (the out-of-memory killer, say) takes
-    only its own task with it: the task is tried once more in a fresh worker, and if that
-    dies too, its runs are recorded as failed and the lane goes on with a fresh worker."""
-    queue, lock, pools = list(tasks), threading.Lock(), []
-
-    def new_pool():
-        pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_die_with_parent)
-        pools.append(pool)
-        return pool
-
-    def lane():
-        pool = new_pool()
-        while True:
-            with lock:
-                if not queue:
-                    break
-                group, task = queue.pop(0)
-            for attempt in (1, 2):
-                try:
-                    outcome = pool.submit(_module().train_task, task).result()
-                except cf.process.BrokenProcessPool:
-                    pool.shutdown(wait=False)
-                    pool = new_pool()
-                    outcome = WorkerDied(f"the worker process training it died ({'again, ' if attempt == 2 else ''}"
-                                         "killed or out of memory)")
-                    continue
-                except Exception as err:  # the task's own exception
-                    outcome = err
-                break
-            with lock:
-                record.result(group, outcome)
-        pool.shutdown(wait=True)
-
-    lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(tasks)))]
-    try:
-        for t in lanes:
-            t.start()
-        for t in lanes:
-            while t.is_alive():
-                t.join(0.5)  # wakes up for Ctrl-C
-    finally:
-        if any(t.is_alive() for t in lanes):  # interrupted: the workers go with the driver
-            with lock:
-                queue.clear()
-            for pool in pools:
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.kill()
-                pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _die_with_parent():
-    """Workers end when the driver dies (even by SIGKILL), so that a re-run never meets
-    an orphan still training the same run (Linux; elsewhere the run locks serialise)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _module():
-    """This file as the module `sweep`, so that workers import the task function by name
-    (not as __main__)."""
-    return importlib.import_module("sweep")
-
-
-def run_on_ray(tasks: list, args, record):
-    """Each seed group as one Ray task with `--cpus_per_run` CPUs and `--gpus_per_run`
-    GPUs. The project's code travels as the job's working_dir; the run folders come back
-    as bytes and the driver writes them, so workers share no folder with it."""
-    try:
-        import ray
-    except ImportError:
-        raise SweepError("--ray needs Ray: pip install -r requirements/requirements_cluster.txt")
-    env_vars = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if args.gpus_per_run else {}
-    ray.init(address=args.ray, log_to_driver=False, runtime_env=dict(
-        working_dir=str(ROOT), env_vars=env_vars,
-        excludes=[".git", ".venv/", "results/", "datasets/", "tests/data/", "*.pyc"]))
-    remote = ray.remote(_module().train_task).options(
-        num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=2)
-    refs = {remote.remote(task): group for group, task in tasks}
-    try:
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            group = refs.pop(ready[0])
-            try:
-                record.result(group, ray.get(ready[0]))
-            except Exception as err:  # the task's exception, re-raised by ray.get
-                record.result(group, err)
-    finally:
-        for ref in refs:
-            ray.cancel(ref, force=True)
-        ray.shutdown()
-
-
-# --- Weights & Biases (optional) ----------------------------------------------------------------
-def log_to_wandb(sweep: Sweep, run: Run, project: str):
-    """One W&B run per finished run, as the published code logged: the configuration, every
-    epoch's metrics, the final test accuracy. WANDB_MODE=offline works without network."""
-    import wandb
-    folder = sweep.folder / "runs" / run.key
-    metrics = json.loads((folder / "metrics.json").read_text())
-    config = json.loads((folder / "config.json").read_text())
-    wb = wandb.init(project=project, group=sweep.folder.name, name=run.key, config=config,
-                    dir=str(sweep.folder), reinit="finish_previous")
-    for epoch in metrics["epochs"]:
-        wb.log({k: v for k, v in epoch.items() if k != "epoch"}, step=epoch["epoch"])
-    wb.summary.update({k: metrics[k] for k in ("test_acc", "test_loss", "best_valid_acc", "best_epoch")})
-    wb.summary["median_tau_per_layer"] = metrics["median_tau_per_layer"]
-    wb.finish()
 
 
 # --- the figure ----------------------------------------------------------------------------------
@@ -666,15 +502,15 @@ def main(argv=None):
         if failed is not None:
             raise failed
     except SweepError as err:
-        fail(err, 2)
+        fail("sweep.py", err, 2)
     except KeyboardInterrupt:
-        fail("interrupted; run the same command again to continue with the unfinished runs", 130)
+        fail("sweep.py", "interrupted; run the same command again to continue with the unfinished runs", 130)
     except BrokenPipeError:  # --list or --print_configs piped into a reader that stopped early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except RunsFailed as err:
-        fail(err, 1)
+        fail("sweep.py", err, 1)
     except (DataError, TrainingDiverged, OutOfMemory, FileError, run_folder.RunFolderError) as err:
-        fail(f"{err}; the other runs' results are kept", 1)
+        fail("sweep.py", f"{err}; the other runs' results are kept", 1)
 
 
 def check_args(args, definitions):
@@ -695,10 +531,6 @@ def check_args(args, definitions):
     elif args.jax_cache.lower() == "none":
         args.jax_cache = None
 
-
-def fail(message, code):
-    print(f"sweep.py: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

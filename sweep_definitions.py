@@ -10,13 +10,14 @@ sweep's folder holds sweep.json (what was run) and runs.jsonl, one line per fini
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 from panels import fmt
 from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
-from utils_io import FileError, read_json
+from utils_io import FileError, locked, read_json
 
 ROOT = Path(__file__).resolve().parent
 SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
@@ -244,3 +245,20 @@ def record_keys(content: bytes) -> set:
     return {line["key"] for line in map(parse_line, content.splitlines()) if line is not None}
 
 
+def append_line(path: Path, line: dict) -> bool:
+    """Append one JSON line atomically: under an exclusive lock (other drivers and shards
+    append to the same file), a torn tail left by a crash is cut first, a key already
+    present is not written twice, and the line goes down in one write, then fsync.
+    Returns whether the line was written."""
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    with locked(path) as f:
+        f.seek(0)
+        content = f.read()
+        if content and not content.endswith(b"\n"):
+            content = content[:content.rfind(b"\n") + 1]
+            f.truncate(len(content))
+        if line["key"] in record_keys(content):
+            return False
+        os.write(f.fileno(), data)  # O_APPEND: one write, at the end of the file
+        os.fsync(f.fileno())
+    return True

@@ -10,7 +10,7 @@ resumed from the checkpoint of epoch e continues exactly as an uninterrupted run
 """
 
 import contextlib
-import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,7 +86,7 @@ def measure(hidden_TBH) -> dict:
     """Quantities reported beside the loss terms: each hidden layer's firing rate, in spikes
     per neuron and sample (as the next layer receives them: after dropout, scaled, while
     training)."""
-    return {f"rate_L{l + 1}": S.sum(0).mean() for l, S in enumerate(hidden_TBH)}
+    return {f"rate_L{i + 1}": S.sum(0).mean() for i, S in enumerate(hidden_TBH)}
 
 
 def correct_counts(yhat, y, score_mask_T=None):
@@ -104,7 +104,7 @@ def learning_rate(cfg: Config, epoch: int) -> float:
     lr_start_decay + 1, + 1 + every, ...; only when n_epochs > lr_start_decay + every."""
     if cfg.n_epochs <= cfg.lr_start_decay + cfg.lr_decay_every or epoch <= cfg.lr_start_decay:
         return cfg.lr
-    n_decays = -(-(epoch - cfg.lr_start_decay) // cfg.lr_decay_every)
+    n_decays = math.ceil((epoch - cfg.lr_start_decay) / cfg.lr_decay_every)
     return cfg.lr * cfg.lr_decay ** n_decays
 
 
@@ -280,8 +280,8 @@ def eval_rngs(cfgs, epoch: int, purpose: str):
 # --- the run -------------------------------------------------------------------------------
 def median_tau_per_layer(params, cfg: Config) -> list:
     """Median time constant [s] of each hidden layer (clipped decays, as the model uses)."""
-    return [float(np.median(tau_from_alpha(np.clip(np.asarray(l["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
-            for l in params[:-1]]
+    return [float(np.median(tau_from_alpha(np.clip(np.asarray(layer["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
+            for layer in params[:-1]]
 
 
 def recurrent_spectra(params) -> Optional[dict]:
@@ -346,7 +346,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
         for d in run_dirs:
             if d is not None:
                 run_folder.record_provenance(d)
-        done = [len(json.loads(str(st["metrics_json"]))["epochs"]) if st else 0 for st in states]
+        done = [run_folder.epochs_done(st) for st in states]
         size = group_size or runtime.seeds_per_group(cfg)
         results, failures = {}, {}
         for epoch in sorted(set(done)):
@@ -409,7 +409,7 @@ def step_memory(cfg: Config, steps: Steps, optimizer, tasks) -> int:
                                    scalar(jnp.int32), scalar(jnp.float32))
 
 
-class _Run(NamedTuple):
+class RunState(NamedTuple):
     params: list
     opt_state: object
     best_params: list
@@ -417,15 +417,15 @@ class _Run(NamedTuple):
     key_dropout: jax.Array
 
 
-def _init_run(cfg: Config, optimizer, state, run_dir) -> _Run:
+def _init_run(cfg: Config, optimizer, state, run_dir) -> RunState:
     """Fresh parameters from the seed, or the checkpointed ones."""
     # the published train_hsnn initialises from the second half of PRNGKey(seed)
     key_dropout, key_init = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = init_params(key_init, cfg)
     opt_state = optimizer.init(params)
     if state is not None:
-        return _Run(*run_folder.restore_checkpoint(state, params, opt_state, run_dir), key_dropout)
-    return _Run(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
+        return RunState(*run_folder.restore_checkpoint(state, params, opt_state, run_dir), key_dropout)
+    return RunState(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
 
 
 def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:

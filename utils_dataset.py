@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from utils_initialization import Config
-from utils_io import atomic_write, write_json
+from utils_io import atomic_folder, atomic_write, write_json
 
 
 class DataError(RuntimeError):
@@ -81,7 +81,7 @@ def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Gener
 
 
 def n_batches(split: Split, batch_size: int) -> int:
-    return -(-len(split) // batch_size)
+    return math.ceil(len(split) / batch_size)
 
 
 # --- MTS-XOR (paper Fig. 2a-b): a multi-timescale XOR --------------------------------------
@@ -503,19 +503,11 @@ def build_cache(path: Path, cache: Path, cfg: Config, n_classes: int):
           f"(once; cached in {cache.parent}/)", flush=True)
     start = time.time()
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}."))
-    except OSError as err:
-        raise _cache_error(cache, err) from err
-    try:
-        bin_file(path, tmp, cfg, n_classes)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the cache from other users of the data
-        os.rename(tmp, cache)
+        with atomic_folder(cache) as tmp:
+            bin_file(path, tmp, cfg, n_classes)
     except OSError as err:
         if not cache.exists():  # else another run built the same cache meanwhile
             raise _cache_error(cache, err) from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"binned {path.name} in {time.time() - start:.1f} s", flush=True)
 
 
@@ -612,9 +604,6 @@ LOADERS = {"mts_xor": load_mts_xor, "shd": load_audiospikes, "ssc": load_audiosp
 
 def load_task(cfg: Config) -> Task:
     """The data of `cfg.dataset_name`, with sets large enough to train on."""
-    if cfg.dataset_name not in LOADERS:
-        raise DataError(f"--dataset_name {cfg.dataset_name}: this version has no loader for it yet; "
-                        "available: " + ", ".join(LOADERS))
     return check_sizes(LOADERS[cfg.dataset_name](cfg), cfg)
 
 

@@ -265,9 +265,9 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg, field) == size, field, f"{cfg.dataset_name} has {field} = {size}")
     if cfg.hierarchy_tau == "tanh":
         taus = tau_hierarchy(cfg)
-        l = int(np.argmin(taus))
-        need(taus[l] > 0, "delta_tau", f"with --tau_mem {cfg.tau_mem} the tanh hierarchy gives hidden layer "
-             f"{l + 1} a time constant of {taus[l]:.3g} s, which no neuron can have; keep |delta_tau| "
+        i = int(np.argmin(taus))
+        need(taus[i] > 0, "delta_tau", f"with --tau_mem {cfg.tau_mem} the tanh hierarchy gives hidden layer "
+             f"{i + 1} a time constant of {taus[i]:.3g} s, which no neuron can have; keep |delta_tau| "
              f"below 2 x tau_mem = {2 * cfg.tau_mem:.3g}")
     if cfg.convolution:
         kernels, dilations = conv_hierarchy(cfg)
@@ -304,7 +304,7 @@ def hierarchy_notes(cfg: Config) -> list:
     if cfg.hierarchy_tau != "linear" or cfg.tau_mem - abs(cfg.delta_tau) / 2 >= 0:
         return []
     taus = tau_hierarchy(cfg)
-    clipped = [l + 1 for l, t in enumerate(taus) if t <= 0]
+    clipped = [i + 1 for i, t in enumerate(taus) if t <= 0]
     raw = cfg.tau_mem - abs(cfg.delta_tau) / 2
     return [f"note: the linear hierarchy (--tau_mem {cfg.tau_mem}, --delta_tau {cfg.delta_tau}) would give "
             f"a time constant of {raw:.3g} s; as in the published code it is clipped to 0 s, in hidden "
@@ -328,7 +328,7 @@ def conv_hierarchy(cfg: Config) -> tuple:
     if n == 1:
         dilations = [d]
     else:
-        dilations = [max(int(d + (l - (n - 1) / 2) * cfg.delta_dil / (n - 1)), 0) for l in range(n)]
+        dilations = [max(int(d + (i - (n - 1) / 2) * cfg.delta_dil / (n - 1)), 0) for i in range(n)]
     return tuple(int(v) for v in kernels), tuple(int(v) for v in dilations)
 
 
@@ -337,17 +337,12 @@ def layer_sizes(cfg: Config) -> list:
     return [cfg.n_in] + [cfg.n_hid] * cfg.n_hidden_layers + [cfg.n_out]
 
 
-def alpha_from_tau(tau, dt):
-    """alpha = exp(-dt / tau), the per-step decay of a membrane."""
-    return np.exp(-dt / np.asarray(tau))
-
-
 # the decay a = alpha is clipped to [ALPHA_MIN, ALPHA_MAX] inside the LIF step (models.lif_scan)
 ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
 
 
 def tau_from_alpha(alpha, dt):
-    """Inverse of `alpha_from_tau`: the time constant [s] that a decay stands for."""
+    """The time constant [s] that a decay alpha = exp(-dt / tau) stands for."""
     return -dt / np.log(np.asarray(alpha, dtype=np.float64))
 
 
@@ -366,7 +361,7 @@ def weight_scales(cfg: Config) -> list:
     n_layers = cfg.n_layers
     if cfg.weight_init == "fan_in":
         sizes = layer_sizes(cfg)
-        return [(1 / math.sqrt(sizes[l]), 1 / math.sqrt(sizes[l + 1])) for l in range(n_layers)]
+        return [(1 / math.sqrt(sizes[i]), 1 / math.sqrt(sizes[i + 1])) for i in range(n_layers)]
     w = jnp.asarray([1 / np.sqrt(float(cfg.w_scale_n_in))]
                     + [1 / np.sqrt(float(cfg.w_scale_n_hid))] * cfg.w_scale_n_layers, jnp.float32)
     n = len(w)
@@ -400,21 +395,21 @@ def init_params(key, cfg: Config) -> list:
     taus = _tau_layers(cfg)
     keys = jax.random.split(key, cfg.n_layers)[1:]
     params = []
-    for l in range(cfg.n_layers):
-        k_layer = keys[min(l, len(keys) - 1)]
+    for i in range(cfg.n_layers):
+        k_layer = keys[min(i, len(keys) - 1)]
         k_w, k_rec, k_tau = (k_layer,) * 3 if cfg.weight_init == "published" else jax.random.split(k_layer, 3)
-        n_pre, n_post = sizes[l], sizes[l + 1]
-        s_w, s_rec = scales[l]
-        hidden = l < cfg.n_layers - 1
+        n_pre, n_post = sizes[i], sizes[i + 1]
+        s_w, s_rec = scales[i]
+        hidden = i < cfg.n_layers - 1
         if hidden and cfg.convolution:
-            bound = s_w / jnp.float32(0.5 * np.sqrt(kernels[l]))
-            layer = {"W": _uniform(k_w, (kernels[l], n_pre, n_post), bound)}
+            bound = s_w / jnp.float32(0.5 * np.sqrt(kernels[i]))
+            layer = {"W": _uniform(k_w, (kernels[i], n_pre, n_post), bound)}
         else:
             layer = {"W": _uniform(k_w, (n_pre, n_post), s_w)}
         if hidden and cfg.recurrent:
             layer["W_rec"] = _uniform(k_rec, (n_post, n_post), s_rec)
         if hidden:
-            layer["alpha"] = _hidden_alpha(k_tau, taus[l], n_post, cfg)
+            layer["alpha"] = _hidden_alpha(k_tau, taus[i], n_post, cfg)
         else:
             layer["alpha"] = jnp.exp(jnp.float32(-cfg.dt / cfg.tau_out))
         if cfg.normalizer != "none":

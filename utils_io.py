@@ -7,8 +7,10 @@ any moment leaves either the old file or the new one, never a torn one.
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -53,6 +55,52 @@ def atomic_write(path, write):
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_folder(dest, replace: bool = False):
+    """A temporary folder beside `dest`, renamed to `dest` when the block succeeds and removed
+    when it fails, so that `dest` appears whole or not at all (readable by other users: mode
+    0755, where mkdtemp gives 0700). The rename fails (OSError) if `dest` exists, unless
+    `replace`: then the old `dest` is swapped out and removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if replace and dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
+            os.replace(dest, old / dest.name)
+            os.rename(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a rename
+
+
+def flock(path, wait: bool = True):
+    """`path` (created if missing) opened in binary append mode with an exclusive flock, held
+    until the file is closed (or the process ends, even by SIGKILL). Without `wait`, a lock
+    held elsewhere raises BlockingIOError at once."""
+    f = open(path, "a+b")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+@contextlib.contextmanager
+def locked(path):
+    """`flock(path)` for the duration of a block."""
+    f = flock(path)
+    try:
+        yield f
+    finally:
+        f.close()
 
 
 def write_json(path, obj):

@@ -61,22 +61,22 @@ def network_size(cfg):
 
 
 def main():
-    import sweep
+    import sweep_definitions
     from runtime import configure_jax
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sweeps", nargs="*")
     args = parser.parse_args()
     configure_jax(compilation_cache=False)
-    definitions = sweep.load_definitions()
+    definitions = sweep_definitions.load_definitions()
     print("sweep | shape timed | s/step | s/epoch | runs x epochs | hours (1 process)")
     for name in args.sweeps or definitions:
-        runs = sweep.expand(definitions[name])
-        widest = max(runs, key=lambda r: network_size(sweep.make_run_config(r.overrides, 0)))
-        cfg = sweep.make_run_config(widest.overrides, 0)
+        runs = sweep_definitions.expand(definitions[name])
+        widest = max(runs, key=lambda r: network_size(sweep_definitions.make_run_config(r.overrides, 0)))
+        cfg = sweep_definitions.make_run_config(widest.overrides, 0)
         per_step = step_seconds(cfg, args.steps)
         per_epoch = per_step * -(-TRAIN_SAMPLES[cfg.dataset_name] // cfg.batch_size)
-        total = sum(sweep.make_run_config(r.overrides, 0).n_epochs for r in runs)
+        total = sum(sweep_definitions.make_run_config(r.overrides, 0).n_epochs for r in runs)
         shape = f"{cfg.n_layers - 1}x{cfg.n_hid}{' conv' if cfg.convolution else ''}{' rec' if cfg.recurrent else ''}, T={cfg.nb_steps}"
         print(f"{name} | {shape} | {per_step:.3f} | {per_epoch:.1f} | {len(runs)} x {total // len(runs)} | "
               f"{per_epoch * total / 3600:.1f}", flush=True)

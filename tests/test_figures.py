@@ -8,26 +8,27 @@ import pytest
 
 import panels
 import sweep
+import sweep_definitions
 
 
 @pytest.fixture(scope="module")
 def definitions():
-    return sweep.load_definitions()
+    return sweep_definitions.load_definitions()
 
 
 def fake_results(folder, definition, rng, with_params=False):
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    for run in sweep.expand(definition):
-        cfg = sweep.make_run_config(run.overrides, run.seed)
+    for run in sweep_definitions.expand(definition):
+        cfg = sweep_definitions.make_run_config(run.overrides, run.seed)
         n = cfg.n_layers - 1
         metrics = dict(best_valid_acc=0.8, test_acc=float(0.8 + 0.05 * rng.random()), best_epoch=1,
                        epochs=[{}] * 3, seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
-                       median_tau_per_layer=[0.05 * (l + 1) for l in range(n)])
+                       median_tau_per_layer=[0.05 * (i + 1) for i in range(n)])
         if with_params:
             (folder / "runs" / run.key).mkdir()
-            taus = {f"L{l}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (l + 1))) for l in range(n)}
+            taus = {f"L{i}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (i + 1))) for i in range(n)}
             np.savez(folder / "runs" / run.key / "params.npz", **taus)
-        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
+        sweep_definitions.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
 @pytest.mark.parametrize("name,rows,check", [
@@ -57,3 +58,12 @@ def test_labels_and_values():
         {"recurrent": True}, {"recurrent": False})
     paper = {"x_values": [0, 0.5], "series": {"a": [1.0, 2.0]}, "std": {"a": [0.1, 0.2]}}
     assert panels.paper_value(paper, "a", 0.5) == (2.0, 0.2) and panels.paper_value(paper, "a", 0.3) == (None, None)
+
+
+def test_figures_and_the_report_need_no_jax(root):
+    """panels, figures, report and the sweep definitions load without JAX."""
+    import subprocess
+    import sys
+    code = "import sys; import panels, figures, report, sweep_definitions; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -80,8 +80,8 @@ def test_step_case(name):
         assert len(conv_hierarchy(cfg)[1]) == cfg.n_layers - 1
 
     hidden, out_TBO = jax.jit(forward, static_argnums=2)(params, x, cfg)
-    for l, S_TBH in enumerate(hidden):
-        assert_spikes_match(np.swapaxes(S_TBH, 0, 1), z[f"L{l}_output"], f"L{l}_output")
+    for i, S_TBH in enumerate(hidden):
+        assert_spikes_match(np.swapaxes(S_TBH, 0, 1), z[f"L{i}_output"], f"L{i}_output")
     last = cfg.n_layers - 1
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z["out_vmem"], RTOL, ATOL)
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z[f"L{last}_output"], RTOL, ATOL)
@@ -92,14 +92,14 @@ def test_step_case(name):
     np.testing.assert_allclose(measures["ce"], z["loss_ce"], RTOL)
     np.testing.assert_allclose(loss, z["loss_total"], RTOL)
     checked = 0
-    for l, layer in enumerate(grads):
+    for i, layer in enumerate(grads):
         for key, g in layer.items():
-            ref = z[f"L{l}_grad_{key}"]
+            ref = z[f"L{i}_grad_{key}"]
             finite = np.isfinite(ref)  # the published norm of equal decays has a NaN gradient
-            assert np.all(np.isfinite(g)), f"L{l}_grad_{key} is not finite"
+            assert np.all(np.isfinite(g)), f"L{i}_grad_{key} is not finite"
             np.testing.assert_allclose(np.asarray(g)[finite], ref[finite], RTOL,
                                        1e-5 * np.abs(ref[finite]).max(initial=0) + ATOL,
-                                       err_msg=f"L{l}_grad_{key}")
+                                       err_msg=f"L{i}_grad_{key}")
             checked += int(finite.any())
     assert checked >= cfg.n_layers  # at least the weights of every layer
 
@@ -122,10 +122,10 @@ def test_trajectory_case(name):
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch,
                                               lr=learning_rate(cfg, epoch))
         params = optax.apply_updates(params, updates)
-        for l, layer in enumerate(params_from_arrays(z, f"step{k}_")):
+        for i, layer in enumerate(params_from_arrays(z, f"step{k}_")):
             for key, ref in layer.items():
-                np.testing.assert_allclose(params[l][key], ref, TRAJ_RTOL, TRAJ_ATOL,
-                                           err_msg=f"step {k}: L{l}_{key}")
+                np.testing.assert_allclose(params[i][key], ref, TRAJ_RTOL, TRAJ_ATOL,
+                                           err_msg=f"step {k}: L{i}_{key}")
 
 
 def relative_error_in_norm(ours, ref):
@@ -144,10 +144,10 @@ def test_full_batch_case(name):
     params = model_params(z)
     x = time_major(z["X"])
     hidden, out_TBO = jax.jit(forward, static_argnums=2)(params, x, cfg)
-    for l, S_TBH in enumerate(hidden):
-        differ = int(np.sum(np.swapaxes(np.asarray(S_TBH), 0, 1) != z[f"L{l}_output"]))
-        limit = 2 if l == 0 else 1e-4 * S_TBH.size
-        assert differ <= limit, f"L{l}_output: {differ} spikes differ (at most {limit})"
+    for i, S_TBH in enumerate(hidden):
+        differ = int(np.sum(np.swapaxes(np.asarray(S_TBH), 0, 1) != z[f"L{i}_output"]))
+        limit = 2 if i == 0 else 1e-4 * S_TBH.size
+        assert differ <= limit, f"L{i}_output: {differ} spikes differ (at most {limit})"
     assert relative_error_in_norm(np.swapaxes(out_TBO, 0, 1), z["out_vmem"]) <= 2e-2
 
     (loss, (measures, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
@@ -155,8 +155,8 @@ def test_full_batch_case(name):
     np.testing.assert_allclose(measures["ce"], z["loss_ce"], rtol=3e-5)
     np.testing.assert_allclose(loss, z["loss_total"], rtol=3e-5)
     assert relative_error_in_norm(yhat, z["Yhat"]) <= 2e-2
-    errors = {f"L{l}_grad_{key}": relative_error_in_norm(g, z[f"L{l}_grad_{key}"])
-              for l, layer in enumerate(grads) for key, g in layer.items()}
+    errors = {f"L{i}_grad_{key}": relative_error_in_norm(g, z[f"L{i}_grad_{key}"])
+              for i, layer in enumerate(grads) for key, g in layer.items()}
     assert len(errors) >= 3 * cfg.n_layers  # W, alpha and the normaliser of every layer
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 2e-2, f"{worst}: relative error in norm {errors[worst]:.2e}"

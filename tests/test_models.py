@@ -311,18 +311,18 @@ def test_matmul_precision(kw):
     def products(cfg, dtype="f32"):
         loss = lambda p: forward(p, x, cfg)[1].sum()  # noqa: E731
         text = jax.jit(jax.grad(loss)).lower(params).as_text()
-        return [l for l in text.splitlines() if ("dot_general" in l or "convolution" in l) and dtype in l]
+        return [line for line in text.splitlines() if ("dot_general" in line or "convolution" in line) and dtype in line]
 
     assert cfg.matmul_precision == "default"
     highest = products(cfg.replace(matmul_precision="highest"))
-    assert highest and all("HIGHEST" in l for l in highest)
+    assert highest and all("HIGHEST" in line for line in highest)
     default = products(cfg)
     assert len(default) == len(highest)
-    exact = [l for l in default if "HIGHEST" in l]
+    exact = [line for line in default if "HIGHEST" in line]
     assert exact and len(exact) < len(default)
-    assert not any("convolution" in l for l in exact)
+    assert not any("convolution" in line for line in exact)
     bf16 = products(cfg.replace(matmul_dtype="bfloat16", matmul_precision="highest"), "bf16")
-    assert bf16 and not any("HIGHEST" in l for l in bf16)
+    assert bf16 and not any("HIGHEST" in line for line in bf16)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(recurrent=True, surrogate="fast_sigmoid"),
@@ -339,7 +339,7 @@ def test_the_reference_layers_equal_the_fused_ones(kw):
 
     def loss(p, cfg):
         hidden, out = forward(p, x, cfg)
-        weights = [jax.random.normal(jax.random.fold_in(k1, l), h.shape) for l, h in enumerate(hidden)]
+        weights = [jax.random.normal(jax.random.fold_in(k1, i), h.shape) for i, h in enumerate(hidden)]
         return (jnp.sum(jax.random.normal(k2, out.shape) * out)
                 + sum(jnp.sum(w * h) for w, h in zip(weights, hidden)))
 
@@ -350,7 +350,7 @@ def test_the_reference_layers_equal_the_fused_ones(kw):
     assert 0 < float(jnp.mean(h_f[-1])) < 1
     np.testing.assert_allclose(o_f, o_r, rtol=1e-5, atol=1e-6)
     g_f, g_r = jax.grad(loss)(params, cfg), jax.grad(loss)(params, reference)
-    for l, (a, b) in enumerate(zip(g_f, g_r)):
+    for i, (a, b) in enumerate(zip(g_f, g_r)):
         for name in a:
-            np.testing.assert_allclose(a[name], b[name], rtol=2e-4, atol=1e-5, err_msg=f"L{l}_{name}")
+            np.testing.assert_allclose(a[name], b[name], rtol=2e-4, atol=1e-5, err_msg=f"L{i}_{name}")
     assert any(float(jnp.abs(g["alpha"]).max()) > 0 for g in g_f[:-1])

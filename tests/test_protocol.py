@@ -16,6 +16,7 @@ import pytest
 
 import main
 import sweep
+import sweep_definitions
 import training
 import utils_dataset
 from utils_initialization import SWEEP_BASE, Config, init_params, make_config
@@ -98,7 +99,7 @@ def published_runs(name: str):
 
 
 def test_every_published_sweep_is_defined():
-    definitions = sweep.load_definitions()
+    definitions = sweep_definitions.load_definitions()
     assert set(PUBLISHED_SWEEPS) <= set(definitions)
 
 
@@ -106,8 +107,8 @@ def test_every_published_sweep_is_defined():
 def test_every_run_of_a_sweep_trains_the_published_configuration(name):
     """Each published run has a run of ours with the published configuration; a run of ours
     outside the published grid is declared as an addition ('added' or 'baseline')."""
-    definition = sweep.load_definitions()[name]
-    runs = sweep.expand(definition)
+    definition = sweep_definitions.load_definitions()[name]
+    runs = sweep_definitions.expand(definition)
     fixed = PUBLISHED_SWEEPS[name]["fixed"]
     matched = set()
     for point in published_runs(name):
@@ -116,7 +117,7 @@ def test_every_run_of_a_sweep_trains_the_published_configuration(name):
                 and all(ours(k, published.get(k)) == v for k, v in r.point.items())]
         where = f"{name} {point}"
         assert len(mine) == 1, f"{where}: {len(mine)} runs of ours match"
-        assert_same_config(sweep.make_run_config(mine[0].overrides, mine[0].seed), {**fixed, **point}, where)
+        assert_same_config(sweep_definitions.make_run_config(mine[0].overrides, mine[0].seed), {**fixed, **point}, where)
         matched.add(mine[0].key)
     extra = [r for r in runs if r.key not in matched]
     assert not extra or definition.get("added") or all(r.baseline for r in extra), \
@@ -125,7 +126,7 @@ def test_every_run_of_a_sweep_trains_the_published_configuration(name):
 
 
 def test_additions_are_marked_in_the_list(capsys):
-    sweep.print_list(sweep.load_definitions())
+    sweep.print_list(sweep_definitions.load_definitions())
     out = capsys.readouterr().out
     assert "SHD_hCSNN_proper_validation" in out
     block = out[out.index("SHD_hCSNN_proper_validation"):]
@@ -135,11 +136,11 @@ def test_additions_are_marked_in_the_list(capsys):
 def test_sweep_configs_do_not_use_the_main_presets():
     """The published sweeps started from SimArgs(), not from main.py's task blocks: dropout
     0.1 and distrib_tau_sd 0.2 reach Fig. 2c and Fig. 6; no conv run selects on the test set."""
-    definitions = sweep.load_definitions()
-    fig6 = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_6"])[0].overrides, 0)
+    definitions = sweep_definitions.load_definitions()
+    fig6 = sweep_definitions.make_run_config(sweep_definitions.expand(definitions["hSNN_Figure_6"])[0].overrides, 0)
     assert fig6.distrib_tau_sd == 0.2 and fig6.dropout == 0.1
     for name in ("hSNN_Figure_S4a", "hSNN_Figure_S4b", "hSNN_Figure_4b", "hSNN_Figure_4d"):
-        assert not sweep.make_run_config(sweep.expand(definitions[name])[0].overrides, 0).use_test_as_valid
+        assert not sweep_definitions.make_run_config(sweep_definitions.expand(definitions[name])[0].overrides, 0).use_test_as_valid
 
 
 # --- initial parameters --------------------------------------------------------------------
@@ -167,10 +168,10 @@ def test_published_initial_parameters(name):
         layer, array = key[1:].split("_", 1)
         expected.setdefault(int(layer), {})[NPZ_NAMES.get(array, array)] = z[key]
     assert len(params) == len(expected)
-    for l, layer in enumerate(params):
-        assert set(layer) == set(expected[l]), f"{name}: layer {l}"
+    for i, layer in enumerate(params):
+        assert set(layer) == set(expected[i]), f"{name}: layer {i}"
         for array, value in layer.items():
-            np.testing.assert_allclose(value, expected[l][array], rtol=0, atol=1e-7, err_msg=f"{name}: L{l}_{array}")
+            np.testing.assert_allclose(value, expected[i][array], rtol=0, atol=1e-7, err_msg=f"{name}: L{i}_{array}")
 
 
 def test_init_cases_are_all_used():

@@ -9,23 +9,24 @@ import pytest
 
 import report
 import sweep
+import sweep_definitions
 
-PAPER = json.loads(sweep.PAPER_FILE.read_text())
+PAPER = json.loads(sweep_definitions.PAPER_FILE.read_text())
 
 
 @pytest.fixture(scope="module")
 def definitions():
-    return sweep.load_definitions()
+    return sweep_definitions.load_definitions()
 
 
 def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=60, taus=None, sets=None):
     """runs.jsonl lines, as the sweep writes them, for the runs `keep` selects; test accuracy
     [%] from `accuracy(run)`, each hidden layer's median time constant [s] from `taus(run)`."""
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    for run in sweep.expand(definition, sets):
+    for run in sweep_definitions.expand(definition, sets):
         if not keep(run):
             continue
-        cfg = sweep.make_run_config(run.overrides, run.seed)
+        cfg = sweep_definitions.make_run_config(run.overrides, run.seed)
         n = cfg.n_layers - 1
         (folder / "runs" / run.key).mkdir(exist_ok=True)
         (folder / "runs" / run.key / "provenance.json").write_text(json.dumps([dict(
@@ -33,8 +34,8 @@ def write_results(folder, definition, accuracy, keep=lambda run: True, n_epochs=
             numpy="2.4.6", backend="cpu", device="cpu", host="ci")]))
         metrics = dict(best_valid_acc=0.5, test_acc=accuracy(run) / 100, best_epoch=1, epochs=[{}] * n_epochs,
                        seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
-                       median_tau_per_layer=taus(run) if taus else [0.05 * (l + 1) for l in range(n)])
-        sweep.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
+                       median_tau_per_layer=taus(run) if taus else [0.05 * (i + 1) for i in range(n)])
+        sweep_definitions.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
 def hierarchy_helps(run):
@@ -59,7 +60,7 @@ def results(tmp_path, definitions):
     write_results(tmp_path / "hSNN_Figure_2b", definitions["hSNN_Figure_2b"], hierarchy_helps)
     write_results(tmp_path / "hSNN_Figure_2a", definitions["hSNN_Figure_2a"],
                   lambda run: 50 + 60 * run.point["tau_mem"], keep=lambda run: run.point["n_layers"] == 3)
-    write_results(tmp_path / "hSNN_Figure_S2a_quick", sweep.reduced(definitions["hSNN_Figure_S2a"]),
+    write_results(tmp_path / "hSNN_Figure_S2a_quick", sweep_definitions.reduced(definitions["hSNN_Figure_S2a"]),
                   lambda run: 80 + 10 * run.point["delta_tau"] - 20 * run.point["noise_rate"], n_epochs=10)
     return tmp_path
 
@@ -131,7 +132,7 @@ def test_an_extension_is_reported_apart_from_the_published_grid(tmp_path, defini
     slow_last = lambda run: [0.05, 0.07, 0.09]  # noqa: E731
     slow_middle = lambda run: [0.05, 0.09, 0.07] if run.seed % 2 else [0.05, 0.07, 0.09]  # noqa: E731
     write_results(tmp_path / "hSNN_Figure_3b", fig3b, lambda run: 99.0, taus=slow_last)
-    ext = sweep.with_seeds(fig3b, list(range(5, 15)))
+    ext = sweep_definitions.with_seeds(fig3b, list(range(5, 15)))
     folder = tmp_path / "hSNN_Figure_3b_seeds5-14"
     write_results(folder, ext, lambda run: 98.0, taus=slow_middle)
     (folder / "sweep.json").write_text(json.dumps(dict(sweep_name="hSNN_Figure_3b", definition=ext,
@@ -177,7 +178,7 @@ def test_the_recurrence_section_ranks_eigenvalues_by_depth(tmp_path, definitions
     lines = [json.loads(t) for t in (folder / "runs.jsonl").read_text().splitlines()]
     for line in lines:  # deeper layers larger, seed by seed
         base = 0.2 + 0.01 * line["seed"]
-        line["w_rec_abs_eigenvalues"] = {which: [[base + 0.1 * l, 0.1, 0.05] for l in range(3)]
+        line["w_rec_abs_eigenvalues"] = {which: [[base + 0.1 * i, 0.1, 0.05] for i in range(3)]
                                          for which in ("stored", "masked")}
     (folder / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     _, text = make_report(tmp_path, definitions)

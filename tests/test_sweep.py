@@ -22,6 +22,7 @@ import pytest
 
 import panels
 import sweep
+import sweep_definitions
 from conftest import pause_at_epoch, training_hook, wait_for
 from utils_initialization import conv_hierarchy
 
@@ -43,7 +44,7 @@ TINY_FIXED = {"dataset_name": "mts_xor", "n_in": 40, "n_out": 2, "decoder": "vme
 
 @pytest.fixture(scope="module")
 def definitions():
-    return sweep.load_definitions()
+    return sweep_definitions.load_definitions()
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +86,12 @@ def test_every_published_sweep_is_defined(definitions):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
 def test_sweeps_expand_to_the_published_run_counts(definitions, name):
-    runs = sweep.expand(definitions[name])
+    runs = sweep_definitions.expand(definitions[name])
     assert len(runs) == PUBLISHED_RUNS[name]
     assert len({r.key for r in runs}) == len(runs)
     seeds = definitions[name]["grid"]["seed"]
     for run in runs:  # every run is a valid configuration: preset -> fixed -> grid point
-        cfg = sweep.make_run_config(run.overrides, run.seed)
+        cfg = sweep_definitions.make_run_config(run.overrides, run.seed)
         assert cfg.seed == run.seed and cfg.dataset_name == definitions[name]["fixed"]["dataset_name"]
         for field, value in run.point.items():
             assert getattr(cfg, field) == value
@@ -99,59 +100,59 @@ def test_sweeps_expand_to_the_published_run_counts(definitions, name):
 
 
 def test_grid_points_and_baseline(definitions):
-    runs = sweep.expand(definitions["hSNN_Figure_2b"])
+    runs = sweep_definitions.expand(definitions["hSNN_Figure_2b"])
     assert {(r.point["n_layers"], r.point["delta_tau"]) for r in runs} == {
         (n, d) for n in (3, 4) for d in (-0.5, -0.4, -0.2, -0.1, 0, 0.1, 0.2, 0.4, 0.5)}
-    cfg = sweep.make_run_config(runs[0].overrides, 0)
+    cfg = sweep_definitions.make_run_config(runs[0].overrides, 0)
     assert (cfg.tau_mem, cfg.hierarchy_tau, cfg.n_epochs, cfg.n_hid, cfg.decoder) == (0.3, "tanh", 60, 10, "vmem_time")
-    s2e = sweep.expand(definitions["hSNN_Figure_S2e"])
+    s2e = sweep_definitions.expand(definitions["hSNN_Figure_S2e"])
     base = [r for r in s2e if r.baseline]
     assert [r.seed for r in base] == list(range(10))
-    assert all(sweep.make_run_config(r.overrides, r.seed).delta_tau == 0 for r in base)
+    assert all(sweep_definitions.make_run_config(r.overrides, r.seed).delta_tau == 0 for r in base)
 
 
 def test_published_conv_hierarchy_runs_as_it_computed(definitions):
     """Table 1 says 'kernel' with delta_dil 2; the published code spreads the dilations by
     delta_dil whatever hierarchy_conv says: kernels [3, 6] and dilations [4, 6]."""
-    run = sweep.expand(definitions["SHD_hCSNN_max_performance"])[0]
-    cfg = sweep.make_run_config(run.overrides, 0)
+    run = sweep_definitions.expand(definitions["SHD_hCSNN_max_performance"])[0]
+    cfg = sweep_definitions.make_run_config(run.overrides, 0)
     assert cfg.hierarchy_conv == "kernel" and conv_hierarchy(cfg) == ((3, 6), (4, 6))
-    fig4b = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_4b"])[-1].overrides, 0)
+    fig4b = sweep_definitions.make_run_config(sweep_definitions.expand(definitions["hSNN_Figure_4b"])[-1].overrides, 0)
     assert fig4b.hierarchy_conv == "kernel" and conv_hierarchy(fig4b) == ((3, 7), (5, 5))
-    fig4d = sweep.make_run_config(sweep.expand(definitions["hSNN_Figure_4d"])[-1].overrides, 0)
+    fig4d = sweep_definitions.make_run_config(sweep_definitions.expand(definitions["hSNN_Figure_4d"])[-1].overrides, 0)
     assert fig4d.hierarchy_conv == "dilation" and conv_hierarchy(fig4d) == ((5, 5), (3, 6))
 
 
 def test_published_distrib_tau_true_means_none():
     definition = {"what": "", "fixed": {"dataset_name": "shd", "distrib_tau": True}, "grid": {"seed": [0]}}
-    run = sweep.expand(definition)[0]
-    assert sweep.make_run_config(run.overrides, 0).distrib_tau == "none"
-    assert any("distrib_tau" in note for note in sweep.conversion_notes(definition))
+    run = sweep_definitions.expand(definition)[0]
+    assert sweep_definitions.make_run_config(run.overrides, 0).distrib_tau == "none"
+    assert any("distrib_tau" in note for note in sweep_definitions.conversion_notes(definition))
 
 
 def test_quick_reduces_seeds_epochs_and_points(definitions):
-    quick = sweep.reduced(definitions["hSNN_Figure_2b"])
-    runs = sweep.expand(quick)
+    quick = sweep_definitions.reduced(definitions["hSNN_Figure_2b"])
+    runs = sweep_definitions.expand(quick)
     assert len(runs) == 2 * 3 * 2
     assert {r.point["delta_tau"] for r in runs} == {-0.5, 0, 0.5}
-    assert {r.seed for r in runs} == {0, 1} and runs[0].overrides["n_epochs"] == sweep.QUICK["n_epochs"]
-    assert len(sweep.expand(sweep.reduced(definitions["hSNN_Figure_S2e"]))) == 3 * 3 * 2 + 2
+    assert {r.seed for r in runs} == {0, 1} and runs[0].overrides["n_epochs"] == sweep_definitions.QUICK["n_epochs"]
+    assert len(sweep_definitions.expand(sweep_definitions.reduced(definitions["hSNN_Figure_S2e"]))) == 3 * 3 * 2 + 2
 
 
 def test_set_overrides_every_run_but_not_a_grid_axis(definitions):
     sets = sweep.parse_sets(["n_epochs=1", "n_hid=4", "train_alpha=false", "timestep=none"])
     assert sets == {"n_epochs": 1, "n_hid": 4, "train_alpha": False, "timestep": None}
-    runs = sweep.expand(definitions["hSNN_Figure_2b"], sets)
+    runs = sweep_definitions.expand(definitions["hSNN_Figure_2b"], sets)
     assert all(r.overrides["n_epochs"] == 1 and r.overrides["n_hid"] == 4 for r in runs)
     with pytest.raises(sweep.SweepError, match="grid axis"):
-        sweep.expand(definitions["hSNN_Figure_2b"], {"delta_tau": 0.1})
+        sweep_definitions.expand(definitions["hSNN_Figure_2b"], {"delta_tau": 0.1})
     for bad in (["n_epochs"], ["bogus=1"], ["n_hid=many"]):
         with pytest.raises(sweep.SweepError):
             sweep.parse_sets(bad)
 
 
 def test_shards_cover_every_run_once_with_whole_seed_groups(definitions):
-    runs = sweep.expand(definitions["hSNN_Figure_2c"])
+    runs = sweep_definitions.expand(definitions["hSNN_Figure_2c"])
     shards = [sweep.shard_runs(runs, (i, 5)) for i in range(5)]
     keys = [r.key for shard in shards for r in shard]
     assert sorted(keys) == sorted(r.key for r in runs)
@@ -186,19 +187,19 @@ def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
 def test_extra_seeds_run_apart_from_the_published_grid(tmp_path, definitions):
     """--seeds trains other seeds of a sweep into their own folder, marked as an extension;
     a seed of the published grid is refused (it would be counted twice)."""
-    assert sweep.parse_seeds("5-14") == list(range(5, 15))
-    assert sweep.parse_seeds("9-11,5,7,5") == [5, 7, 9, 10, 11]
-    assert sweep.seeds_text([5, 6, 7, 9, 11, 12]) == "5-7,9,11-12" and sweep.seeds_text([3]) == "3"
+    assert sweep_definitions.parse_seeds("5-14") == list(range(5, 15))
+    assert sweep_definitions.parse_seeds("9-11,5,7,5") == [5, 7, 9, 10, 11]
+    assert sweep_definitions.seeds_text([5, 6, 7, 9, 11, 12]) == "5-7,9,11-12" and sweep_definitions.seeds_text([3]) == "3"
     for bad in ("", "five", "3-x", "-1"):
         with pytest.raises(Exception):
-            sweep.parse_seeds(bad)
+            sweep_definitions.parse_seeds(bad)
     args = sweep.build_parser().parse_args(["--sweep_name", "hSNN_Figure_3b", "--seeds", "5-14",
                                             "--results_dir", str(tmp_path)])
     opened = sweep.open_sweep(args, definitions)
     assert opened.folder == tmp_path / "hSNN_Figure_3b_seeds5-14"
     assert [r.seed for r in opened.runs] == list(range(5, 15))
     assert "seeds 5-14" in opened.definition["extension"] and "EXTENSION" in opened.definition["what"]
-    assert all(r.overrides == sweep.expand(definitions["hSNN_Figure_3b"])[0].overrides for r in opened.runs)
+    assert all(r.overrides == sweep_definitions.expand(definitions["hSNN_Figure_3b"])[0].overrides for r in opened.runs)
     args.seeds = [4, 5]
     with pytest.raises(sweep.SweepError, match="seed 4 is in the published grid"):
         sweep.open_sweep(args, definitions)
@@ -217,14 +218,14 @@ def test_a_finished_folder_joins_only_with_its_own_configuration(tmp_path, capsy
     """Once sweep.json and runs.jsonl are gone, a rerun with other --set values must not
     claim the old runs: a finished folder of another configuration is moved aside."""
     sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]})
-    definitions = sweep.load_definitions(sweeps_file)
+    definitions = sweep_definitions.load_definitions(sweeps_file)
     args = sweep.build_parser().parse_args(["--sweep_name", "tiny", "--results_dir", str(tmp_path),
                                             "--set", "n_hid=6"])
     opened = sweep.open_sweep(args, definitions)
     same, other = opened.runs
-    fake_finished_run(opened.folder / "runs" / same.key, sweep.make_run_config(same.overrides, same.seed))
+    fake_finished_run(opened.folder / "runs" / same.key, sweep_definitions.make_run_config(same.overrides, same.seed))
     fake_finished_run(opened.folder / "runs" / other.key,
-                      sweep.make_run_config({**other.overrides, "n_hid": 4}, other.seed))
+                      sweep_definitions.make_run_config({**other.overrides, "n_hid": 4}, other.seed))
     pending = sweep.plan(opened, {})
     assert [r.key for r in pending] == [other.key]
     assert [line["key"] for line in lines_of(opened.folder / "runs.jsonl")] == [same.key]
@@ -269,18 +270,18 @@ def test_a_report_into_an_unwritable_folder_is_one_line(capsys):
 # --- the results table -------------------------------------------------------------------------
 def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
     path = tmp_path / "runs.jsonl"
-    assert sweep.append_line(path, {"key": "a", "test_acc": 0.1})
-    assert not sweep.append_line(path, {"key": "a", "test_acc": 0.2})  # never twice
+    assert sweep_definitions.append_line(path, {"key": "a", "test_acc": 0.1})
+    assert not sweep_definitions.append_line(path, {"key": "a", "test_acc": 0.2})  # never twice
     with open(path, "ab") as f:
         f.write(b'{"key": "b", "test_acc"')  # a crash in the middle of a write
-    assert sweep.append_line(path, {"key": "c", "test_acc": 0.3})
+    assert sweep_definitions.append_line(path, {"key": "c", "test_acc": 0.3})
     assert [line["key"] for line in lines_of(path)] == ["a", "c"]
-    assert set(sweep.read_lines(tmp_path)) == {"a", "c"}
+    assert set(sweep_definitions.read_lines(tmp_path)) == {"a", "c"}
 
 
 def _append_many(path, prefix):
     for i in range(40):
-        sweep.append_line(Path(path), {"key": f"{prefix}{i}", "test_acc": 0.5, "payload": "x" * 2000})
+        sweep_definitions.append_line(Path(path), {"key": f"{prefix}{i}", "test_acc": 0.5, "payload": "x" * 2000})
 
 
 @pytest.mark.slow
@@ -376,8 +377,8 @@ def test_killed_sweep_resumes_without_training_a_run_twice(root, tmp_path, jax_c
     resumed = run_sweep(root, jax_cache, *args)
     assert resumed.returncode == 0, resumed.stderr
     lines = lines_of(folder / "runs.jsonl")
-    assert sorted(line["key"] for line in lines) == sorted(r.key for r in sweep.expand(
-        sweep.load_definitions(sweeps_file)["tiny"]))
+    assert sorted(line["key"] for line in lines) == sorted(r.key for r in sweep_definitions.expand(
+        sweep_definitions.load_definitions(sweeps_file)["tiny"]))
     for line in lines:
         if line["key"] in before:
             assert line == before[line["key"]]
@@ -452,7 +453,7 @@ def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
         assert (folder / name).stat().st_size > 10_000
     rows = list(csv.DictReader(open(folder / "summary.csv")))
     assert len(rows) == 6 and {r["series"] for r in rows} == {"n_layers=3", "n_layers=4"}
-    paper = json.loads(sweep.PAPER_FILE.read_text())["hSNN_Figure_2b"]
+    paper = json.loads(sweep_definitions.PAPER_FILE.read_text())["hSNN_Figure_2b"]
     for row in rows:
         assert row["stat"] == "median" and row["n_seeds"] == "2"
         expected = paper["series"][row["series"]][paper["x_values"].index(float(row["x"]))]
@@ -615,7 +616,7 @@ def test_a_damaged_run_folder_is_moved_aside_and_trained_again(root, tmp_path, j
     (runs / "delta_tau=0.4__seed=0" / "config.json").write_text("{broken")
     (runs / "delta_tau=0.4__seed=1").mkdir()
     (runs / "delta_tau=0.4__seed=1" / "config.json").write_text(json.dumps(
-        sweep.make_run_config(sweep.expand(json.loads(sweeps_file.read_text())["tiny"])[1].overrides, 1).to_dict()))
+        sweep_definitions.make_run_config(sweep_definitions.expand(json.loads(sweeps_file.read_text())["tiny"])[1].overrides, 1).to_dict()))
     (runs / "delta_tau=0.4__seed=1" / "checkpoint.npz").write_bytes(b"\x00" * 100)
     result = run_sweep(root, jax_cache, *args)
     assert result.returncode == 0, result.stderr
@@ -635,7 +636,7 @@ def test_junk_in_runs_jsonl_is_skipped_with_a_warning(root, tmp_path, jax_cache)
     result = run_sweep(root, jax_cache, *args)
     assert result.returncode == 0, result.stderr
     assert "skipped 3 line(s)" in result.stderr and "Traceback" not in result.stderr
-    assert [parse["key"] for parse in map(sweep.parse_line, (tmp_path / "tiny" / "runs.jsonl").read_bytes().splitlines())
+    assert [parse["key"] for parse in map(sweep_definitions.parse_line, (tmp_path / "tiny" / "runs.jsonl").read_bytes().splitlines())
             if parse] == ["delta_tau=0.4__seed=0"]
     again = run_sweep(root, jax_cache, *args, "--plot")
     assert again.returncode == 0 and (tmp_path / "tiny" / "summary.csv").exists()

@@ -192,7 +192,7 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
         for split in ("measures", "valid_measures"):  # the loss is the sum of its terms
             terms = [v for k, v in e[split].items() if not k.startswith("rate_")]
             assert e["loss" if split == "measures" else "valid_loss"] == pytest.approx(sum(terms), rel=1e-5)
-            assert all(e[split][f"rate_L{l}"] > 0 for l in (1, 2))
+            assert all(e[split][f"rate_L{i}"] > 0 for i in (1, 2))
     valid = [e["valid_acc"] for e in metrics["epochs"]]
     assert metrics["best_epoch"] == max(i for i, v in enumerate(valid) if v == max(valid))
     assert metrics["best_valid_acc"] == max(valid)

@@ -120,9 +120,9 @@ def test_init_params_shapes(kw):
     params = init_params(jax.random.PRNGKey(0), cfg)
     assert len(params) == 3
     kernels, _ = conv_hierarchy(cfg)
-    for l, layer in enumerate(params[:-1]):
-        n_pre = 6 if l == 0 else 5
-        assert layer["W"].shape == ((kernels[l], n_pre, 5) if cfg.convolution else (n_pre, 5))
+    for i, layer in enumerate(params[:-1]):
+        n_pre = 6 if i == 0 else 5
+        assert layer["W"].shape == ((kernels[i], n_pre, 5) if cfg.convolution else (n_pre, 5))
         assert ("W_rec" in layer) == cfg.recurrent and ("norm_scale" in layer) == (cfg.normalizer != "none")
         assert np.shape(layer["alpha"]) == (() if cfg.distrib_tau == "none" else (5,))
         assert np.all((0.1 <= np.asarray(layer["alpha"])) & (np.asarray(layer["alpha"]) <= 0.99))

@@ -96,3 +96,32 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_the_earlier_files(ro
     assert json.loads((folder / "config.json").read_text())["n_hid"] == 4
     assert isinstance(json.loads((folder / "provenance.json").read_text()), list)
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    from utils_io import atomic_folder
+    dest = tmp_path / "cache"
+    with pytest.raises(RuntimeError), atomic_folder(dest) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(dest) as tmp:
+        (tmp / "a").write_text("1")
+    assert (dest / "a").read_text() == "1" and oct(dest.stat().st_mode & 0o777) == oct(0o755)
+    with pytest.raises(OSError), atomic_folder(dest) as tmp:  # never over an existing folder...
+        (tmp / "b").write_text("2")
+    with atomic_folder(dest, replace=True) as tmp:  # ...unless asked to replace it
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and [p.name for p in dest.iterdir()] == ["b"]
+
+
+def test_a_lock_is_held_until_its_file_is_closed(tmp_path):
+    from utils_io import flock, locked
+    held = flock(tmp_path / ".lock")
+    with pytest.raises(BlockingIOError):
+        flock(tmp_path / ".lock", wait=False)
+    held.close()
+    with locked(tmp_path / ".lock"):
+        with pytest.raises(BlockingIOError):
+            flock(tmp_path / ".lock", wait=False)
+    flock(tmp_path / ".lock", wait=False).close()
