@@ -533,11 +533,17 @@ def test_shd_validation_is_a_seeded_80_20_split_of_the_training_file(shd_dir):
     assert task.train.augment is None and task.valid.augment is None
 
 
-def test_ssc_validates_on_its_own_file(tmp_path):
+def test_ssc_validates_on_its_own_file(tmp_path, shd_dir):
+    """SSC's validation and test sets are evaluated in a fresh order at every pass, as the
+    published loaders shuffled them; SHD's test set stays in file order, its validation
+    split does not."""
     synthetic.make_dataset("ssc", tmp_path / "audiospikes", {"train": 12, "valid": 5, "test": 7})
     task = utils_dataset.load_task(cfg_for(tmp_path, "ssc", nb_steps=20))
     assert (len(task.train), len(task.valid), len(task.test)) == (12, 5, 7)
     assert task.train.X.shape == (12, 20, 700) and task.train.Y.max() < 35
+    assert task.valid.reshuffle and task.test.reshuffle and not task.train.reshuffle
+    shd = utils_dataset.load_task(cfg_for(shd_dir))
+    assert shd.valid.reshuffle and not shd.test.reshuffle
 
 
 def test_use_test_as_valid_warns_and_validates_on_the_test_set(shd_dir, tmp_path, capsys):
@@ -575,6 +581,12 @@ def test_frequency_shift_moves_the_batch_by_one_draw(freq_shift):
     assert len(set(np.abs(shifts))) == 1 and abs(np.mean(shifts > 0) - 0.5) < 0.05
 
 
+def test_a_negative_shift_draw_moves_nothing():
+    """max(0, int(N(0,1) * 3 + freq_shift)): a draw below zero shifts by 0 channels."""
+    x = np.random.default_rng(1).integers(0, 3, (50, 2, 30)).astype(np.uint8)
+    np.testing.assert_array_equal(frequency_shift(x, np.random.default_rng(0), -100), x)
+
+
 def test_frequency_shift_fills_with_zeros():
     x = np.ones((500, 2, 40), np.uint8)
     for seed in range(5):
@@ -587,6 +599,8 @@ def test_frequency_shift_fills_with_zeros():
 
 
 def test_training_batches_are_augmented_only_when_freq_shift_is_set(shd_dir):
+    assert utils_dataset.load_task(cfg_for(shd_dir, freq_shift=1)).train.augment is not None
+    assert utils_dataset.load_task(cfg_for(shd_dir, freq_shift=0)).train.augment is None
     task = utils_dataset.load_task(cfg_for(shd_dir, freq_shift=10))
     assert task.valid.augment is None and task.test.augment is None
     x, y = next(iterate_batches(task.train, 16, np.random.default_rng(0)))
@@ -676,3 +690,11 @@ def test_tiny_data_sets_train_or_are_refused_in_one_line(tmp_path, n_train, mess
     else:
         metrics = train_hsnn(cfg, progress=False)
         assert len(metrics["epochs"]) == 1 and 0 <= metrics["test_acc"] <= 1
+
+
+def test_errors_number_the_samples_of_the_file_from_zero(tmp_path):
+    cfg = cfg_for(tmp_path)
+    with pytest.raises(DataError, match="sample 0 has unit 700"):
+        utils_dataset.bin_rows([np.array([0.1])], [np.array([700])], cfg, tmp_path / "f.h5")
+    with pytest.raises(DataError, match="sample 12 has unit 700"):
+        utils_dataset.bin_rows([np.array([0.1])], [np.array([700])], cfg, tmp_path / "f.h5", first=12)

@@ -10,7 +10,7 @@ from utils_initialization import make_config
 HALF, SIGNAL, WINDOW, SILENT = 20, 10, 15, 5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, so that a mutation test runs the generator for each of them
 def sample():
     return generate_mts_xor(2000, np.random.default_rng(0), noise_rate=0.01)
 
@@ -55,6 +55,29 @@ def test_labels_are_the_xor(sample):
         expected = (first_high ^ window_high).astype(int)[:, None]
         assert np.all(Y[:, silent] == expected) and np.all(Y[:, code] == expected)
     assert 0.4 < Y[:, SIGNAL:].mean() < 0.6
+
+
+def test_the_default_noise_rate_is_the_published_one_percent():
+    X, _ = generate_mts_xor(2000, np.random.default_rng(1))
+    assert abs(X[:, :SIGNAL, HALF:].mean() - 0.01) < 0.003
+
+
+def test_the_task_carries_its_noise_rate_and_score_mask():
+    quiet = utils_dataset.load_task(make_config("mts_xor", noise_rate=0.0, batch_size=16))
+    noisy = utils_dataset.load_task(make_config("mts_xor", noise_rate=0.3, batch_size=16))
+    assert quiet.train.X[:, :SIGNAL, HALF:].sum() == 0
+    assert abs(noisy.train.X[:, :SIGNAL, HALF:].mean() - 0.3) < 0.03
+    np.testing.assert_array_equal(quiet.score_mask, mts_xor_score_mask())
+
+
+def test_the_seeded_data_stream_is_pinned():
+    """The data a seed makes is part of what a run is (numpy's PCG64 gives the same numbers on
+    every machine): seed 0's first training samples, pinned by their sums."""
+    t = utils_dataset.load_task(make_config("mts_xor", batch_size=8))
+    assert (int(t.train.X[:4].sum()), int(t.train.Y[:4].sum()), int(t.test.X[:4].sum())) == PINNED_SUMS
+
+
+PINNED_SUMS = (2503, 165, 2038)  # (train X, train Y, test X) of the first 4 samples
 
 
 def test_exactly_60_scored_steps():

@@ -77,6 +77,15 @@ def test_lif_scan_equals_python_loop(surrogate, recurrent, jit):
         np.testing.assert_allclose(g_scan, g_loop, rtol=1e-5, atol=1e-5)
 
 
+def test_the_layers_default_to_the_published_neuron():
+    """lif_scan's defaults: the box surrogate and threshold 1."""
+    I, alpha, _ = random_inputs(jax.random.PRNGKey(5))
+    g = lambda f: jax.grad(lambda I: jnp.sum(jnp.sin(jnp.arange(I.size).reshape(I.shape)) * f(I)))(I)  # noqa: E731
+    np.testing.assert_array_equal(lif_scan(I, alpha), lif_scan(I, alpha, "box", 1.0))
+    np.testing.assert_allclose(g(lambda I: lif_scan(I, alpha)), g(lambda I: loop_lif(I, alpha, "box", 1.0)),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_lif_scalar_alpha_and_clipping():
     """A shared scalar decay broadcasts; decays above 0.98 act as 0.98 and get no gradient."""
     I, _, _ = random_inputs(jax.random.PRNGKey(3))
@@ -269,6 +278,10 @@ def test_dropout_masks_follow_the_documented_hash():
     S = jnp.ones((11,))
     kept = np.asarray(models.dropout(key, S, 0.3)) > 0
     np.testing.assert_array_equal(kept, expected >= round(0.3 * 65536))
+    # a draw equal to the threshold is kept: the rate is exactly round(rate * 65536) / 65536
+    at_threshold = int(expected[3])
+    kept = np.asarray(models.dropout(key, S, at_threshold / 65536)) > 0
+    assert kept[3] and np.array_equal(kept, expected >= at_threshold)
 
 
 @pytest.mark.parametrize("rate,shape", [(0.1, (100, 64, 10)), (0.4, (7, 3, 5)), (0.25, (33, 17, 9))])

@@ -696,7 +696,7 @@ def test_the_shd_recurrence_sweep_runs_on_synthetic_files(root, tmp_path, jax_ca
         for layer in spectra["stored"] + spectra["masked"]:
             assert layer == sorted(layer, reverse=True) and layer[0] > 0
     rows = list(csv.DictReader(open(folder / "summary.csv")))
-    assert [r["x"] for r in rows if r["series"] == "largest |eigenvalue|, stored"] == ["1", "2", "3"]
+    assert [r["x"] for r in rows if r["series"] == "largest abs. eigenvalue of W_rec, stored"] == ["1", "2", "3"]
     assert (folder / "figure.png").exists()
     report = run_sweep(root, jax_cache, "--report", "--results_dir", str(tmp_path / "results"))
     assert report.returncode == 0, report.stderr

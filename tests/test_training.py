@@ -174,7 +174,7 @@ def per_batch_accuracy(params, split, cfg, mask):
     return float(np.mean(accs)), accs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, so that a mutation test that runs one of them trains for it
 def micro_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("micro") / "run"
     cfg, task = micro_config(), micro_task()
@@ -197,6 +197,9 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
     assert metrics["best_epoch"] == max(i for i, v in enumerate(valid) if v == max(valid))
     assert metrics["best_valid_acc"] == max(valid)
     assert metrics["median_tau_per_layer"] == pytest.approx(metrics["median_tau_init"], rel=1e-6)
+    assert len(metrics["median_tau_per_layer"]) == 2 and metrics["median_tau_per_layer"] == pytest.approx(
+        [cfg.tau_mem] * 2, rel=0.05)  # no hierarchy, per-neuron spread around tau_mem
+    assert metrics["epochs"][-1]["seconds"] > 0 and metrics["seconds_total"] > 0
 
 
 def test_a_measure_added_once_reaches_every_average_and_metrics_json(tmp_path, monkeypatch):
@@ -220,6 +223,17 @@ def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
     expected, accs = per_batch_accuracy(params, task.test, cfg, task.score_mask)
     assert len(accs) == 3
     assert metrics["test_acc"] == pytest.approx(expected, abs=1e-6)
+    # the best epoch's validation numbers, computed again from its parameters: the accuracy as
+    # the mean of per-batch accuracies, the loss weighted by batch size
+    best = metrics["epochs"][metrics["best_epoch"]]
+    assert best["valid_acc"] == pytest.approx(per_batch_accuracy(params, task.valid, cfg, task.score_mask)[0], abs=1e-6)
+    losses, sizes = [], []
+    for start in range(0, len(task.valid), cfg.batch_size):
+        x = jnp.asarray(np.swapaxes(task.valid.X[start:start + cfg.batch_size], 0, 1).astype(np.float32))
+        losses.append(float(training.loss_fn(params, x, jnp.asarray(task.valid.Y[start:start + cfg.batch_size]), cfg)[0]))
+        sizes.append(x.shape[1])
+    assert best["valid_loss"] == pytest.approx(np.average(losses, weights=sizes), rel=1e-5)
+    assert metrics["test_loss"] > 0
 
 
 def pinned_validation(monkeypatch, accuracies):
@@ -273,6 +287,41 @@ def test_a_resumed_run_equals_an_uninterrupted_one(micro_run, tmp_path, monkeypa
     with np.load(tmp_path / "run" / "params.npz") as a, np.load(folder / "params.npz") as b:
         for name in b.files:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_train_step_drops_spikes_and_trains_decays_as_configured():
+    """One train step: dropout acts in training only (the step's loss differs from the
+    evaluation step's on the same batch, unless the rate is 0), and the hidden layers'
+    decays move only with train_alpha, the output layer's never."""
+    task = micro_task()
+    x, y = next(utils_dataset.iterate_batches(task.train, 4))
+    batch = training.Batch(x, jnp.asarray(y), jnp.int32(0))
+    key, mask = jax.random.PRNGKey(3), jnp.asarray(task.score_mask)
+
+    def one_step(**kw):
+        cfg = micro_config(**kw)
+        optimizer = training.make_optimizer(cfg)
+        params = training.init_params(jax.random.PRNGKey(0), cfg)
+        train_step, eval_step = training.make_step_fns(cfg, optimizer, mask)
+        new, _, m_train = train_step(params, optimizer.init(params), batch, key, jnp.int32(0), jnp.float32(0.01))
+        return params, new, float(m_train.loss), float(eval_step(params, batch).loss)
+
+    _, _, train_loss, eval_loss = one_step(dropout=0.5)
+    assert abs(train_loss - eval_loss) > 1e-4
+    _, _, train_loss, eval_loss = one_step(dropout=0.0)
+    assert train_loss == pytest.approx(eval_loss, rel=1e-6)
+    for train_alpha in (False, True):
+        before, after, _, _ = one_step(train_alpha=train_alpha)
+        moved = [not np.allclose(b["alpha"], a["alpha"]) for b, a in zip(before, after)]
+        assert moved == [train_alpha, train_alpha, False]
+
+
+def test_the_reported_time_constants_clip_the_decays_as_the_model_does():
+    cfg = micro_config()
+    params = [{"alpha": jnp.full(3, 0.999)}, {"alpha": jnp.array([0.5, 0.9, 1e-9])}, {"alpha": jnp.float32(0.8)}]
+    dt = cfg.dt
+    np.testing.assert_allclose(training.median_tau_per_layer(params, cfg),
+                               [-dt / np.log(0.98), -dt / np.log(0.5)], rtol=1e-6)
 
 
 def test_alpha_gradient_rule():
