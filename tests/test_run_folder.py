@@ -219,6 +219,9 @@ def test_a_diverged_run_leaves_error_txt(root, tmp_path):
     assert "TrainingDiverged" in error and "the loss became" in error
 
 
+# preexec_fn makes subprocess fork (not spawn), and JAX warns of forks; the child only resets
+# SIGINT and execs Python at once, so nothing of JAX's threads is used in it
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_ctrl_c_prints_the_resume_command(root, tmp_path):
     """Ctrl-C while the run is provably training (it waits before its second epoch). The run
     gets the default SIGINT handling even where the test runner ignores SIGINT (a background

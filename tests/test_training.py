@@ -165,10 +165,11 @@ def per_batch_accuracy(params, split, cfg, mask):
     """The published test accuracy, computed here from the model itself: the unweighted mean
     of the accuracies of the batches in file order (a smaller last batch counts as one)."""
     from models import decode, forward
+    outputs = jax.jit(lambda p, x: decode(forward(p, x, cfg)[1], cfg.decoder))
     accs = []
     for start in range(0, len(split), cfg.batch_size):
         x = np.swapaxes(split.X[start:start + cfg.batch_size], 0, 1).astype(np.float32)
-        yhat = np.asarray(decode(forward(params, jnp.asarray(x), cfg)[1], cfg.decoder))
+        yhat = np.asarray(outputs(params, jnp.asarray(x)))
         hit = (yhat.argmax(-1) == split.Y[start:start + cfg.batch_size]) & mask
         accs.append(hit.sum() / (mask.sum() * len(x[0])))
     return float(np.mean(accs)), accs
@@ -228,9 +229,10 @@ def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
     best = metrics["epochs"][metrics["best_epoch"]]
     assert best["valid_acc"] == pytest.approx(per_batch_accuracy(params, task.valid, cfg, task.score_mask)[0], abs=1e-6)
     losses, sizes = [], []
+    loss = jax.jit(lambda p, x, y: training.loss_fn(p, x, y, cfg)[0])
     for start in range(0, len(task.valid), cfg.batch_size):
         x = jnp.asarray(np.swapaxes(task.valid.X[start:start + cfg.batch_size], 0, 1).astype(np.float32))
-        losses.append(float(training.loss_fn(params, x, jnp.asarray(task.valid.Y[start:start + cfg.batch_size]), cfg)[0]))
+        losses.append(float(loss(params, x, jnp.asarray(task.valid.Y[start:start + cfg.batch_size]))))
         sizes.append(x.shape[1])
     assert best["valid_loss"] == pytest.approx(np.average(losses, weights=sizes), rel=1e-5)
     assert metrics["test_loss"] > 0
@@ -302,16 +304,16 @@ def test_a_train_step_drops_spikes_and_trains_decays_as_configured():
         cfg = micro_config(**kw)
         optimizer = training.make_optimizer(cfg)
         params = training.init_params(jax.random.PRNGKey(0), cfg)
-        train_step, eval_step = training.make_step_fns(cfg, optimizer, mask)
+        train_step, eval_step = map(jax.jit, training.make_step_fns(cfg, optimizer, mask))
         new, _, m_train = train_step(params, optimizer.init(params), batch, key, jnp.int32(0), jnp.float32(0.01))
         return params, new, float(m_train.loss), float(eval_step(params, batch).loss)
 
-    _, _, train_loss, eval_loss = one_step(dropout=0.5)
-    assert abs(train_loss - eval_loss) > 1e-4
-    _, _, train_loss, eval_loss = one_step(dropout=0.0)
-    assert train_loss == pytest.approx(eval_loss, rel=1e-6)
-    for train_alpha in (False, True):
-        before, after, _, _ = one_step(train_alpha=train_alpha)
+    for dropout, train_alpha in ((0.5, True), (0.0, False)):
+        before, after, train_loss, eval_loss = one_step(dropout=dropout, train_alpha=train_alpha)
+        if dropout:
+            assert abs(train_loss - eval_loss) > 1e-4
+        else:
+            assert train_loss == pytest.approx(eval_loss, rel=1e-6)
         moved = [not np.allclose(b["alpha"], a["alpha"]) for b, a in zip(before, after)]
         assert moved == [train_alpha, train_alpha, False]
 

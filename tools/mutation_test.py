@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMULAS = {
     "models": None,  # every function
     "utils_normalization": None,
-    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "correct_counts", "learning_rate",
+    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "measure", "correct_counts", "learning_rate",
                  "scale_by_epoch_adam", "make_optimizer", "_alpha_grad_scales", "alpha_grad_rule",
-                 "freeze_fixed_decays", "make_step_fns", "Tally", "evaluate", "eval_rngs",
-                 "median_tau_per_layer", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
+                 "freeze_fixed_decays", "make_step_fns", "make_steps", "Tally", "evaluate", "eval_rngs",
+                 "median_tau_per_layer", "recurrent_spectra", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
     "utils_initialization": ["tau_hierarchy", "conv_hierarchy", "layer_sizes", "tau_from_alpha",
                              "weight_scales", "init_params", "_uniform", "_tau_layers", "_hidden_alpha"],
     "utils_dataset": ["iterate_batches", "mts_xor_score_mask", "generate_mts_xor", "load_mts_xor", "SpikeCounts",
@@ -43,8 +43,6 @@ FORMULAS = {
                       "load_audiospikes", "latency_steps", "LatencyCoded", "PixelSequence", "mnist_images",
                       "mnist_seeds", "pixel_permutation", "load_ps_mnist"],
 }
-SOURCES = ["cli.py", "figures.py", "main.py", "models.py", "report.py", "run_folder.py", "sweep.py", "training.py",
-           "utils_dataset.py", "utils_initialization.py", "utils_io.py", "utils_normalization.py"]
 CONFIG = """[mutmut]
 source_paths =
 {sources}
@@ -62,6 +60,8 @@ pytest_add_cli_args =
     -m
     not slow
     -x
+    -n
+    0
     -p
     no:cacheprovider
 pytest_add_cli_args_test_selection = tests/
@@ -94,7 +94,8 @@ def prepare(rev: str, work: Path, modules: list):
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     for name in modules:
         exclude_non_formulas(work / f"{name}.py", FORMULAS[name])
-    (work / "setup.cfg").write_text(CONFIG.format(sources="\n".join(f"    {s}" for s in SOURCES),
+    sources = sorted(p.name for p in work.glob("*.py"))  # every module of that revision
+    (work / "setup.cfg").write_text(CONFIG.format(sources="\n".join(f"    {s}" for s in sources),
                                                   modules="\n".join(f"    {m}.py" for m in modules)))
 
 
@@ -104,7 +105,7 @@ def sample(work: Path, modules: list, every: int) -> list:
     for name in modules:
         keys = json.loads((work / "mutants" / f"{name}.py.meta").read_text())["exit_code_by_key"]
         for key in keys:
-            function, _, number = key.rpartition("__mutmut_")
+            _, _, number = key.rpartition("__mutmut_")
             if int(number) % every == 1 % every:
                 names.append(key)
     return sorted(names)
@@ -133,7 +134,7 @@ def report(work: Path, modules: list, chosen=None):
               f"{count['no tests']} | {count['not checked']} | {score:.1%} |")
         survivors += [k for k, v in status.items() if v in ("survived", "no tests")]
     for key in survivors:
-        shown = subprocess.run(["mutmut", "show", key], cwd=work, capture_output=True, text=True).stdout
+        shown = subprocess.run(["mutmut", "show", key], cwd=work, capture_output=True, text=True, check=False).stdout
         print(f"\n### {key}\n```diff\n{shown.strip()}\n```")
 
 
