@@ -82,7 +82,7 @@ class LIFState(NamedTuple):
     s: jax.Array  # spikes of the previous step [B, H]
 
 
-def lif_step(state: LIFState, I_BH, a_H, W_rec, v_thr, spike, precision="default") -> LIFState:
+def lif_step(state: LIFState, I_BH, a_H, W_rec, v_thr, spike, precision) -> LIFState:
     """One time step of the hidden LIF neuron (M2, M3): the equation, written once. Both the
     fused layer (`lif_scan`, with its hand-written adjoint) and the reference layer
     (`lif_scan_reference`, differentiated by JAX) run it; `spike` is H(V - v_thr) with its

@@ -428,7 +428,7 @@ def _init_run(cfg: Config, optimizer, state, run_dir) -> RunState:
     return RunState(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
 
 
-def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
+def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
     """Train seeds of one configuration together, all from the same finished epoch."""
     cfg = cfgs[0]
     for run_dir, task in zip(run_dirs, tasks):
@@ -442,7 +442,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
     params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
     key_dropout = jnp.stack([r.key_dropout for r in runs])
     best = [r.best_params for r in runs]
-    t_run = time.time()
+    # the training time of the run in all its parts: a resumed run adds to its checkpoint's
+    t_run, seconds_before = time.time(), [r.metrics.get("seconds_total", 0.0) for r in runs]
     for epoch in range(len(runs[0].metrics["epochs"]), cfg.n_epochs):
         t0 = time.time()
         params, opt_state, train = _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout,
@@ -463,6 +464,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
             if metrics["best_epoch"] is None or valid_acc[s] >= metrics["best_valid_acc"]:
                 best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
+            metrics["seconds_total"] = seconds_before[s] + time.time() - t_run
             if run_dirs[s] is not None:
                 run_folder.save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
         if progress:
@@ -475,7 +477,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force=False) -> list:
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
                            test_measures=test.mean_measures(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
                            w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
-                           seconds_total=run.metrics.get("seconds_total", 0.0) + time.time() - t_run)
+                           seconds_total=seconds_before[s] + time.time() - t_run)
         if run_dirs[s] is not None:
             run_folder.finish_run(run_dirs[s], best[s], run.metrics)
     return [r.metrics for r in runs]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import models
-from models import decay_scan, decode, forward, leaky_integrator_scan, lif_scan, make_spike_fn
+from models import decay_scan, decode, forward, leaky_integrator_scan, lif_scan, lif_scan_reference, make_spike_fn
 from utils_initialization import Config, init_params
 
 
@@ -77,12 +77,13 @@ def test_lif_scan_equals_python_loop(surrogate, recurrent, jit):
         np.testing.assert_allclose(g_scan, g_loop, rtol=1e-5, atol=1e-5)
 
 
-def test_the_layers_default_to_the_published_neuron():
-    """lif_scan's defaults: the box surrogate and threshold 1."""
+@pytest.mark.parametrize("layer", [lif_scan, lif_scan_reference])
+def test_the_layers_default_to_the_published_neuron(layer):
+    """The fused and the reference layer's defaults: the box surrogate and threshold 1."""
     I, alpha, _ = random_inputs(jax.random.PRNGKey(5))
     g = lambda f: jax.grad(lambda I: jnp.sum(jnp.sin(jnp.arange(I.size).reshape(I.shape)) * f(I)))(I)  # noqa: E731
-    np.testing.assert_array_equal(lif_scan(I, alpha), lif_scan(I, alpha, "box", 1.0))
-    np.testing.assert_allclose(g(lambda I: lif_scan(I, alpha)), g(lambda I: loop_lif(I, alpha, "box", 1.0)),
+    np.testing.assert_array_equal(layer(I, alpha), layer(I, alpha, "box", 1.0))
+    np.testing.assert_allclose(g(lambda I: layer(I, alpha)), g(lambda I: loop_lif(I, alpha, "box", 1.0)),
                                rtol=1e-5, atol=1e-5)
 
 

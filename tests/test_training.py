@@ -284,8 +284,17 @@ def test_a_resumed_run_equals_an_uninterrupted_one(micro_run, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train_hsnn(cfg, tmp_path / "run", progress=False, task=task)
     monkeypatch.undo()
+    # the run's time adds up over its parts: say its first part took 1000 s
+    checkpoint = tmp_path / "run" / "checkpoint.npz"
+    with np.load(checkpoint) as z:
+        arrays = {k: z[k] for k in z.files}
+    first_part = json.loads(str(arrays["metrics_json"]))
+    assert 0 < first_part["seconds_total"] < 1000
+    arrays["metrics_json"] = np.array(json.dumps({**first_part, "seconds_total": 1000.0}))
+    np.savez(checkpoint, **arrays)
     resumed = train_hsnn(cfg, tmp_path / "run", resume=True, progress=False, task=task)
     assert without_timings(resumed) == without_timings(straight)
+    assert 1000 < resumed["seconds_total"] < 1000 + straight["seconds_total"] + 60
     with np.load(tmp_path / "run" / "params.npz") as a, np.load(folder / "params.npz") as b:
         for name in b.files:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)

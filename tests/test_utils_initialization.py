@@ -112,6 +112,21 @@ def test_published_weight_scales():
     assert [round(s, 6) for s, _ in fan_in] == [0.25, 0.5, 0.5]
 
 
+A, B = 1 / math.sqrt(700), 1 / math.sqrt(128)
+
+
+@pytest.mark.parametrize("n_layers, w_scale_n_layers, pairs", [
+    (4, 3, [(A, A), (B, B), (B, B), (B, B)]),      # one entry per layer: W and W_rec alike
+    (2, 3, [(A, B), (B, B)]),                      # two per layer: the list as rows (W; W_rec)
+    (3, 1, [(A, B)] * 3),                          # two entries: the same pair for every layer
+    (3, 3, [((A + 3 * B) / 4,) * 2] * 3)])         # otherwise their mean everywhere
+def test_published_recurrent_weight_scales(n_layers, w_scale_n_layers, pairs):
+    """Recurrent runs: the published list [1/sqrt(700), 1/sqrt(128) x w_scale_n_layers] as
+    (W, W_rec) bounds per layer."""
+    got = weight_scales(Config(n_layers=n_layers, recurrent=True, w_scale_n_layers=w_scale_n_layers))
+    np.testing.assert_allclose(np.asarray(got, float), pairs, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(recurrent=True), dict(convolution=True, hierarchy_conv="kernel",
                                                                        delta_ker=2), dict(normalizer="none"),
                                 dict(distrib_tau="none")])

@@ -2,6 +2,7 @@
 
     pip install -r requirements/requirements_dev.txt
     python3 tools/mutation_test.py [--rev HEAD] [--work /tmp/hsnn-mutation] [--modules models ...]
+                                   [--sample K] [--jobs N] [--report]
 
 Copies the git revision `--rev` into `--work` (never the working tree itself), marks every
 function that is not a formula of the model, the loss, the training rule, the hierarchies or
@@ -144,19 +145,21 @@ def main():
     parser.add_argument("--work", default="/tmp/hsnn-mutation", help="work folder (a copy of the revision)")
     parser.add_argument("--modules", nargs="*", default=list(FORMULAS), choices=list(FORMULAS))
     parser.add_argument("--sample", type=int, default=1, metavar="K", help="every K-th mutant of each function")
+    parser.add_argument("--jobs", type=int, default=None, help="mutants checked at once (default: the CPU count)")
     parser.add_argument("--report", action="store_true", help="only print the results of an earlier run")
     args = parser.parse_args()
     work = Path(args.work)
+    jobs = ["--max-children", str(args.jobs)] if args.jobs else []
     chosen = None
     if not (work / "setup.cfg").exists():
         prepare(args.rev, work, args.modules)
     if args.sample > 1 and not (work / "mutants" / f"{args.modules[0]}.py.meta").exists():
         # generates every mutant and the test statistics, and checks a first one
-        subprocess.run(["mutmut", "run", f"{args.modules[0]}.x_*__mutmut_1"], cwd=work, check=False)
+        subprocess.run(["mutmut", "run", *jobs, f"{args.modules[0]}.x_*__mutmut_1"], cwd=work, check=False)
     if args.sample > 1:
         chosen = sample(work, args.modules, args.sample)
     if not args.report:
-        subprocess.run(["mutmut", "run", *(chosen or [])], cwd=work, check=False)
+        subprocess.run(["mutmut", "run", *jobs, *(chosen or [])], cwd=work, check=False)
     report(work, args.modules, set(chosen) if chosen else None)
 
 
