@@ -13,9 +13,11 @@ many mutants the tests killed and lists the survivors with their diffs (`mutmut 
 A full run takes hours on 2 cores (about 2,700 mutants; mutmut runs only the tests that reach
 the mutated function). `--sample K` runs every K-th mutant of each function instead (the same
 ones for any revision whose functions are the same), to compare two revisions in reasonable
-time. A run can be stopped and started again: mutmut continues where it stopped. `--modules`
-limits it to some modules, `--report` only prints the results of an earlier run. Lines that
-only raise, print or describe progress are not mutated (their text is no formula).
+time; `--offset R` takes the mutants numbered R, R + K, ... instead, a second sample to check
+that tests written against the first did not just learn its list. A run can be stopped and
+started again: mutmut continues where it stopped. `--modules` limits it to some modules,
+`--report` only prints the results of an earlier run. Lines that only raise, print or
+describe progress are not mutated (their text is no formula).
 """
 
 import argparse
@@ -100,14 +102,14 @@ def prepare(rev: str, work: Path, modules: list):
                                                   modules="\n".join(f"    {m}.py" for m in modules)))
 
 
-def sample(work: Path, modules: list, every: int) -> list:
-    """Every `every`-th mutant of each function, by mutmut's numbering."""
+def sample(work: Path, modules: list, every: int, offset: int = 1) -> list:
+    """Every `every`-th mutant of each function, by mutmut's numbering, from the `offset`-th."""
     names = []
     for name in modules:
         keys = json.loads((work / "mutants" / f"{name}.py.meta").read_text())["exit_code_by_key"]
         for key in keys:
             _, _, number = key.rpartition("__mutmut_")
-            if int(number) % every == 1 % every:
+            if int(number) % every == offset % every:
                 names.append(key)
     return sorted(names)
 
@@ -145,6 +147,8 @@ def main():
     parser.add_argument("--work", default="/tmp/hsnn-mutation", help="work folder (a copy of the revision)")
     parser.add_argument("--modules", nargs="*", default=list(FORMULAS), choices=list(FORMULAS))
     parser.add_argument("--sample", type=int, default=1, metavar="K", help="every K-th mutant of each function")
+    parser.add_argument("--offset", type=int, default=1, metavar="R",
+                        help="with --sample K: the mutants numbered R, R + K, ... (another sample of the same size)")
     parser.add_argument("--jobs", type=int, default=None, help="mutants checked at once (default: the CPU count)")
     parser.add_argument("--report", action="store_true", help="only print the results of an earlier run")
     args = parser.parse_args()
@@ -154,10 +158,11 @@ def main():
     if not (work / "setup.cfg").exists():
         prepare(args.rev, work, args.modules)
     if args.sample > 1 and not (work / "mutants" / f"{args.modules[0]}.py.meta").exists():
-        # generates every mutant and the test statistics, and checks a first one
-        subprocess.run(["mutmut", "run", *jobs, f"{args.modules[0]}.x_*__mutmut_1"], cwd=work, check=False)
+        # generates every mutant and the test statistics, and checks the sample's first ones
+        subprocess.run(["mutmut", "run", *jobs, f"{args.modules[0]}.x_*__mutmut_{args.offset}"], cwd=work,
+                       check=False)
     if args.sample > 1:
-        chosen = sample(work, args.modules, args.sample)
+        chosen = sample(work, args.modules, args.sample, args.offset)
     if not args.report:
         subprocess.run(["mutmut", "run", *jobs, *(chosen or [])], cwd=work, check=False)
     report(work, args.modules, set(chosen) if chosen else None)
