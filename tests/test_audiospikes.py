@@ -210,6 +210,17 @@ def test_impossible_spikes_are_refused(tmp_path, times, units, problem):
     assert not list((tmp_path / "cache").glob("shd_train*"))  # nothing cached
 
 
+@pytest.mark.parametrize("which", ["times", "units"])
+def test_spike_times_and_units_that_are_not_numbers_are_one_line(tmp_path, which):
+    """Text where numbers belong (a file whose datasets hold strings) is one line, not a
+    traceback from a later comparison."""
+    numbers, text = [np.array([0.1, 0.2])], [np.array([b"a", b"b"])]
+    times, units = (text, [np.array([1, 2])]) if which == "times" else (numbers, text)
+    with pytest.raises(DataError) as err:
+        utils_dataset._spikes(times, units, tmp_path / "shd_train.h5", 0)
+    assert_one_line(err.value, "shd_train.h5", "its spike times or units are not numbers")
+
+
 def test_spikes_outside_the_binned_time(tmp_path, capsys):
     """Times in milliseconds, or --nb_steps 1 with digitize: nothing is binned, refused; more
     than half of the spikes dropped: a warning with the count."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import run_folder
@@ -74,6 +75,7 @@ def test_published_adam_uses_the_epoch_for_bias_correction():
             u, state = opt.update(grads, state, params, epoch=0, lr=1.0)
             updates.append(float(u["w"][0]))
         steps.append(updates)
+        assert int(optax.tree_utils.tree_get(state, "count")) == 2  # both count their steps (checkpointed)
     # step 2 of epoch 0: m = 0.19, v = 0.001999; published divides by 1 - b^1 (not b^2)
     assert steps[0] == pytest.approx([-1.0, -1.9 / np.sqrt(1.999)], rel=1e-4)
     assert steps[1] == pytest.approx([-1.0, -1.0], rel=1e-4)
