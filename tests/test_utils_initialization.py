@@ -112,6 +112,19 @@ def test_published_weight_scales():
     assert [round(s, 6) for s, _ in fan_in] == [0.25, 0.5, 0.5]
 
 
+@pytest.mark.parametrize("distrib_tau", ["uniform", "normal"])
+def test_initial_time_constants_are_clipped_to_ten_seconds(distrib_tau):
+    """Drawn time constants are clipped to [1e-10, 10] s before alpha = exp(-dt / tau) (itself
+    clipped to [0.1, 0.99]): with steps of 0.2 s a 20 s time constant starts at exp(-0.02),
+    not at 0.99."""
+    import utils_initialization
+    cfg = Config(time_max=1.0, nb_steps=5, distrib_tau=distrib_tau, distrib_tau_sd=0.01)
+    alpha = utils_initialization._hidden_alpha(jax.random.PRNGKey(0), 20.0, 8, cfg)
+    np.testing.assert_allclose(alpha, np.exp(-0.2 / 10.0), rtol=1e-6)
+    short = utils_initialization._hidden_alpha(jax.random.PRNGKey(0), 1.0, 8, cfg)  # not clipped
+    assert np.all(np.abs(np.asarray(short) - np.exp(-0.2)) < 0.01) and len(set(np.asarray(short).tolist())) > 1
+
+
 A, B = 1 / math.sqrt(700), 1 / math.sqrt(128)
 
 
