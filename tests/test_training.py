@@ -302,6 +302,23 @@ def test_a_resumed_run_equals_an_uninterrupted_one(micro_run, tmp_path, monkeypa
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_the_total_time_counts_the_test_pass(tmp_path, monkeypatch):
+    """seconds_total runs to the end of the final test pass (here made to take 1000 s)."""
+    real_time, real_evaluate, offset, calls = training.time.time, training.evaluate, [0.0], []
+
+    def evaluate(steps, params, splits, cfg, rngs=None):
+        tally = real_evaluate(steps, params, splits, cfg, rngs)
+        calls.append(1)
+        if len(calls) == cfg.n_epochs + 1:  # the test pass, after each epoch's validation
+            offset[0] += 1000.0
+        return tally
+
+    monkeypatch.setattr(training.time, "time", lambda: real_time() + offset[0])
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    metrics = train_hsnn(micro_config(n_epochs=1), tmp_path / "run", progress=False, task=micro_task())
+    assert len(calls) == 2 and 1000 < metrics["seconds_total"] < 1100
+
+
 def test_a_train_step_drops_spikes_and_trains_decays_as_configured():
     """One train step: dropout acts in training only (the step's loss differs from the
     evaluation step's on the same batch, unless the rate is 0), and the hidden layers'
