@@ -274,8 +274,7 @@ def dropout_bits(key, shape):
     generator (one per layer, batch, epoch and seed); the elements cost a few integer
     operations each, computed in the loop that applies the mask, where threefry spent its
     rounds on every word."""
-    k = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    k = k.astype(jnp.uint32).reshape(-1)
+    k = jax.random.key_data(key).reshape(-1)  # a typed or a raw uint32 key
     element = jnp.arange(math.prod(shape), dtype=jnp.uint32)
     word = mix32(mix32((element >> 1) + k[0]) ^ k[1])
     return ((word >> ((element & 1) << 4)) & jnp.uint32(0xFFFF)).reshape(shape)

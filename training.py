@@ -26,7 +26,7 @@ import run_folder
 import runtime
 import utils_dataset
 from models import decode, forward
-from utils_initialization import ALPHA_MAX, ALPHA_MIN, Config, hierarchy_notes, init_params, tau_from_alpha
+from utils_initialization import Config, hierarchy_notes, init_params, tau_from_alpha
 from utils_io import FileError
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
@@ -64,8 +64,8 @@ def regularizers(params, hidden_TBH, cfg: Config) -> dict:
     if cfg.l2_lambda:
         weights = [v for layer in params for k, v in layer.items() if k != "alpha"]
         terms["l2"] = cfg.l2_lambda * safe_norm(weights)
-    if cfg.freq_lambda:  # spikes per neuron and sample; after dropout when training (published)
-        rate = jnp.mean(jnp.stack([S.sum(0).mean() for S in hidden_TBH]))
+    if cfg.freq_lambda:  # the hidden layers' mean firing rate; after dropout when training (published)
+        rate = jnp.mean(jnp.stack(firing_rates(hidden_TBH)))
         terms["firing_rate"] = cfg.freq_lambda * (cfg.target_fr - rate) ** 2
     return terms
 
@@ -82,11 +82,15 @@ def loss_fn(params, x_TBI, y, cfg: Config, key=None, train=False):
     return sum(terms.values()), ({**terms, **measure(hidden)}, yhat)
 
 
+def firing_rates(hidden_TBH) -> list:
+    """Each hidden layer's firing rate in spikes per neuron and sample, of the spikes as the
+    next layer receives them (after dropout, scaled, while training)."""
+    return [S.sum(0).mean() for S in hidden_TBH]
+
+
 def measure(hidden_TBH) -> dict:
-    """Quantities reported beside the loss terms: each hidden layer's firing rate, in spikes
-    per neuron and sample (as the next layer receives them: after dropout, scaled, while
-    training)."""
-    return {f"rate_L{i + 1}": S.sum(0).mean() for i, S in enumerate(hidden_TBH)}
+    """Quantities reported beside the loss terms: each hidden layer's firing rate."""
+    return {f"rate_L{i + 1}": rate for i, rate in enumerate(firing_rates(hidden_TBH))}
 
 
 def correct_counts(yhat, y, score_mask_T=None):
@@ -223,6 +227,7 @@ class Tally:
         self.correct, self.scored, self.batch_acc = 0.0, 0.0, 0.0
 
     def add(self, m: Metrics, size: int):
+        m = jax.device_get(m)  # every number of the step in one transfer
         self.samples += size
         self.batches += 1
         self.loss = self.loss + np.asarray(m.loss) * size
@@ -280,8 +285,7 @@ def eval_rngs(cfgs, epoch: int, purpose: str):
 # --- the run -------------------------------------------------------------------------------
 def median_tau_per_layer(params, cfg: Config) -> list:
     """Median time constant [s] of each hidden layer (clipped decays, as the model uses)."""
-    return [float(np.median(tau_from_alpha(np.clip(np.asarray(layer["alpha"]), ALPHA_MIN, ALPHA_MAX), cfg.dt)))
-            for layer in params[:-1]]
+    return [float(np.median(tau_from_alpha(layer["alpha"], cfg.dt))) for layer in params[:-1]]
 
 
 def recurrent_spectra(params) -> Optional[dict]:

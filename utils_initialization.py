@@ -342,8 +342,9 @@ ALPHA_MIN, ALPHA_MAX = 1e-5, 0.98
 
 
 def tau_from_alpha(alpha, dt):
-    """The time constant [s] that a decay alpha = exp(-dt / tau) stands for."""
-    return -dt / np.log(np.asarray(alpha, dtype=np.float64))
+    """The time constant [s] that a decay stands for as the model uses it: alpha clipped to
+    [ALPHA_MIN, ALPHA_MAX] (as in the LIF step), then alpha = exp(-dt / tau)."""
+    return -dt / np.log(np.asarray(np.clip(np.asarray(alpha), ALPHA_MIN, ALPHA_MAX), dtype=np.float64))
 
 
 # --- initialisation ----------------------------------------------------------------------
