@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 import panels
 from panels import fmt
-from utils_initialization import ALPHA_MAX, ALPHA_MIN, Config, tau_from_alpha
+from utils_initialization import Config, tau_from_alpha
 from utils_io import atomic_write
 
 UNITS = {"tau_mem": "s", "delta_tau": "s", "noise_rate": "spike probability per step",
@@ -180,8 +180,7 @@ def table_figure(sweep, points, spec, paper):
     fig, ax = new_figure(figsize=(6.4, 4.4))
     labels = []
     for i, p in enumerate(points):
-        sd = float(np.std(p.values, ddof=1)) if len(p.values) > 1 else 0.0
-        ax.errorbar([i], [p.ours], yerr=[sd], fmt="o", color="C0", capsize=3, label="ours (mean +- sd)" if i == 0 else None)
+        ax.errorbar([i], [p.ours], yerr=[p.sd or 0.0], fmt="o", color="C0", capsize=3, label="ours (mean +- sd)" if i == 0 else None)
         ax.plot(np.full(len(p.values), i + 0.08), p.values, ".", color="C0", alpha=0.4)
         if p.paper is not None:
             ax.errorbar([i + 0.2], [p.paper], yerr=[p.paper_sd], fmt="x", color="C3", capsize=3,
@@ -240,8 +239,7 @@ def pooled_taus(sweep: Panel):
         layers = len(line["median_tau_per_layer"])
         pooled = pooled or [[] for _ in range(layers)]
         for layer in range(layers):
-            alpha = np.clip(params[f"L{layer}_alpha"], ALPHA_MIN, ALPHA_MAX)
-            pooled[layer].extend(np.atleast_1d(tau_from_alpha(alpha, dt)).tolist())
+            pooled[layer].extend(np.atleast_1d(tau_from_alpha(params[f"L{layer}_alpha"], dt)).tolist())
     return pooled
 
 
@@ -253,8 +251,9 @@ def eigen_figure(sweep, points, spec, paper):
     pass masks. The paper's largest eigenvalue per layer (read off its plot) as diamonds."""
     fig, axes = new_figure(2, 1, figsize=(6.4, 7.4), sharex=True)
     paper_largest = paper.get("largest_abs_eigenvalue_per_hidden_layer") or []
+    spectra = panels.spectra(sweep.lines)
     for ax, which in zip(axes, panels.SPECTRA):
-        for s in (s for s in panels.spectra(sweep.lines) if s.which == which):
+        for s in (s for s in spectra if s.which == which):
             index = np.arange(1, len(s.mean) + 1)
             ax.plot(index, s.mean, color=f"C{s.layer - 1}", label=f"hidden layer {s.layer}, ours")
             ax.fill_between(index, s.q25, s.q75, color=f"C{s.layer - 1}", alpha=0.2)
@@ -276,7 +275,7 @@ def summary_row(p: panels.Point, paper: dict) -> dict:
                paper_source=paper.get("source", ""), note=p.note)
     if has:
         row.update(ours=p.ours, ours_median=float(np.median(p.values)),
-                   ours_sd=float(np.std(p.values, ddof=1)) if len(p.values) > 1 else "")
+                   ours_sd="" if p.sd is None else p.sd)
     if p.paper is not None:
         row.update(paper=p.paper, paper_sd=p.paper_sd if p.paper_sd is not None else "")
         if has:

@@ -69,6 +69,11 @@ class Point(NamedTuple):
         return stat_of(self.values, self.stat)
 
     @property
+    def sd(self) -> Optional[float]:
+        """The runs' sample standard deviation; None with fewer than two runs."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
+
+    @property
     def here_value(self) -> Optional[float]:
         return None if self.here is None else stat_of(self.here, self.stat)
 

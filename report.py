@@ -161,7 +161,7 @@ def num(v, digits=2) -> str:
 def spread(p: panels.Point) -> str:
     """'q25-q75' of a median, '+-sd' of a mean."""
     if p.stat.startswith("mean"):
-        return f"+-{np.std(p.values, ddof=1):.2f}" if len(p.values) > 1 else ""
+        return "" if p.sd is None else f"+-{p.sd:.2f}"
     q25, q75 = np.percentile(p.values, [25, 75])
     return f"{q25:.2f}-{q75:.2f}"
 
@@ -179,11 +179,6 @@ def series_name(p: panels.Point, spec: dict) -> str:
     if p.panel is None:
         return p.series
     return f"{spec['panel']}={panels.fmt(p.panel)}" + ("" if p.series == "all" else f",{p.series}")
-
-
-def sweep_points(sweep: SweepResults, paper: dict, here: Optional[dict]) -> list:
-    """The panel's points that hold runs of ours (paper-only points are for the figure)."""
-    return [p for p in panels.points(sweep.name, sweep.definition, sweep.lines, paper, here) if len(p.values)]
 
 
 def summary(points) -> str:
@@ -270,13 +265,20 @@ def stats_beats(lines, field, better, worse, by):
             f"better in {wins} of {cells} ({'; '.join(parts)} points)")
 
 
+def depth_trend(values, centre):
+    """Of a quantity per run and hidden layer [runs, layers]: its rank correlation with depth,
+    its centre (np.median, np.mean) over the runs in the first and in the deepest layer, and in
+    how many runs the deepest layer's value is the largest."""
+    rho = spearman(np.tile(np.arange(values.shape[1]), len(values)), values.ravel())
+    top = int(np.sum(np.argmax(values, axis=1) == values.shape[1] - 1))
+    return rho, centre(values[:, 0]), centre(values[:, -1]), top
+
+
 def stats_deeper_slower(lines):
     medians = np.array([line["median_tau_per_layer"] for line in lines]) * 1e3
-    rho = spearman(np.tile(np.arange(medians.shape[1]), len(medians)), medians.ravel())
-    first, last = np.median(medians[:, 0]), np.median(medians[:, -1])
+    rho, first, last, slowest = depth_trend(medians, np.median)
     if np.isnan(rho):
         return None, "not enough layers or runs to rank"
-    slowest = int(np.sum(np.argmax(medians, axis=1) == medians.shape[1] - 1))
     return ([Stat("rank correlation", rho, 0.0), Stat("deepest minus first hidden layer [ms]", last - first, 0.0)],
             f"rank correlation {rho:+.2f}; first hidden layer {first:.0f} ms, deepest {last:.0f} ms; the deepest "
             f"hidden layer is the slowest in {slowest} of {len(medians)} runs")
@@ -288,11 +290,9 @@ def stats_deeper_larger(lines):
     for task in sorted({line["config"]["dataset_name"] for line in lines}):
         group = [line for line in lines if line["config"]["dataset_name"] == task]
         largest = np.array([[spectrum[0] for spectrum in line["w_rec_abs_eigenvalues"]["stored"]] for line in group])
-        rho = spearman(np.tile(np.arange(largest.shape[1]), len(largest)), largest.ravel())
+        rho, first, last, ordered = depth_trend(largest, np.mean)
         if np.isnan(rho):
             return None, f"{task}: not enough layers or runs to rank"
-        first, last = largest[:, 0].mean(), largest[:, -1].mean()
-        ordered = int(np.sum(np.argmax(largest, axis=1) == largest.shape[1] - 1))
         stats += [Stat(f"rank correlation ({task})", rho, 0.0),
                   Stat(f"deepest minus first hidden layer ({task})", last - first, 0.0)]
         texts.append(f"{task}: rank correlation {rho:+.2f}, first hidden layer {first:.2f}, deepest {last:.2f}, "
@@ -301,14 +301,13 @@ def stats_deeper_larger(lines):
 
 
 def stats_gains(lines):
-    base = [line for line in lines if line.get("baseline")]
+    base_median = panels.baseline_median(lines)
     cells = {}
     for line in lines:
-        if not line.get("baseline"):
+        if not line["baseline"]:
             cells.setdefault(panels.series_label(line["point"]), []).append(line)
-    if not base or not cells:
+    if base_median is None or not cells:
         return None, "no delta_tau 0 runs to compare with yet"
-    base_median = np.median(panels.accuracy_pct(base))
     wins = sum(np.median(panels.accuracy_pct(c)) > base_median for c in cells.values())
     return ([Stat("share of the cells with a gain", wins / len(cells), 0.75, inclusive=True)],
             f"positive in {wins} of {len(cells)} cells")
@@ -322,8 +321,7 @@ BOOTSTRAP = dict(resamples=1000, seed=2407_18838)
 
 
 def statistics(claim: Claim, lines):
-    args = {k: v for k, v in claim.args.items() if claim.rule != "rises" or k == "x"}
-    return STATISTICS[claim.rule](lines, **args)
+    return STATISTICS[claim.rule](lines, **claim.args)
 
 
 def seed_groups(lines) -> list:
@@ -457,7 +455,8 @@ def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, publis
     """An extension of a sweep (`sweep.py --seeds`): its numbers and verdict on its own, then
     with the published grid's runs, kept out of the section's status and verdict."""
     spec = panels.layout(ext.name, ext.definition)
-    points = sweep_points(ext, paper_numbers.get(spec["paper"], {}), here.get(ext.name))
+    points = panels.points(ext.name, ext.definition, ext.lines, paper_numbers.get(spec["paper"], {}),
+                           here.get(ext.name))
     modified = f", modified: {changes_text(ext)}" if ext.changed else ""
     out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}{modified}", "",
            f"`{command(ext)}`", "",
@@ -491,7 +490,7 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
                     "ours only.", ""]
         if not sweep.lines:
             continue
-        points = sweep_points(sweep, paper, (here or {}).get(name))
+        points = panels.points(name, sweep.definition, sweep.lines, paper, (here or {}).get(name))
         all_points += points
         all_lines += sweep.lines
         line = summary(points)
@@ -594,10 +593,10 @@ def write_folder_report(results_dir: Path, definitions: dict, paper_numbers: dic
             if ext.definition.get("extension") and ext.lines:
                 extensions.setdefault(name, []).append(ext._replace(folder=folder.name))
     path = results_dir / "REPORT.md"
+    here = {k: v for k, v in read_json(PUBLISHED_HERE_FILE, "published code's numbers").items()
+            if not k.startswith("_")}
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
-        here = {k: v for k, v in read_json(PUBLISHED_HERE_FILE, "published code's numbers").items()
-                if not k.startswith("_")}
         write_report(path, sweeps, paper_numbers, extensions, here)
     except (OSError, FileError) as err:
         raise SweepError(f"cannot write the report {path} ({getattr(err, 'strerror', None) or err}); "
