@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMULAS = {
     "models": None,  # every function
     "utils_normalization": None,
-    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "measure", "correct_counts", "learning_rate",
-                 "scale_by_epoch_adam", "make_optimizer", "_alpha_grad_scales", "alpha_grad_rule",
+    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "firing_rates", "measure", "correct_counts",
+                 "learning_rate", "scale_by_epoch_adam", "make_optimizer", "_alpha_grad_scales", "alpha_grad_rule",
                  "freeze_fixed_decays", "make_step_fns", "make_steps", "Tally", "evaluate", "eval_rngs",
                  "median_tau_per_layer", "recurrent_spectra", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
     "utils_initialization": ["tau_hierarchy", "conv_hierarchy", "layer_sizes", "tau_from_alpha",
