@@ -29,10 +29,16 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
     if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
     if compilation_cache:
-        cache = cache_dir or os.environ.get("HSNN_CACHE_DIR", os.path.join(Path.home(), ".cache", "hsnn", "jax"))
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        use_compilation_cache(cache_dir or os.environ.get("HSNN_CACHE_DIR",
+                                                          os.path.join(Path.home(), ".cache", "hsnn", "jax")))
+
+
+def use_compilation_cache(cache_dir):
+    """JAX's persistent compilation cache in `cache_dir`, for every program that takes 0.5 s
+    or more to compile."""
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # Seeds trained together hold one batch per seed and the activations of every layer at once;

@@ -35,10 +35,8 @@ def compilation_cache(tmp_path_factory):
     """One persistent compilation cache per session (empty at its start, so nothing carries
     over between sessions): tests that build the same program again (the training-loop tests
     train the same tiny network many times) compile it once."""
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    import runtime
+    runtime.use_compilation_cache(tmp_path_factory.mktemp("xla_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -163,18 +163,21 @@ def micro_config(**kw):
     return make_config("mts_xor", **{**dict(n_epochs=3, batch_size=4, n_layers=3, n_hid=6), **kw})
 
 
-def per_batch_accuracy(params, split, cfg, mask):
-    """The published test accuracy, computed here from the model itself: the unweighted mean
-    of the accuracies of the batches in file order (a smaller last batch counts as one)."""
-    from models import decode, forward
-    outputs = jax.jit(lambda p, x: decode(forward(p, x, cfg)[1], cfg.decoder))
-    accs = []
+def per_batch_numbers(params, split, cfg, mask):
+    """The published evaluation, computed here from the model itself over the batches in file
+    order: the unweighted mean of the batches' accuracies (a smaller last batch counts as one),
+    each batch's accuracy, and the loss weighted by batch size."""
+    loss_and_outputs = jax.jit(lambda p, x, y: training.loss_fn(p, x, y, cfg))
+    accs, losses, sizes = [], [], []
     for start in range(0, len(split), cfg.batch_size):
         x = np.swapaxes(split.X[start:start + cfg.batch_size], 0, 1).astype(np.float32)
-        yhat = np.asarray(outputs(params, jnp.asarray(x)))
-        hit = (yhat.argmax(-1) == split.Y[start:start + cfg.batch_size]) & mask
-        accs.append(hit.sum() / (mask.sum() * len(x[0])))
-    return float(np.mean(accs)), accs
+        y = split.Y[start:start + cfg.batch_size]
+        loss, (_, yhat) = loss_and_outputs(params, jnp.asarray(x), jnp.asarray(y))
+        hit = (np.asarray(yhat).argmax(-1) == y) & mask
+        accs.append(hit.sum() / (mask.sum() * len(y)))
+        losses.append(float(loss))
+        sizes.append(len(y))
+    return float(np.mean(accs)), accs, float(np.average(losses, weights=sizes))
 
 
 @pytest.fixture  # per test, so that a mutation test that runs one of them trains for it
@@ -223,20 +226,15 @@ def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
     cfg, task, folder, metrics = micro_run
     with np.load(folder / "params.npz") as z:
         params = run_folder.params_from_arrays(dict(z))
-    expected, accs = per_batch_accuracy(params, task.test, cfg, task.score_mask)
+    expected, accs, _ = per_batch_numbers(params, task.test, cfg, task.score_mask)
     assert len(accs) == 3
     assert metrics["test_acc"] == pytest.approx(expected, abs=1e-6)
     # the best epoch's validation numbers, computed again from its parameters: the accuracy as
     # the mean of per-batch accuracies, the loss weighted by batch size
     best = metrics["epochs"][metrics["best_epoch"]]
-    assert best["valid_acc"] == pytest.approx(per_batch_accuracy(params, task.valid, cfg, task.score_mask)[0], abs=1e-6)
-    losses, sizes = [], []
-    loss = jax.jit(lambda p, x, y: training.loss_fn(p, x, y, cfg)[0])
-    for start in range(0, len(task.valid), cfg.batch_size):
-        x = jnp.asarray(np.swapaxes(task.valid.X[start:start + cfg.batch_size], 0, 1).astype(np.float32))
-        losses.append(float(loss(params, x, jnp.asarray(task.valid.Y[start:start + cfg.batch_size]))))
-        sizes.append(x.shape[1])
-    assert best["valid_loss"] == pytest.approx(np.average(losses, weights=sizes), rel=1e-5)
+    valid_acc, _, valid_loss = per_batch_numbers(params, task.valid, cfg, task.score_mask)
+    assert best["valid_acc"] == pytest.approx(valid_acc, abs=1e-6)
+    assert best["valid_loss"] == pytest.approx(valid_loss, rel=1e-5)
     assert metrics["test_loss"] > 0
 
 
