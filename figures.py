@@ -21,7 +21,6 @@ from matplotlib.figure import Figure
 
 import panels
 from panels import fmt
-from utils_initialization import Config, tau_from_alpha
 from utils_io import atomic_write
 
 UNITS = {"tau_mem": "s", "delta_tau": "s", "noise_rate": "spike probability per step",
@@ -60,9 +59,23 @@ def plot_sweep(sweep: Panel, paper_numbers: dict) -> list:
     fig, extra = draw(sweep, points, spec, paper)
     annotate(fig, sweep, paper)
     for suffix in ("png", "pdf"):
-        fig.savefig(sweep.folder / f"figure.{suffix}", dpi=150, bbox_inches="tight")
+        save_figure(fig, sweep.folder / f"figure.{suffix}")
     write_summary(sweep.folder / "summary.csv", points + extra, paper, sweep.changed)
     return points + extra
+
+
+# No creation date or other clock reading in the files: the same results give the same bytes
+# (with the same matplotlib, pinned in requirements.txt), so a redrawn figure is no change.
+REPRODUCIBLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
+
+
+def save_figure(fig, path: Path):
+    """The figure as PNG or PDF (by the suffix), written atomically and byte-for-byte
+    reproducible."""
+    kind = path.suffix[1:]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=kind, dpi=150, bbox_inches="tight", metadata=REPRODUCIBLE_METADATA[kind])
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def annotate(fig, sweep: Panel, paper: dict):
@@ -199,7 +212,7 @@ def table_figure(sweep, points, spec, paper):
 # --- Fig. 3: trained time constants ----------------------------------------------------------------
 def tau_figure(sweep, points, spec, paper):
     """Fig. 3: the trained time constants of every hidden layer, all neurons of all seeds
-    (box, from the run folders' params.npz when present), each seed's median (dots), the
+    (box, from the results lines' `tau_per_neuron`), each seed's median (dots), the
     initial value (grey) and the paper's medians."""
     pooled = pooled_taus(sweep)
     layers = np.array([p.x for p in points])
@@ -228,19 +241,11 @@ def tau_figure(sweep, points, spec, paper):
 
 
 def pooled_taus(sweep: Panel):
-    """Per hidden layer every neuron's trained tau [s] over all seeds, from the run folders'
-    params.npz; None when a folder is missing (only runs.jsonl was kept)."""
-    pooled = None
-    for line in sweep.lines:
-        path = sweep.folder / "runs" / line["key"] / "params.npz"
-        if not path.exists():
-            return None
-        params, dt = np.load(path), Config(**line["config"]).dt
-        layers = len(line["median_tau_per_layer"])
-        pooled = pooled or [[] for _ in range(layers)]
-        for layer in range(layers):
-            pooled[layer].extend(np.atleast_1d(tau_from_alpha(params[f"L{layer}_alpha"], dt)).tolist())
-    return pooled
+    """Per hidden layer every neuron's trained tau [s] over all seeds, from the results lines
+    (`tau_per_neuron`); None when a line lacks them (lines of an older version)."""
+    if not all(line.get("tau_per_neuron") for line in sweep.lines):
+        return None
+    return [sum(layer, []) for layer in zip(*(line["tau_per_neuron"] for line in sweep.lines))]
 
 
 # --- Fig. S6: spectra of the trained recurrent matrices -----------------------------------------------

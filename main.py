@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cli import OneLineParser, add_config_flags, fail, parse_bool
-from run_folder import CONFIG, RunFolderError, check_name
-from runtime import OutOfMemory, configure_jax
+from run_folder import CONFIG, RunFolderError, check_name, check_results_dir
+from runtime import BackendError, OutOfMemory, check_backend, configure_jax
 from training import TrainingDiverged, train_hsnn
 from utils_dataset import DataError
 from utils_initialization import FIELDS, Config, ConfigError, make_config
@@ -77,11 +77,12 @@ def default_run_name(cfg: Config) -> str:
 
 
 def check_run_flags(args):
-    if args.save_dir_name is not None:
-        try:
+    try:
+        check_results_dir(args.results_dir)
+        if args.save_dir_name is not None:
             check_name(args.save_dir_name)
-        except RunFolderError as err:
-            fail("main.py", err, 2)
+    except RunFolderError as err:
+        fail("main.py", err, 2)
     if (args.resume or args.restart) and not args.save_dir_name:
         fail("main.py", f"--{'resume' if args.resume else 'restart'} needs --save_dir_name, the run folder", 2)
     if args.resume and args.restart:
@@ -102,9 +103,10 @@ def main(argv=None):
         print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
         print(f"run folder: {run_dir}", flush=True)
         configure_jax(args.compilation_cache)
+        check_backend()  # before the run folder is made
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,
                              restart=args.restart, force=args.force)
-    except (ConfigError, RunFolderError, FileError, OutOfMemory) as err:
+    except (ConfigError, RunFolderError, FileError, OutOfMemory, BackendError) as err:
         fail("main.py", err, 2)
     except (TrainingDiverged, DataError) as err:
         fail("main.py", err, 1)

@@ -18,8 +18,8 @@ import numpy as np
 
 import panels
 import run_folder
-from sweep_definitions import (MANIFEST, ROOT, SweepError, changed_fields, expand, make_run_config, read_lines,
-                               reduced)
+from sweep_definitions import (MANIFEST, ROOT, RecordError, SweepError, changed_fields, expand, read_lines,
+                               read_manifest, reduced)
 from utils_io import FileError, atomic_write, read_json
 
 PUBLISHED_HERE_FILE = ROOT / "paper" / "published_runs_here.json"  # the published code, run on this machine kind
@@ -38,6 +38,7 @@ class SweepResults(NamedTuple):
     folder: str = ""       # its folder under results/ when not the sweep's name (extensions)
     sets: dict = {}        # the --set values its sweep.json records
     changed: dict = {}     # {field: values} where the runs differ from the published definition
+    unreadable: str = ""   # why its results table cannot be read (then it has no lines)
 
 
 class Claim(NamedTuple):
@@ -403,6 +404,8 @@ def json_value(v) -> str:
 
 def status(sweep: SweepResults) -> str:
     n = len(sweep.lines)
+    if sweep.unreadable:
+        return f"results unreadable ({sweep.unreadable})"
     if sweep.reduced:
         return f"reduced (--quick{', modified: ' + changes_text(sweep) if sweep.changed else ''}): {n} runs"
     if sweep.changed and n:
@@ -556,22 +559,22 @@ def write_report(path, sweeps: dict, paper_numbers: dict, extensions: dict = Non
 # --- the report of a results folder ------------------------------------------------------------------
 def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> SweepResults:
     """The finished runs of the sweep in `folder` (with the definition and --set of its
-    sweep.json when present), sorted by key, the failures its run folders record, and how
-    the runs' configurations differ from `definition` (the published one, or its --quick
-    reduction), whatever sweep.json says."""
-    sets = {}
-    stored_definition = definition
-    manifest = folder / MANIFEST
-    if manifest.exists():
-        with contextlib.suppress(FileError):  # a damaged manifest: the sweep as defined now
-            stored = read_json(manifest)
-            if isinstance(stored, dict):
-                stored_definition, sets = stored.get("definition", definition), stored.get("set", {})
+    sweep.json when present and sound, else the sweep as defined now), sorted by key, the
+    failures its run folders record, and how the runs' configurations differ from
+    `definition` (the published one, or its --quick reduction), whatever sweep.json says. A
+    results table with a damaged run record gives no lines and says why (`unreadable`); the
+    caller names the problem (sweep.py --report does, when it redraws the figures)."""
+    sets, stored_definition = {}, definition
+    if (folder / MANIFEST).exists():
+        with contextlib.suppress(SweepError):  # a damaged manifest: the sweep as defined now
+            stored = read_manifest(folder, "")
+            stored_definition, sets = stored["definition"], stored["set"]
     runs = expand(stored_definition, sets)
-    present = read_lines(folder) if folder.exists() else {}
+    try:
+        present = read_lines(folder) if folder.exists() else {}
+    except RecordError as err:  # this sweep's section says so; the others are reported
+        return SweepResults(name, stored_definition, [], len(runs), reduced_, sets=sets, unreadable=str(err))
     lines = [present[r.key] for r in sorted(runs, key=lambda r: r.key) if r.key in present]
-    for line in lines:
-        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
     errors = sorted({run_folder.read_error(d) for d in sorted((folder / "runs").glob("*"))
                      if (d / run_folder.ERROR).exists()} - {None}) if (folder / "runs").exists() else []
     return SweepResults(name, stored_definition, lines, len(runs), reduced_, tuple(errors),

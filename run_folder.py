@@ -20,6 +20,8 @@ are removed when the folder is next opened.
 """
 
 import functools
+import hashlib
+import io
 import json
 import os
 import platform
@@ -49,17 +51,41 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used as asked (exists, busy, finished, another configuration)."""
 
 
+NAME_MAX = 255    # bytes in one file or folder name (Linux, macOS)
+PATH_MAX = 4096   # bytes in a whole path (Linux; macOS allows 1024)
+
+
 def check_name(name: str) -> str:
     """A --save_dir_name is one plain folder name inside --results_dir: no separator, not '.'
     or '..' (which would make the whole --results_dir the run), not hidden, no control
-    characters."""
+    characters, at most NAME_MAX bytes."""
     plain = (name and name == name.strip() and not name.startswith(".") and "/" not in name
              and "\\" not in name and all(ord(c) >= 32 for c in name))
     if not plain:
         raise RunFolderError(f"--save_dir_name {name!r}: must be one plain folder name inside --results_dir "
                              "(no '/', not '.' or '..', not starting with '.'); use --results_dir for the "
                              "folder above it")
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise RunFolderError(f"--save_dir_name: {len(os.fsencode(name))} bytes long, more than the {NAME_MAX} a "
+                             "folder name may have; choose a shorter name")
     return name
+
+
+def check_results_dir(results_dir, flag: str = "--results_dir") -> Path:
+    """A results folder whose path the system accepts, with room for the run folders and files
+    inside it: every part at most NAME_MAX bytes, the whole path well under PATH_MAX; else one
+    RunFolderError line naming the flag. (A path the system refuses would otherwise be an
+    OSError wherever it is first touched.)"""
+    path = Path(os.path.abspath(results_dir))
+    long_part = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long_part is not None:
+        raise RunFolderError(f"{flag}: a folder name in it is {len(os.fsencode(long_part))} bytes long, more "
+                             f"than the {NAME_MAX} a name may have; choose a shorter path")
+    room = NAME_MAX + 64  # a run folder's name and the longest file inside it
+    if len(os.fsencode(str(path))) + room > PATH_MAX:
+        raise RunFolderError(f"{flag}: the path is {len(os.fsencode(str(path)))} bytes long, too long to hold run "
+                             f"folders (the system allows {PATH_MAX} bytes in all); choose a shorter path")
+    return path
 
 
 class RunFolder:
@@ -160,8 +186,11 @@ def open_run(cfg: Config, path: Path, resume: bool, restart: bool = False):
 def holds_run(path: Path) -> bool:
     """Whether the existing folder `path` holds a run of this project (or nothing): a
     config.json of Config fields, or a damaged config.json beside a provenance.json, or only
-    what a restart killed half-way leaves (its lock and previous-<time>/ folders) or a sweep
-    whose worker died before the run began (its error.txt)."""
+    what a restart leaves (its lock and previous-<time>/ folders) or a sweep whose worker died
+    before the run began (its error.txt), or a move aside that a kill interrupted (its
+    .aside-<time>/ folder: only this code makes one)."""
+    if any(p.name.startswith(ASIDE) and p.is_dir() for p in path.iterdir()):
+        return True
     if (path / CONFIG).is_file():
         try:
             stored = read_json(path / CONFIG)
@@ -178,8 +207,9 @@ def _ours_temporary(p: Path) -> bool:
 
 
 def tidy(path: Path):
-    """Remove what a killed write leaves: the temporary files of a run's own files (nothing
-    else), and a finished run's checkpoint."""
+    """Complete what a kill interrupted: a move aside (`finish_moving_aside`), the temporary
+    files of a run's own files (removed; nothing else is), a finished run's checkpoint."""
+    finish_moving_aside(path)
     for tmp in path.iterdir():
         if _ours_temporary(tmp):
             tmp.unlink(missing_ok=True)
@@ -191,17 +221,41 @@ def tidy(path: Path):
         (path / CHECKPOINT).unlink(missing_ok=True)
 
 
+ASIDE = ".aside-"  # a move aside in progress: the files gather here, then one rename publishes them
+
+
+def _run_files(path: Path) -> list:
+    """Everything in a run folder but its lock and the folders of earlier moves aside."""
+    return [p for p in path.iterdir() if p.name != LOCK and not p.name.startswith(("previous-", ASIDE))]
+
+
 def move_aside(path: Path) -> Optional[Path]:
-    """Move every file of the run (not the lock) into `previous-<UTC time>/`; returns it."""
-    files = [p for p in path.iterdir() if p.name != LOCK and not p.name.startswith("previous-")]
+    """Move every file of the run (not the lock) into `previous-<UTC time>/`; returns it. The
+    files gather in a hidden `.aside-<time>/` first, which one rename then publishes, so that a
+    kill at any moment leaves either the run as it was, or a move that the next `tidy`
+    completes (`finish_moving_aside`): never half a run in the folder."""
+    files = _run_files(path)
     if not files:
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    aside = path / f"previous-{stamp}"
-    aside.mkdir()
+    staging = path / f"{ASIDE}{stamp}"
+    staging.mkdir()
+    return _publish_aside(path, staging, files)
+
+
+def _publish_aside(path: Path, staging: Path, files: list) -> Path:
     for p in files:
-        os.rename(p, aside / p.name)
+        os.rename(p, staging / p.name)
+    aside = path / f"previous-{staging.name[len(ASIDE):]}"
+    os.rename(staging, aside)
     return aside
+
+
+def finish_moving_aside(path: Path):
+    """Complete a move aside that a kill interrupted: the run's remaining files join the ones
+    already moved, and the folder of them is published as `previous-<time>/`."""
+    for staging in sorted(p for p in path.iterdir() if p.name.startswith(ASIDE) and p.is_dir()):
+        _publish_aside(path, staging, _run_files(path))
 
 
 def check_config(path: Path, cfg: Config):
@@ -230,6 +284,34 @@ def finished_metrics(path: Path) -> Optional[dict]:
     if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
         raise FileError(f"{path / METRICS}: not the metrics of a run; {RESTART_HINT}")
     return metrics if "test_acc" in metrics and (path / PARAMS).exists() else None
+
+
+def finished_run_of(path: Path, cfg: Config) -> Optional[dict]:
+    """The final metrics of `path` if it is a finished run of `cfg`, else None (missing,
+    unfinished, damaged, or another run's): its config.json holds `cfg`, and so do its
+    metrics, whose checksum of params.npz matches (folders of older versions, without these
+    records, by their config.json alone). What a sweep adopts as a finished run: left-over
+    files of another run, parameters swapped in, or what an interrupted move aside left
+    behind, never stand for this one."""
+    try:
+        if not (path / CONFIG).is_file() or any(p.name.startswith(ASIDE) for p in path.iterdir()):
+            return None  # no configuration, or a move aside that a kill interrupted
+        check_config(path, cfg)
+        metrics = finished_metrics(path)
+    except (FileError, RunFolderError, OSError):
+        return None
+    if metrics is None:
+        return None
+    stored = metrics.get("config", cfg.to_dict())
+    if not isinstance(stored, dict) or _differing(stored, cfg):
+        return None
+    if "params_md5" in metrics and metrics["params_md5"] != _md5(path / PARAMS):
+        return None
+    return metrics
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def config_text(cfg: Config) -> str:
@@ -277,16 +359,40 @@ def params_from_arrays(arrays, prefix="") -> list:
     return [layers[i] for i in sorted(layers)]
 
 
-def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics):
-    """Everything needed to continue after the last finished epoch, and the configuration it
-    belongs to, in one atomic file."""
+def check_present(run_dir):
+    """The run folder still exists (a user may delete it while the run trains): else one
+    RunFolderError line, and this run stops without touching anything else."""
+    if not Path(run_dir).is_dir():
+        raise RunFolderError(f"{run_dir} was deleted while the run trained, so its results have nowhere to go; "
+                             "run the same command again to train it anew")
+
+
+def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics, data_md5=None):
+    """Everything needed to continue after the last finished epoch, the configuration it
+    belongs to and the fingerprint of the data it trained on (`data_md5`), in one atomic file."""
     import jax
+    check_present(run_dir)
     arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
     arrays["metrics_json"] = np.array(json.dumps(metrics))
     arrays["config_json"] = np.array(config_text(cfg))
+    if data_md5 is not None:
+        arrays["data_md5"] = np.array(data_md5)
     atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
     write_json(run_dir / METRICS, metrics)
+
+
+def check_data(path: Path, state: Optional[dict], data_md5: Optional[str]):
+    """A checkpoint continues only on the data it trained on: its fingerprint of the data
+    (`save_checkpoint`'s data_md5) must be the fingerprint of the data loaded now, else one
+    RunFolderError line (a checkpoint without one, or data without one, is not compared)."""
+    if state is None or "data_md5" not in state or data_md5 is None:
+        return
+    saved = str(state["data_md5"])
+    if saved != data_md5:
+        raise RunFolderError(f"cannot resume {path}: the data differs from what its checkpoint trained on "
+                             f"(fingerprint {saved[:12]}, now {data_md5[:12]}): were the data files replaced? "
+                             f"put the original files back, or {RESTART_HINT}")
 
 
 def epochs_done(state: Optional[dict]) -> int:
@@ -319,10 +425,17 @@ def save_task_arrays(run_dir, arrays: dict):
         atomic_write(run_dir / TASK, lambda f: np.savez(f, **arrays))
 
 
-def finish_run(run_dir, best_params, metrics):
-    """The best parameters and the final metrics; the checkpoint has served its purpose, and
-    an error.txt of an earlier, resumed failure no longer describes the run."""
-    atomic_write(run_dir / PARAMS, lambda f: np.savez(f, **named_arrays(best_params)))
+def finish_run(run_dir, cfg: Config, best_params, metrics):
+    """The best parameters and the final metrics, which record the run's configuration and
+    the MD5 of params.npz (so that the three files are known to belong together:
+    `finished_run_of`); the checkpoint has served its purpose, and an error.txt of an earlier,
+    resumed failure no longer describes the run."""
+    check_present(run_dir)
+    buffer = io.BytesIO()
+    np.savez(buffer, **named_arrays(best_params))
+    data = buffer.getvalue()
+    metrics.update(config=cfg.to_dict(), params_md5=hashlib.md5(data).hexdigest())
+    atomic_write(run_dir / PARAMS, lambda f: f.write(data))
     write_json(run_dir / METRICS, metrics)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     (run_dir / ERROR).unlink(missing_ok=True)
@@ -380,10 +493,12 @@ def read_provenance(run_dir: Path) -> Optional[list]:
     return entries
 
 
-def record_provenance(run_dir: Path):
-    """Append this process's `provenance()` to the run folder's provenance.json: one entry
-    per start (the first made the folder, any later one resumed it)."""
-    write_json(run_dir / PROVENANCE, (read_provenance(run_dir) or []) + [provenance()])
+def record_provenance(run_dir: Path, data_md5: Optional[str] = None):
+    """Append this process's `provenance()` to the run folder's provenance.json, with the
+    fingerprint of the data it trains on: one entry per start (the first made the folder,
+    any later one resumed it)."""
+    entry = dict(provenance(), **({"data_md5": data_md5} if data_md5 else {}))
+    write_json(run_dir / PROVENANCE, (read_provenance(run_dir) or []) + [entry])
 
 
 def write_error(path: Path, err: BaseException):

@@ -3,6 +3,8 @@ the memory free, how many seeds share one compiled program, and the host buffers
 which batches reach it."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +33,36 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
     if compilation_cache:
         use_compilation_cache(cache_dir or os.environ.get("HSNN_CACHE_DIR",
                                                           os.path.join(Path.home(), ".cache", "hsnn", "jax")))
+
+
+class BackendError(RuntimeError):
+    """JAX cannot start the backend that the environment asks for (JAX_PLATFORMS, XLA_FLAGS)."""
+
+
+OUR_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type",)  # what configure_jax itself sets
+
+
+def check_backend():
+    """Start JAX's backend now, before anything is written, so that an environment it cannot
+    run in is one BackendError line and leaves no run folder behind: a platform that is not
+    installed or misspelt (JAX_PLATFORMS), or flags that XLA does not know (XLA_FLAGS; XLA
+    aborts the process on those, so they are tried in a child process first)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if any(not f.startswith(OUR_XLA_FLAGS) for f in flags.split()):
+        probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True, text=True,
+                               timeout=300)
+        said = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line]
+        if probe.returncode != 0 and said:
+            reason = said[-1].split("] ", 1)[-1].strip()
+            raise BackendError(f"XLA refuses the XLA_FLAGS of the environment ({reason}); correct or unset XLA_FLAGS")
+    try:
+        jax.devices()
+    except Exception as err:  # JAX raises RuntimeError, or a bare AssertionError for a missing plugin
+        asked = os.environ.get("JAX_PLATFORMS") or "the default"
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise BackendError(f"JAX cannot start the platform JAX_PLATFORMS asks for ({asked}: {detail}); unset "
+                           "JAX_PLATFORMS or set it to one that is installed (cpu; cuda needs "
+                           "requirements/requirements_gpu.txt)") from None
 
 
 def use_compilation_cache(cache_dir):

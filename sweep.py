@@ -40,10 +40,11 @@ import report
 import run_folder
 from cli import OneLineParser, fail, parse_bool, parse_field
 from sweep_backends import WorkerDied, log_to_wandb, run_in_processes, run_on_ray
-from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, SWEEPS_FILE, Run, SweepError, append_line,
-                               changed_fields, conversion_notes, expand, load_definitions, load_paper_numbers,
-                               make_run_config, parse_seeds, read_lines, reduced, seeds_text, with_seeds)
-from runtime import OutOfMemory, configure_jax
+from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, SWEEPS_FILE, RecordError, Run, SweepError,
+                               append_line, changed_fields, conversion_notes, expand, load_definitions,
+                               load_paper_numbers, make_run_config, parse_seeds, read_lines, read_manifest, reduced,
+                               seeds_text, with_seeds)
+from runtime import BackendError, OutOfMemory, check_backend, configure_jax
 from training import TrainingDiverged, train_seeds
 from utils_dataset import DataError
 from utils_initialization import Config, ConfigError
@@ -89,7 +90,7 @@ def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
                 valid_acc=metrics["best_valid_acc"], test_acc=metrics["test_acc"],
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
-                median_tau_init=metrics.get("median_tau_init"),
+                median_tau_init=metrics.get("median_tau_init"), tau_per_neuron=metrics.get("tau_per_neuron"),
                 w_rec_abs_eigenvalues=metrics.get("w_rec_abs_eigenvalues"), host=socket.gethostname(),
                 provenance=run_folder.read_provenance(run_dir),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -104,15 +105,6 @@ def stale_line(run: Run, line: dict):
     cfg = make_run_config(run.overrides, run.seed).to_dict()
     diff = sorted(k for k in line["config"] if k in cfg and line["config"][k] != cfg[k])
     return f"it was trained with other values of {', '.join(diff)}" if diff else None
-
-
-def finished_or_none(run_dir: Path):
-    """`run_folder.finished_metrics`, but None for a missing folder or damaged files (the
-    sweep then trains the run again) instead of an error."""
-    try:
-        return run_folder.finished_metrics(Path(run_dir)) if Path(run_dir).exists() else None
-    except FileError:
-        return None
 
 
 def train_task(task: dict) -> list:
@@ -142,7 +134,8 @@ def train_task(task: dict) -> list:
                 aside = run_folder.move_aside(d)
                 print(f"warning: {why}; its files were moved to {aside}; training the run again",
                       file=sys.stderr, flush=True)
-        todo = [i for i, d in enumerate(dirs) if finished_or_none(d) is None]
+        cfgs = [cfg.replace(seed=seed) for seed in task["seeds"]]
+        todo = [i for i, d in enumerate(dirs) if run_folder.finished_run_of(d, cfgs[i]) is None]
         if todo:
             try:
                 train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
@@ -153,8 +146,8 @@ def train_task(task: dict) -> list:
                 if not isinstance(err, EXPECTED_FAILURES):
                     traceback.print_exc()  # a bug of this code: its traceback, as it happens
         ship = task["runs_dir"] is None
-        return [(d.name, finished_or_none(d), _read_files(d) if ship else None, run_folder.read_error(d))
-                for d in dirs]
+        return [(d.name, run_folder.finished_run_of(d, c), _read_files(d) if ship else None, run_folder.read_error(d))
+                for d, c in zip(dirs, cfgs)]
 
 
 def _config_from_dict(values: dict):
@@ -215,13 +208,7 @@ def open_sweep(args, definitions) -> Sweep:
     suffix = ("_quick" if args.quick else "") + (f"_seeds{seeds_text(args.seeds)}" if args.seeds else "")
     folder = Path(args.results_dir) / (args.sweep_name + suffix)
     if args.plot and (folder / MANIFEST).exists():
-        fix = "move it aside to plot the sweep as defined now"
-        try:
-            stored = read_json(folder / MANIFEST, "sweep manifest", fix)
-        except FileError as err:
-            raise SweepError(err) from None
-        if not isinstance(stored, dict) or not {"definition", "set"} <= set(stored):
-            raise SweepError(f"{folder / MANIFEST}: not a sweep manifest (no definition and set); {fix}")
+        stored = read_manifest(folder, "move it aside to plot the sweep as defined now")
         definition, sets = stored["definition"], stored["set"]
     try:
         all_runs = expand(definition, sets)
@@ -284,12 +271,12 @@ def plan(sweep: Sweep, lines: dict):
                 raise SweepError(f"{sweep.folder / LINES}: the line of {run.key} does not match this "
                                  f"sweep: {why}; use another --results_dir, or move that folder aside")
             continue
-        folder = runs_dir / run.key
-        why = run_folder.problem(folder, make_run_config(run.overrides, run.seed)) if folder.exists() else None
+        folder, cfg = runs_dir / run.key, make_run_config(run.overrides, run.seed)
+        why = run_folder.problem(folder, cfg) if folder.exists() else None
         if why:  # trained with other settings, or damaged: never adopted
             print(f"warning: {why}; its files were moved to {run_folder.move_aside(folder)}; training the "
                   "run again", file=sys.stderr, flush=True)
-        metrics = finished_or_none(folder)
+        metrics = run_folder.finished_run_of(folder, cfg)
         if metrics is not None:
             append_line(sweep.folder / LINES, result_line(run, metrics, folder))
         else:
@@ -329,7 +316,7 @@ class Recorder:
 
     def __init__(self, sweep: Sweep, total: int, done: int, wandb_project=None):
         self.sweep, self.total, self.done, self.wandb_project = sweep, total, done, wandb_project
-        self.t0, self.failed, self.stoppers = time.time(), [], []
+        self.t0, self.failed, self.stoppers = time.monotonic(), [], []
 
     def result(self, group: list, outcome):
         """A task's outcome: its results, or the exception it raised as a whole (a dead worker;
@@ -375,7 +362,7 @@ class Recorder:
                 self.done += 1
                 print(f"[{self.done}/{self.total}] {name}: test {metrics['test_acc']:.2%}, valid "
                       f"{metrics['best_valid_acc']:.2%} ({metrics.get('seconds_total', 0):.0f} s; "
-                      f"sweep {time.time() - self.t0:.0f} s)", flush=True)
+                      f"sweep {time.monotonic() - self.t0:.0f} s)", flush=True)
                 if self.wandb_project:
                     log_to_wandb(self.sweep, run, self.wandb_project)
 
@@ -404,14 +391,49 @@ def run_sweep(sweep: Sweep, args):
 
 
 # --- the figure ----------------------------------------------------------------------------------
+def folder_sweep(folder: Path, definitions: dict) -> Sweep:
+    """The sweep a results folder holds, as its sweep.json records it (its definition, --quick,
+    --seeds and --set), for redrawing; SweepError if the manifest is missing or damaged or
+    names a sweep that is not defined."""
+    if not (folder / MANIFEST).exists():
+        raise SweepError(f"{folder}: no {MANIFEST}, so it is not known which sweep it holds")
+    stored = read_manifest(folder, "restore it from git, or move the folder aside")
+    name = stored["sweep_name"]
+    if name not in definitions:
+        raise SweepError(f"{folder / MANIFEST}: sweep {name!r} is not defined in the sweeps file")
+    published = reduced(definitions[name]) if stored["quick"] else definitions[name]
+    runs = expand(stored["definition"], stored["set"])
+    return Sweep(name, folder, stored["definition"], runs, runs, stored["quick"], stored["set"], published)
+
+
+def redraw_all(results_dir: Path, definitions: dict, paper_numbers: dict) -> list:
+    """The figure and summary.csv of every sweep folder in `results_dir` that holds results,
+    drawn anew (the report's figures); a folder that cannot be drawn is named in one warning
+    line and the others are drawn. Returns the folders drawn."""
+    drawn = []
+    for folder in sorted(p for p in Path(results_dir).glob("*") if (p / LINES).is_file()):
+        try:
+            draw_figure(folder_sweep(folder, definitions), paper_numbers)
+            drawn.append(folder)
+        except RecordError as err:
+            print(f"warning: {err}; its figure was not redrawn and the report leaves its results out",
+                  file=sys.stderr, flush=True)
+        except SweepError as err:
+            print(f"warning: {err}; its figure was not redrawn", file=sys.stderr, flush=True)
+    return drawn
+
+
+def has_finished_runs(sweep: Sweep) -> bool:
+    keys = {r.key for r in sweep.all_runs}
+    return any(key in keys for key in read_lines(sweep.folder))
+
+
 def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
     """The sweep's figure.png/.pdf and summary.csv from its finished runs (figures.py)."""
     keys = {r.key for r in sweep.all_runs}
     lines = [line for line in read_lines(sweep.folder).values() if line["key"] in keys]
     if not lines:
         raise SweepError(f"{sweep.folder} holds no finished run of {sweep.name} yet; nothing to plot")
-    for line in lines:  # lines of older versions do not record their configuration
-        line.setdefault("config", make_run_config(line["overrides"], line["seed"]).to_dict())
     panel = figures.Panel(sweep.name, sweep.folder, sweep.definition, lines, len(sweep.all_runs),
                           QUICK if sweep.quick else None, changed_fields(lines, sweep.published))
     return figures.plot_sweep(panel, paper_numbers)
@@ -434,7 +456,8 @@ def build_parser():
     p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")
     p.add_argument("--list", action="store_true", help="print every sweep, what it reproduces, its runs")
     p.add_argument("--report", action="store_true",
-                   help="(re)write <results_dir>/REPORT.md from the results present, and exit")
+                   help="redraw every sweep's figure and summary.csv in --results_dir and (re)write "
+                        "<results_dir>/REPORT.md from the results present, and exit")
     p.add_argument("--plot", action="store_true", help="only draw the figure and summary from existing results")
     p.add_argument("--print_configs", action="store_true",
                    help="print every run's resolved configuration, one JSON object per line, in run "
@@ -483,7 +506,9 @@ def main(argv=None):
         if args.list:
             return print_list(definitions)
         paper_numbers = load_paper_numbers(args.paper_file)  # before anything trains
+        run_folder.check_results_dir(args.results_dir)
         if args.report:
+            redraw_all(Path(args.results_dir), definitions, paper_numbers)
             return print(f"report: {report.write_folder_report(Path(args.results_dir), definitions, paper_numbers)}")
         check_args(args, definitions)
         sweep = open_sweep(args, definitions)
@@ -493,15 +518,17 @@ def main(argv=None):
             return
         failed = None
         if not args.plot:
+            check_backend()  # before the sweep's folder is written
             try:
                 run_sweep(sweep, args)
             except RunsFailed as err:  # the figure shows the runs that finished
                 failed = err
-        draw_figure(sweep, paper_numbers)
-        print(f"figure and summary: {sweep.folder / 'figure.png'}, {sweep.folder / 'summary.csv'}")
+        if args.plot or failed is None or has_finished_runs(sweep):
+            draw_figure(sweep, paper_numbers)
+            print(f"figure and summary: {sweep.folder / 'figure.png'}, {sweep.folder / 'summary.csv'}")
         if failed is not None:
             raise failed
-    except SweepError as err:
+    except (SweepError, BackendError, run_folder.RunFolderError) as err:
         fail("sweep.py", err, 2)
     except KeyboardInterrupt:
         fail("sweep.py", "interrupted; run the same command again to continue with the unfinished runs", 130)
@@ -509,7 +536,7 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except RunsFailed as err:
         fail("sweep.py", err, 1)
-    except (DataError, TrainingDiverged, OutOfMemory, FileError, run_folder.RunFolderError) as err:
+    except (DataError, TrainingDiverged, OutOfMemory, FileError) as err:
         fail("sweep.py", f"{err}; the other runs' results are kept", 1)
 
 

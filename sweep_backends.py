@@ -11,6 +11,7 @@ import ctypes
 import importlib
 import json
 import multiprocessing
+import os
 import signal
 import threading
 
@@ -30,7 +31,7 @@ def run_in_processes(tasks: list, jobs: int, record):
 
     def new_pool():
         pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_die_with_parent)
+                                      initializer=_die_with_parent, initargs=(os.getpid(),))
         pools.append(pool)
         return pool
 
@@ -74,11 +75,16 @@ def run_in_processes(tasks: list, jobs: int, record):
                 pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _die_with_parent():
+def _die_with_parent(driver: int):
     """Workers end when the driver dies (even by SIGKILL), so that a re-run never meets
-    an orphan still training the same run (Linux; elsewhere the run locks serialise)."""
+    an orphan still training the same run (Linux; elsewhere the run locks serialise). A
+    worker starts by importing the driver's modules (JAX among them: seconds) before this
+    runs; if the driver died meanwhile, the death signal would never come, so the worker
+    checks that its parent is still the driver and otherwise ends at once."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != driver:
+        os._exit(1)
 
 
 def _module():

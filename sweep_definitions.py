@@ -46,12 +46,42 @@ def load_definitions(path=SWEEPS_FILE) -> dict:
     data = _read_flag_file(path, "sweeps_file", "sweep definitions")
     definitions = {k: v for k, v in data.items() if not k.startswith("_")}
     for name, d in definitions.items():
-        if not (isinstance(d, dict) and isinstance(d.get("fixed"), dict) and isinstance(d.get("grid"), dict)
-                and isinstance(d.get("what"), str)
-                and all(isinstance(v, list) and v for v in d["grid"].values())):
-            raise SweepError(f"--sweeps_file {path}: sweep {name!r} is not a definition (an object with "
-                             "'what', 'fixed' and a 'grid' of non-empty lists)")
+        problem = definition_problem(d)
+        if problem:
+            raise SweepError(f"--sweeps_file {path}: sweep {name!r} {problem}")
     return definitions
+
+
+def definition_problem(d):
+    """Why `d` is not a sweep definition, else None: an object with 'what', 'fixed' and a
+    'grid' of non-empty lists, whose runs all have keys of their own."""
+    if not (isinstance(d, dict) and isinstance(d.get("fixed"), dict) and isinstance(d.get("grid"), dict)
+            and isinstance(d.get("what"), str) and all(isinstance(v, list) and v for v in d["grid"].values())
+            and isinstance(d.get("baseline", {}), dict)):
+        return "is not a definition (an object with 'what', 'fixed' and a 'grid' of non-empty lists)"
+    for axis, values in d["grid"].items():
+        keys = [fmt(published_value(axis, v)) for v in values]
+        repeated = next((v for i, v in enumerate(keys) if v in keys[:i]), None)
+        if repeated is not None:
+            return f"repeats the value {repeated} of its grid axis {axis!r} (two runs would share one key)"
+    return None
+
+
+def read_manifest(folder: Path, fix: str) -> dict:
+    """A sweep folder's sweep.json (what was run: sweep_name, definition, quick, set), checked;
+    else one SweepError line naming the file and ending in `fix`."""
+    path = Path(folder) / MANIFEST
+    try:
+        stored = read_json(path, "sweep manifest", fix)
+    except FileError as err:
+        raise SweepError(err) from None
+    ok = (isinstance(stored, dict) and isinstance(stored.get("sweep_name"), str)
+          and isinstance(stored.get("quick"), bool) and isinstance(stored.get("set"), dict)
+          and definition_problem(stored.get("definition")) is None
+          and all(k in FIELDS for k in stored["set"]))
+    if not ok:
+        raise SweepError(f"{path}: not a sweep manifest (sweep_name, a definition, quick and set); {fix}")
+    return stored
 
 
 def load_paper_numbers(path=PAPER_FILE) -> dict:
@@ -102,17 +132,24 @@ def reduced(definition: dict) -> dict:
     return dict(definition, fixed=fixed, grid=grid)
 
 
+MAX_SEEDS = 10_000  # --seeds: more runs per grid point than any sweep could train
+
+
 def parse_seeds(text: str) -> list:
-    """'5-14' or '5,7,9-11' -> sorted distinct seeds."""
+    """'5-14' or '5,7,9-11' -> sorted distinct seeds (at most MAX_SEEDS, each a valid seed)."""
     seeds = set()
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
-            seeds.update(range(int(lo), int(hi or lo) + 1))
+            lo, hi = int(lo), int(hi or lo)
+            if not 0 <= lo <= hi < 2 ** 32:
+                raise argparse.ArgumentTypeError(f"expected seeds in 0 .. 2**32 - 1 and ranges from low to high, "
+                                                 f"such as 5-14, got {text!r}")
+            if hi - lo + 1 + len(seeds) > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"{text!r} asks for more than {MAX_SEEDS} seeds")
+            seeds.update(range(lo, hi + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds such as 5-14 or 5,7,9-11, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected seeds >= 0 such as 5-14, got {text!r}")
     return sorted(seeds)
 
 
@@ -212,18 +249,63 @@ def changed_fields(lines: list, definition: dict) -> dict:
 
 
 # --- the results table: one line per finished run --------------------------------------------
+NUMBER = (int, float)
+# What a results line must hold, and of which type: the fields that the report, the figures,
+# resume and --list read. Fields added later (and lines of older versions without them) are
+# optional; when present, they must have their type (OPTIONAL_FIELDS).
+RECORD_FIELDS = dict(key=str, group=str, point=dict, seed=int, baseline=bool, overrides=dict, test_acc=NUMBER,
+                     valid_acc=NUMBER, best_epoch=int, n_epochs=int, median_tau_per_layer=list)
+OPTIONAL_FIELDS = dict(config=dict, median_tau_init=list, tau_per_neuron=list, w_rec_abs_eigenvalues=dict,
+                       provenance=list, seconds=NUMBER, finished=str)
+
+
+class RecordError(SweepError):
+    """A run record of runs.jsonl that lacks a field or holds one of the wrong type."""
+
+
+def record_problem(line: dict):
+    """What is wrong with a run record (a JSON object with a key), else None."""
+    def kind(types):
+        return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+    for field, types in list(RECORD_FIELDS.items()) + list(OPTIONAL_FIELDS.items()):
+        if field not in line:
+            if field in RECORD_FIELDS:
+                return f"lacks its {field!r}"
+            continue
+        value = line[field]
+        if value is None and field in OPTIONAL_FIELDS:
+            continue
+        wrong_bool = isinstance(value, bool) and types is not bool
+        if wrong_bool or not isinstance(value, types):
+            return f"has a {type(value).__name__} for {field!r}, where a {kind(types)} belongs"
+    return None
+
+
 def read_lines(folder: Path) -> dict:
     """{key: line} from runs.jsonl and any runs*.jsonl beside it (shards copied together); the
-    first line of a key wins. A line that is not a run record (a torn last line after a
-    crash, junk) is skipped, with one warning."""
+    first line of a key wins. A line that is not a run record (a torn last line after a crash,
+    junk) is skipped, with one warning; a run record that lacks a field or holds one of the
+    wrong type (edited by hand, or from an older version) is a RecordError naming the file
+    and the line. Lines of older versions without a configuration get the one the sweep
+    definition gives them."""
     lines, skipped = {}, 0
     for path in sorted(Path(folder).glob("runs*.jsonl")):
-        for raw in path.read_bytes().splitlines():
+        for number, raw in enumerate(path.read_bytes().splitlines(), 1):
             line = parse_line(raw)
             if line is None:
                 skipped += bool(raw.strip())
-            else:
-                lines.setdefault(line["key"], line)
+                continue
+            problem = record_problem(line)
+            if problem is None and "config" not in line:
+                try:
+                    line["config"] = make_run_config(line["overrides"], line["seed"]).to_dict()
+                except ConfigError as err:
+                    problem = f"records no configuration, and its overrides are not one ({err})"
+            if problem:
+                raise RecordError(f"{path}, line {number}: the run record {line['key']!r} {problem}; correct or "
+                                  "remove that line (the run is then trained again)")
+            lines.setdefault(line["key"], line)
     if skipped:
         print(f"warning: {folder}: skipped {skipped} line(s) of runs*.jsonl that are not run records",
               file=sys.stderr)
@@ -231,13 +313,12 @@ def read_lines(folder: Path) -> dict:
 
 
 def parse_line(raw: bytes):
-    """A runs.jsonl line as a run record (a JSON object with a key and a test accuracy), else None."""
+    """A runs.jsonl line as a run record (a JSON object with a text key), else None."""
     try:
         line = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError):
         return None
-    ok = isinstance(line, dict) and isinstance(line.get("key"), str) and isinstance(line.get("test_acc"), (int, float))
-    return line if ok else None
+    return line if isinstance(line, dict) and isinstance(line.get("key"), str) else None
 
 
 def record_keys(content: bytes) -> set:

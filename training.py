@@ -288,6 +288,15 @@ def median_tau_per_layer(params, cfg: Config) -> list:
     return [float(np.median(tau_from_alpha(layer["alpha"], cfg.dt))) for layer in params[:-1]]
 
 
+def tau_per_neuron(params, cfg: Config):
+    """Every hidden neuron's time constant [s] per hidden layer (clipped decays, as the model
+    uses), for runs that train them (Fig. 3 draws their distribution from the results table);
+    None when the time constants are not trained."""
+    if not cfg.train_alpha:
+        return None
+    return [np.atleast_1d(tau_from_alpha(layer["alpha"], cfg.dt)).tolist() for layer in params[:-1]]
+
+
 def recurrent_spectra(params) -> Optional[dict]:
     """The absolute eigenvalues of each hidden layer's trained recurrent matrix, largest first
     (paper Fig. S6): of W_rec as stored ('stored', what the published notebook plotted) and
@@ -347,14 +356,20 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
         except BaseException:
             _discard(folders)
             raise
-        for d in run_dirs:
+        results, failures = {}, {}
+        for i, (d, state, task) in enumerate(zip(run_dirs, states, tasks)):
             if d is not None:
-                run_folder.record_provenance(d)
+                try:  # a checkpoint continues only on the data it trained on
+                    run_folder.check_data(d, state, task.fingerprint)
+                except run_folder.RunFolderError as err:
+                    _record_failure(d, err)
+                    failures[i] = err
+                    continue
+                run_folder.record_provenance(d, task.fingerprint)
         done = [run_folder.epochs_done(st) for st in states]
         size = group_size or runtime.seeds_per_group(cfg)
-        results, failures = {}, {}
         for epoch in sorted(set(done)):
-            members = [i for i in range(len(seeds)) if done[i] == epoch]
+            members = [i for i in range(len(seeds)) if done[i] == epoch and i not in failures]
             for group in (members[k:k + size] for k in range(0, len(members), size)):
                 pick = lambda items: [items[i] for i in group]  # noqa: E731
                 try:
@@ -381,9 +396,10 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
 
 
 def _record_failure(run_dir, err: BaseException):
-    """error.txt in the run's folder (none without a folder, nor when the disk refuses it)."""
+    """error.txt in the run's folder (none without a folder, nor when the disk refuses it or the
+    folder is gone)."""
     if run_dir is not None:
-        with contextlib.suppress(FileError):
+        with contextlib.suppress(FileError, OSError):  # the disk refuses it, or the folder was deleted
             run_folder.write_error(run_dir, err)
 
 
@@ -447,9 +463,10 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
     key_dropout = jnp.stack([r.key_dropout for r in runs])
     best = [r.best_params for r in runs]
     # the training time of the run in all its parts: a resumed run adds to its checkpoint's
-    t_run, seconds_before = time.time(), [r.metrics.get("seconds_total", 0.0) for r in runs]
+    # (durations from the monotonic clock: a step of the wall clock cannot make them negative)
+    t_run, seconds_before = time.monotonic(), [r.metrics.get("seconds_total", 0.0) for r in runs]
     for epoch in range(len(runs[0].metrics["epochs"]), cfg.n_epochs):
-        t0 = time.time()
+        t0 = time.monotonic()
         params, opt_state, train = _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout,
                                                 progress)
         valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, epoch, "valid"))
@@ -462,28 +479,30 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
                 train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
                 valid_acc=float(valid_acc[s]), measures=train.mean_measures(s),
                 valid_measures=valid.mean_measures(s),
-                seconds=time.time() - t0))
+                seconds=time.monotonic() - t0))
             seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
             # a tie keeps the later epoch, as the published code did (>=)
             if metrics["best_epoch"] is None or valid_acc[s] >= metrics["best_valid_acc"]:
                 best[s] = seed_params
                 metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
-            metrics["seconds_total"] = seconds_before[s] + time.time() - t_run
+            metrics["seconds_total"] = seconds_before[s] + time.monotonic() - t_run
             if run_dirs[s] is not None:
-                run_folder.save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics)
+                run_folder.save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics,
+                                           tasks[s].fingerprint)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
                        f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
-                       f"({time.time() - t0:.1f} s)")
+                       f"({time.monotonic() - t0:.1f} s)")
     test = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, eval_rngs(cfgs, cfg.n_epochs, "test"))
     test_loss, test_acc = test.mean_loss(), test.batch_acc / test.batches
     for s, (run, c) in enumerate(zip(runs, cfgs)):
         run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
                            test_measures=test.mean_measures(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
+                           tau_per_neuron=tau_per_neuron(best[s], c),
                            w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
-                           seconds_total=seconds_before[s] + time.time() - t_run)
+                           seconds_total=seconds_before[s] + time.monotonic() - t_run)
         if run_dirs[s] is not None:
-            run_folder.finish_run(run_dirs[s], best[s], run.metrics)
+            run_folder.finish_run(run_dirs[s], c, best[s], run.metrics)
     return [r.metrics for r in runs]
 
 

@@ -61,6 +61,18 @@ class Task(NamedTuple):
     # arrays a run needs to be re-evaluated later (e.g. the psMNIST pixel permutation);
     # train_hsnn saves them in the run folder as task.npz
     extras: Optional[dict] = None
+    # an MD5 that identifies the data (of the source files, or of the generated arrays): a
+    # checkpoint records it, and a run resumes only on the same data
+    fingerprint: Optional[str] = None
+
+
+def fingerprint(*parts) -> str:
+    """MD5 over byte strings, text and arrays (their bytes), in order."""
+    digest = hashlib.md5()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else
+                      np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else part)
+    return digest.hexdigest()
 
 
 def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None,
@@ -131,7 +143,8 @@ def load_mts_xor(cfg: Config) -> Task:
     sizes = [p[f"{part}_batches"] * cfg.batch_size for part in ("train", "valid", "test")]
     splits = [Split(*generate_mts_xor(n, np.random.default_rng(s), cfg.noise_rate))
               for n, s in zip(sizes, streams)]
-    return Task(*splits, score_mask=mts_xor_score_mask())
+    return Task(*splits, score_mask=mts_xor_score_mask(),
+                fingerprint=fingerprint(*(a for sp in splits for a in (sp.X, sp.Y))))
 
 
 # --- SHD and SSC (docs/datasets.md): download, checks, binning, on-disk cache --------------
@@ -143,7 +156,7 @@ SHD_TRAIN_FRACTION = 0.8  # SHD has no validation file: seeded 80/20 split of it
 NET_TIMEOUT = (10, 30)    # [s] to connect, and to wait for the next bytes of a download
 BIN_CELLS = 1 << 24       # (sample, bin, channel) cells counted at once: 128 MiB of int64
 MAX_COUNT = 255           # counts are uint8; more spikes in one cell saturate here
-CACHE_FORMAT = 3          # part of every cache folder's name; bump it when the layout changes
+CACHE_FORMAT = 4          # part of every cache folder's name; bump it when the layout changes
 
 
 class SpikeCounts:
@@ -308,26 +321,30 @@ def file_md5(path: Path) -> str:
 
 
 MD5_MEMO = "md5.json"
-SPIKES = "spikes.json"  # in each cache folder: spikes of the kept channels, and those binned
+SPIKES = "spikes.json"  # in each cache folder: spikes of the kept channels, and those binned,
+CACHE_ARRAYS = ("ptr.npy", "labels.npy", "flat.u32", "count.u8")  # and the CRC-32 of each array file
 
 
 def source_md5(path: Path) -> str:
     """file_md5 of a source file, remembered in `<folder>/cache/md5.json` against the file's
-    size, inode and modification time (hashing SSC's files would cost seconds at every start). As git
-    does for its index, a file modified less than 2 s before it was hashed is not remembered:
-    a rewrite within the same clock tick could otherwise keep its size and time."""
+    size, inode, modification time and status-change time (hashing SSC's files would cost
+    seconds at every start). The status-change time cannot be set back by hand, so a file
+    rewritten in place whose modification time was restored is hashed again. As git does for
+    its index, a file changed less than 2 s before it was hashed is not remembered: a rewrite
+    within the same clock tick could otherwise keep its size and times."""
     memo_path = path.parent / "cache" / MD5_MEMO
     st = path.stat()
-    key = [st.st_size, st.st_ino, st.st_mtime_ns]
+    key = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
+    memo = memo if isinstance(memo, dict) else {}  # a memo of the wrong type is forgotten
     entry = memo.get(path.name)
-    if isinstance(entry, list) and entry[:3] == key:
-        return entry[3]
+    if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key:
+        return entry[4]
     md5 = file_md5(path)
-    if time.time() - st.st_mtime > 2:
+    if time.time() - max(st.st_mtime, st.st_ctime) > 2:
         memo[path.name] = key + [md5]
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
@@ -437,6 +454,9 @@ def bin_file(path: Path, out: Path, cfg: Config, n_classes: int):
     import h5py
     try:
         f = h5py.File(path, "r")
+    except BlockingIOError as err:  # HDF5's file lock: another process has it open for writing
+        raise DataError(f"{path}: another process has it open for writing (HDF5 reports the file as locked); "
+                        "wait until that process has finished writing it, then run again") from err
     except OSError as err:
         raise _bad_file(path, f"not a readable HDF5 file ({err})") from err
     with f, open(out / "flat.u32", "wb") as flat_file, open(out / "count.u8", "wb") as count_file:
@@ -453,7 +473,18 @@ def bin_file(path: Path, out: Path, cfg: Config, n_classes: int):
             count_file.write(count.tobytes())
     np.save(out / "ptr.npy", np.concatenate([[0], np.cumsum(np.concatenate(per_sample))]))
     np.save(out / "labels.npy", labels)
-    write_json(out / SPIKES, dict(spikes=spikes, binned=binned))
+    write_json(out / SPIKES, dict(spikes=spikes, binned=binned, crc32={name: file_crc32(out / name)
+                                                                       for name in CACHE_ARRAYS}))
+
+
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes (zlib's; about 1 GB/s, so opening SSC's cache costs well under
+    a second)."""
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 # --- the cache: one folder per (source checksum, nb_steps, n_in, time_max) -------------------
@@ -525,10 +556,13 @@ def open_cache(cache: Path, cfg: Config, n_classes: int):
     (CacheDamaged); the event arrays are memory-mapped, so a warm start reads almost nothing
     and the pages stay shareable between runs."""
     try:
+        spikes = json.loads((cache / SPIKES).read_text())
+        sums = spikes.get("crc32") if isinstance(spikes, dict) else None
+        if not isinstance(sums, dict) or any(sums.get(name) != file_crc32(cache / name) for name in CACHE_ARRAYS):
+            raise CacheDamaged(f"the cache {cache} is damaged (its files' checksums do not match)")
         ptr = np.load(cache / "ptr.npy", allow_pickle=False)
         labels = np.load(cache / "labels.npy", allow_pickle=False)
         flat, count = _mapped(cache / "flat.u32", np.uint32), _mapped(cache / "count.u8", np.uint8)
-        spikes = json.loads((cache / SPIKES).read_text())
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise CacheDamaged(f"the cache {cache} is unreadable ({err})") from None
     cells = cfg.nb_steps * cfg.n_in
@@ -596,7 +630,7 @@ def load_audiospikes(cfg: Config, base_url: Optional[str] = None) -> Task:
         print(f"warning: --use_test_as_valid: the model is selected on the {name} test set (the "
               "paper's Table 1 protocol), so the reported test accuracy is optimistic", file=sys.stderr)
         valid = test
-    return Task(train, valid, test)
+    return Task(train, valid, test, fingerprint=fingerprint(*(f"{p}:{source_md5(path)};" for p, path in paths.items())))
 
 
 LOADERS = {"mts_xor": load_mts_xor, "shd": load_audiospikes, "ssc": load_audiospikes}
@@ -610,12 +644,20 @@ def load_task(cfg: Config) -> Task:
 def check_sizes(task: Task, cfg: Config) -> Task:
     """Every split must make at least one batch (of one sample or more): a training,
     validation or test set without a sample is refused. Smaller sets than --batch_size train
-    in one smaller batch, as the published loaders did."""
+    in one smaller batch, as the published loaders did. Every label must be a class of the
+    network's output (0 .. n_out - 1): one outside would be trained on as no class at all."""
     names = {"train": "training", "valid": "validation", "test": "test"}
     for part, name in names.items():
-        if len(getattr(task, part)) == 0:
+        split = getattr(task, part)
+        if len(split) == 0:
             raise DataError(f"the {cfg.dataset_name} {name} set holds no sample, too few for one batch; "
                             "the data files hold too few samples")
+        bad = (np.asarray(split.Y) < 0) | (np.asarray(split.Y) >= cfg.n_out)
+        if bad.any():
+            i = int(np.argmax(bad.reshape(len(split), -1).any(axis=1)))
+            raise DataError(f"the {cfg.dataset_name} {name} set has a label outside the classes 0..{cfg.n_out - 1} "
+                            f"(sample {i}, {int(bad.sum())} such labels); the data files or their cache are "
+                            "damaged: delete them and run again")
     return task
 
 
@@ -770,23 +812,31 @@ def pixel_permutation(seed: int) -> np.ndarray:
     return np.random.default_rng(mnist_seeds(seed)[1]).permutation(MNIST["n_pixels"])
 
 
+def parts_fingerprint(parts) -> str:
+    """The fingerprint of (images, labels) pairs."""
+    return fingerprint(*(array for pair in parts for array in pair))
+
+
 def load_mnist(cfg: Config) -> Task:
     """Latency-coded MNIST: `nb_steps` steps (50), 784 inputs, 10 classes."""
-    return Task(*(Split(LatencyCoded(images, cfg.nb_steps), labels)
-                  for images, labels in mnist_images(cfg)))
+    parts = mnist_images(cfg)
+    return Task(*(Split(LatencyCoded(images, cfg.nb_steps), labels) for images, labels in parts),
+                fingerprint=parts_fingerprint(parts))
 
 
 def load_s_mnist(cfg: Config) -> Task:
     """Sequential MNIST: the 784 pixels in raster order, one per step, 1 input."""
-    return Task(*(Split(PixelSequence(images), labels) for images, labels in mnist_images(cfg)))
+    parts = mnist_images(cfg)
+    return Task(*(Split(PixelSequence(images), labels) for images, labels in parts),
+                fingerprint=parts_fingerprint(parts))
 
 
 def load_ps_mnist(cfg: Config) -> Task:
     """Permuted sequential MNIST: one seeded pixel permutation for every split, saved in
     the run folder (task.npz) through `Task.extras`."""
-    perm = pixel_permutation(cfg.seed)
-    splits = [Split(PixelSequence(images[:, perm]), labels) for images, labels in mnist_images(cfg)]
-    return Task(*splits, extras={"permutation": perm})
+    perm, parts = pixel_permutation(cfg.seed), mnist_images(cfg)
+    splits = [Split(PixelSequence(images[:, perm]), labels) for images, labels in parts]
+    return Task(*splits, extras={"permutation": perm}, fingerprint=parts_fingerprint(parts))
 
 
 LOADERS.update({"mnist": load_mnist, "s-mnist": load_s_mnist, "ps-mnist": load_ps_mnist})

@@ -65,12 +65,13 @@ def atomic_folder(dest, replace: bool = False):
     `replace`: then the old `dest` is swapped out and removed."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    # named after `dest` (shortened: a name of the longest length allowed must get one too)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name[:64]}."))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
         if replace and dest.exists():
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old."))
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name[:64]}.old."))
             os.replace(dest, old / dest.name)
             os.rename(tmp, dest)
             shutil.rmtree(old)

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import types
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -274,15 +275,41 @@ def test_source_md5_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     # keep size and time)
     assert utils_dataset.source_md5(path) == real(path) and len(calls) == 1
     assert not (tmp_path / "cache" / "md5.json").exists()
-    old = time.time() - 60
-    os.utime(path, (old, old))
+    later = types.SimpleNamespace(time=lambda: time.time() + 60)  # a minute after the last change
+    monkeypatch.setattr(utils_dataset, "time", later)
     assert utils_dataset.source_md5(path) == real(path) and len(calls) == 2
     assert utils_dataset.source_md5(path) == real(path) and len(calls) == 2  # remembered
     write_h5(path, times[::-1], units[::-1], labels[::-1])  # same size, new content
-    os.utime(path, (old + 1, old + 1))
     assert utils_dataset.source_md5(path) == real(path) and len(calls) == 3
     (tmp_path / "cache" / "md5.json").write_text("not json")
     assert utils_dataset.source_md5(path) == real(path) and len(calls) == 4
+
+
+@pytest.mark.parametrize("memo", ["[1, 2]", '"text"', '{"shd_train.h5": 7}', '{"shd_train.h5": [1, 2]}'])
+def test_a_md5_memo_of_the_wrong_type_is_forgotten(tmp_path, monkeypatch, memo):
+    path = write_h5(tmp_path / "shd_train.h5", *random_samples(3, np.random.default_rng(0)))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "md5.json").write_text(memo)
+    assert utils_dataset.source_md5(path) == utils_dataset.file_md5(path)
+
+
+def test_a_file_rewritten_in_place_with_its_time_restored_is_hashed_again(tmp_path, monkeypatch):
+    """Same size, same inode, the modification time put back by hand: the status-change time
+    still tells, so the old cache is not used for the new content."""
+    times, units, labels = random_samples(5, np.random.default_rng(0))
+    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", times, units, labels)
+    monkeypatch.setattr(utils_dataset, "time", types.SimpleNamespace(time=lambda: time.time() + 60))
+    cfg = cfg_for(tmp_path, nb_steps=20)
+    _, before = cached_counts(path, cfg, 20)
+    st = path.stat()
+    rewritten = write_h5(tmp_path / "other.h5", times[::-1], units[::-1], labels[::-1]).read_bytes()
+    with open(path, "r+b") as f:  # in place: the inode stays
+        f.write(rewritten)
+        f.truncate()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_ino == st.st_ino
+    _, after = cached_counts(path, cfg, 20)
+    np.testing.assert_array_equal(after, labels[::-1])
 
 
 def test_cache_is_reused_without_binning_again(shd_dir, monkeypatch):
@@ -323,7 +350,8 @@ def test_changed_source_rebuilds_the_cache(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty counts", "index beyond the cells", "zero count", "bad label",
-                                    "missing spikes.json", "garbage ptr"])
+                                    "missing spikes.json", "garbage ptr", "same-size spikes", "same-size label",
+                                    "spikes.json of the wrong type"])
 def test_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
     """Damage inside the binned-data cache is our own derived data gone wrong: detected when
     the cache is opened, reported as a warning, and the cache binned again from the source."""
@@ -344,6 +372,13 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
         np.save(folder / "labels.npy", np.array([0, 99]))
     elif damage == "missing spikes.json":
         (folder / "spikes.json").unlink()
+    elif damage == "same-size spikes":  # other cells, all in range: only a checksum tells
+        flat[[0, 1]] = flat[[1, 0]] + 1
+        flat.tofile(folder / "flat.u32")
+    elif damage == "same-size label":  # another class, in range
+        np.save(folder / "labels.npy", np.array([0, 4]))
+    elif damage == "spikes.json of the wrong type":
+        (folder / "spikes.json").write_text("[1, 2]")
     else:
         (folder / "ptr.npy").write_bytes(b"\x93NUMPY garbage")
     X, Y = cached_counts(path, cfg, 20)
@@ -351,6 +386,37 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, capsys, damage):
     np.testing.assert_array_equal(Y, good_Y)
     err = capsys.readouterr().err
     assert str(folder) in err and ("damaged" in err or "unreadable" in err) and "binning" in err
+
+
+def test_a_label_outside_the_classes_is_refused_in_one_line(tmp_path):
+    """Labels are checked against the network's classes for every task and split, so a label
+    beyond --n_out is never trained on as no class."""
+    task = utils_dataset.Task(*(utils_dataset.Split(np.zeros((3, 2, 1), np.uint8), np.array(y))
+                                for y in ([0, 1, 2], [0, 20, 1], [1, 1, 1])))
+    cfg = make_config("shd", n_out=20)
+    with pytest.raises(DataError, match=r"validation set has a label outside the classes 0..19 \(sample 1, 1 such"):
+        utils_dataset.check_sizes(task, cfg)
+    negative = task._replace(valid=task.test, test=utils_dataset.Split(task.test.X, np.array([0, -1, 0])))
+    with pytest.raises(DataError, match="test set has a label outside"):
+        utils_dataset.check_sizes(negative, cfg)
+
+
+def test_a_file_another_process_is_writing_is_not_called_damaged(tmp_path):
+    import subprocess
+    import sys
+    times, units, labels = random_samples(4, np.random.default_rng(0))
+    path = write_h5(tmp_path / "audiospikes" / "shd_train.h5", times, units, labels)
+    writer = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time\nf = h5py.File({str(path)!r}, 'a')\n"
+                               "print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(DataError) as err:
+            cached_counts(path, cfg_for(tmp_path), 20)
+        assert "another process has it open for writing" in str(err.value) and "delete" not in str(err.value)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert path.exists()
 
 
 # --- failures: one line, which file, what, how to fix; nothing half-written left ---------------
@@ -641,6 +707,17 @@ def test_generator_writes_the_published_layout(tmp_path):
     assert f"{hashlib.md5(gz.read_bytes()).hexdigest()}  shd_test.h5.gz" in listing
     with gzip.open(gz) as f:
         assert f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,message", [(["--n_test", "0"], "--n_test 0: shd needs at least 1 test samples"),
+                                          (["--n_train", "-5"], "--n_train -5: shd needs at least 2"),
+                                          (["--n_train", "1"], "its seeded 80/20 split needs one sample on each side"),
+                                          (["--dataset", "ssc", "--n_valid", "0"], "--n_valid 0: ssc needs")])
+def test_generator_refuses_sizes_no_loader_can_use(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        synthetic.main(["--out", str(tmp_path), "--n_train", "4", "--n_test", "2", "--n_valid", "2", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

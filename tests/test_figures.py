@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 
+import figures
 import panels
 import sweep
 import sweep_definitions
@@ -16,7 +17,7 @@ def definitions():
     return sweep_definitions.load_definitions()
 
 
-def fake_results(folder, definition, rng, with_params=False):
+def fake_results(folder, definition, rng, with_taus=False):
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     for run in sweep_definitions.expand(definition):
         cfg = sweep_definitions.make_run_config(run.overrides, run.seed)
@@ -24,10 +25,8 @@ def fake_results(folder, definition, rng, with_params=False):
         metrics = dict(best_valid_acc=0.8, test_acc=float(0.8 + 0.05 * rng.random()), best_epoch=1,
                        epochs=[{}] * 3, seconds_total=1.0, median_tau_init=[cfg.tau_mem] * n,
                        median_tau_per_layer=[0.05 * (i + 1) for i in range(n)])
-        if with_params:
-            (folder / "runs" / run.key).mkdir()
-            taus = {f"L{i}_alpha": np.exp(-cfg.dt / np.full(cfg.n_hid, 0.05 * (i + 1))) for i in range(n)}
-            np.savez(folder / "runs" / run.key / "params.npz", **taus)
+        if with_taus:  # every neuron's trained time constant, as runs that train them record
+            metrics["tau_per_neuron"] = [[0.05 * (i + 1)] * cfg.n_hid for i in range(n)]
         sweep_definitions.append_line(folder / "runs.jsonl", sweep.result_line(run, metrics, folder / "runs" / run.key))
 
 
@@ -67,3 +66,40 @@ def test_figures_and_the_report_need_no_jax(root):
     code = "import sys; import panels, figures, report, sweep_definitions; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_figure_is_written_atomically_and_a_refused_write_is_one_line(tmp_path, monkeypatch):
+    """A kill while the figure is drawn into its file leaves the good figure; a full disk is
+    one FileError naming the file."""
+    import errno
+    import utils_io
+    fig, ax = figures.new_figure()
+    ax.plot([1, 2], [3, 4])
+    path = tmp_path / "figure.png"
+    figures.save_figure(fig, path)
+    good = path.read_bytes()
+    monkeypatch.setattr(figures.Figure, "savefig", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        figures.save_figure(fig, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils_io.os, "fsync", full)
+    with pytest.raises(utils_io.FileError, match=r"cannot write .*figure.pdf \(No space left on device\)"):
+        figures.save_figure(fig, tmp_path / "figure.pdf")
+    assert not (tmp_path / "figure.pdf").exists()
+
+
+def test_figures_carry_no_clock_and_redraw_to_the_same_bytes(tmp_path):
+    for suffix in ("png", "pdf"):
+        drawn = []
+        for i in range(2):
+            fig, ax = figures.new_figure()
+            ax.plot([1, 2], [3, 4])
+            figures.save_figure(fig, tmp_path / f"{i}.{suffix}")
+            drawn.append((tmp_path / f"{i}.{suffix}").read_bytes())
+        assert drawn[0] == drawn[1]
+        assert b"CreationDate" not in drawn[0] and b"ModDate" not in drawn[0]

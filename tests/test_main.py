@@ -158,3 +158,23 @@ def test_the_readme_commands_do_the_whole_set_up_and_ci_runs_the_test_command(ro
                         "pip install -r requirements.txt && python3 -m pytest"]
     assert commands[1] in (root / ".ci" / "run").read_text().splitlines()
     assert "pytest" in (root / "requirements.txt").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,says", [({"JAX_PLATFORMS": "cuda"}, "JAX_PLATFORMS"),
+                                      ({"JAX_PLATFORMS": "cpux"}, "JAX_PLATFORMS"),
+                                      ({"XLA_FLAGS": "--xla_no_such_flag=1"}, "XLA_FLAGS")])
+def test_an_environment_jax_cannot_run_in_is_one_line_before_anything_is_written(root, tmp_path, env, says):
+    """A platform that is not installed or misspelt, flags XLA does not know: one line, exit
+    code 2, no run folder; the same command in a sound environment then trains."""
+    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4", "--results_dir", str(tmp_path),
+            "--save_dir_name", "run", "--compilation_cache", "false", "--progress", "false"]
+    result = run_main(root, *args, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "run").exists()
+    clean = {k: v for k, v in os.environ.items() if k not in env}
+    again = subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root, capture_output=True,
+                           text=True, timeout=300, env={**clean, "JAX_PLATFORMS": "cpu"})
+    assert again.returncode == 0, again.stderr

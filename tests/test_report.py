@@ -219,3 +219,43 @@ def test_the_bootstrap_resamples_seeds_within_each_point():
         assert sorted(line["config"]["x"] for line in sample) == [1] * 5 + [2] * 5
     seen = {line["seed"] for _ in range(50) for line in report.resample_seeds(groups, rng)}
     assert seen == set(range(5))
+
+
+def tracked_files(root):
+    """The files git tracks in the checkout `root` (None outside a git checkout)."""
+    import shutil
+    import subprocess
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return None
+    out = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
+    return [name for name in out.decode().split("\0") if name]
+
+
+@pytest.mark.slow
+def test_a_clone_rebuilds_every_committed_report_file_byte_for_byte(tmp_path, root):
+    """The tracked files alone (what a fresh clone holds), then `sweep.py --report`: REPORT.md,
+    every sweep's figure.png, figure.pdf and summary.csv come out byte for byte as committed,
+    and nothing else appears beside them but the empty run folders' parent."""
+    import shutil
+    import subprocess
+    import sys
+    tracked = tracked_files(root)
+    if tracked is None:
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    for name in tracked:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, clone / name)
+    report_files = [n for n in tracked if n.startswith("results/") and n.rsplit("/", 1)[-1] in
+                    ("REPORT.md", "figure.png", "figure.pdf", "summary.csv")]
+    for name in report_files:  # rebuilt from nothing
+        (clone / name).unlink()
+    done = subprocess.run([sys.executable, "sweep.py", "--report"], cwd=clone,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    differ = [n for n in report_files if not (clone / n).exists() or (clone / n).read_bytes() != (root / n).read_bytes()]
+    assert differ == [], f"rebuilt differently from the committed files: {differ}"
+    made = {str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file()}
+    assert made <= {n for n in tracked if n.startswith("results/")} | {
+        str(p.relative_to(clone)) for p in (clone / "results").rglob(".sweep.json.lock")}

@@ -20,7 +20,6 @@ from conftest import pause_at_epoch, wait_for
 from test_main import run_main
 from utils_initialization import make_config
 
-pytestmark = pytest.mark.slow
 TINY = ["--dataset_name", "mts_xor", "--n_epochs", "2", "--n_hid", "4", "--progress", "false"]
 
 
@@ -65,6 +64,7 @@ def straight(root, tmp_path_factory):
 
 
 # --- one process per run folder --------------------------------------------------------------
+@pytest.mark.slow
 def test_two_runs_on_one_name_cannot_mix(root, tmp_path):
     """Started together on the same --save_dir_name: one trains, the other exits 2 at once,
     and the folder's config, parameters and metrics are all the winner's."""
@@ -83,6 +83,7 @@ def test_two_runs_on_one_name_cannot_mix(root, tmp_path):
     assert_complete(run)
 
 
+@pytest.mark.slow
 def test_a_resume_waits_for_no_one(root, tmp_path):
     """--resume takes the same lock: while another process holds the folder, it exits 2."""
     run = tmp_path / "run"
@@ -120,6 +121,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_checkpoint_is_one_line_and_restart_moves_it_aside(root, tmp_path, damage):
     run = killed_after_one_epoch(root, tmp_path)
@@ -135,6 +137,7 @@ def test_a_damaged_checkpoint_is_one_line_and_restart_moves_it_aside(root, tmp_p
     assert_complete(run, n_epochs=3)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_its_arrays_is_one_line(root, tmp_path):
     run = killed_after_one_epoch(root, tmp_path)
     with np.load(run / "checkpoint.npz") as z:
@@ -146,6 +149,7 @@ def test_a_checkpoint_without_its_arrays_is_one_line(root, tmp_path):
 
 @pytest.mark.parametrize("name,text", [("config.json", "{not json"), ("metrics.json", "\x00\x01garbage"),
                                        ("config.json", "[1, 2]"), ("metrics.json", "42")])
+@pytest.mark.slow
 def test_damaged_json_files_are_one_line(root, tmp_path, name, text):
     run = killed_after_one_epoch(root, tmp_path)
     (run / name).write_text(text)
@@ -153,6 +157,7 @@ def test_damaged_json_files_are_one_line(root, tmp_path, name, text):
     one_line_error(result, 2, str(run / name))
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_edited_configuration(root, tmp_path):
     """config.json edited after a kill: the checkpoint says which configuration it holds."""
     run = killed_after_one_epoch(root, tmp_path)
@@ -186,6 +191,7 @@ WRITES = [("config.json", 1), ("provenance.json", 1), ("checkpoint.npz", 2), ("m
 KILLS = [(name, nth, after) for name, n in WRITES for nth in range(1, n + 1) for after in (False, True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,nth,after", KILLS, ids=[f"{n}#{k}-{'after' if a else 'before'}" for n, k, a in KILLS])
 def test_a_kill_at_any_write_is_completed_by_the_next_start(root, tmp_path, straight, name, nth, after):
     """SIGKILL just before or just after the nth write of `name` lands; then the next start
@@ -212,6 +218,7 @@ def test_a_kill_at_any_write_is_completed_by_the_next_start(root, tmp_path, stra
 
 
 # --- failures and interruptions -------------------------------------------------------------
+@pytest.mark.slow
 def test_a_diverged_run_leaves_error_txt(root, tmp_path):
     result = run_main(root, *TINY, "--lr", "1e38", "--results_dir", str(tmp_path), "--save_dir_name", "run")
     one_line_error(result, 1, "the loss became")
@@ -221,6 +228,7 @@ def test_a_diverged_run_leaves_error_txt(root, tmp_path):
 
 # preexec_fn makes subprocess fork (not spawn), and JAX warns of forks; the child only resets
 # SIGINT and execs Python at once, so nothing of JAX's threads is used in it
+@pytest.mark.slow
 @pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_ctrl_c_prints_the_resume_command(root, tmp_path):
     """Ctrl-C while the run is provably training (it waits before its second epoch). The run
@@ -240,6 +248,7 @@ def test_ctrl_c_prints_the_resume_command(root, tmp_path):
     assert not (tmp_path / "run" / "error.txt").exists()  # an interruption is not a failure
 
 
+@pytest.mark.slow
 def test_too_large_a_network_stops_before_training(root, tmp_path):
     result = run_main(root, *TINY, "--n_hid", "100000", "--results_dir", str(tmp_path))
     one_line_error(result, 2, "GiB", "--n_hid 100000", "--force")
@@ -248,6 +257,7 @@ def test_too_large_a_network_stops_before_training(root, tmp_path):
 
 @pytest.mark.parametrize("name", ["/tmp/elsewhere", "../outside", "a/../../b", ".", "./", "..", "a/b",
                                   ".hidden", " padded", "tab\tname"])
+@pytest.mark.slow
 def test_save_dir_name_is_one_plain_folder_name(root, tmp_path, name):
     result = run_main(root, *TINY, "--results_dir", str(tmp_path / "results"), "--save_dir_name", name)
     one_line_error(result, 2, "--save_dir_name", "one plain folder name")
@@ -260,6 +270,7 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["./", ".", ""])
 def test_the_results_dir_itself_is_never_a_run_to_restart(root, tmp_path, name):
     """`--save_dir_name ./ --restart` once moved every run of --results_dir aside and deleted
@@ -276,6 +287,7 @@ def test_the_results_dir_itself_is_never_a_run_to_restart(root, tmp_path, name):
     assert snapshot(results) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--restart", "--resume"])
 def test_a_folder_that_is_not_a_run_is_left_alone(root, tmp_path, flag):
     """--restart and --resume act only on a folder that holds a run of this project."""
@@ -291,6 +303,7 @@ def test_a_folder_that_is_not_a_run_is_left_alone(root, tmp_path, flag):
     assert snapshot(folder) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--restart"], ["--resume"]])
 def test_a_file_where_the_run_folder_belongs_is_one_line(root, tmp_path, flags):
     (tmp_path / "r").write_text("my notes")
@@ -299,6 +312,7 @@ def test_a_file_where_the_run_folder_belongs_is_one_line(root, tmp_path, flags):
     assert (tmp_path / "r").read_text() == "my notes"
 
 
+@pytest.mark.slow
 def test_restart_moves_every_file_aside_and_deletes_nothing_it_did_not_make(root, tmp_path):
     """A run folder with a user's files in it: --restart moves them aside with the run's
     files; only the run's own temporary files (a killed write's) are removed."""
@@ -318,6 +332,7 @@ def test_restart_moves_every_file_aside_and_deletes_nothing_it_did_not_make(root
     assert_complete(folder)
 
 
+@pytest.mark.slow
 def test_results_dir_that_is_a_file_or_unwritable(root, tmp_path):
     (tmp_path / "file").write_text("")
     one_line_error(run_main(root, *TINY, "--results_dir", str(tmp_path / "file")), 2, "is a file")
@@ -325,6 +340,7 @@ def test_results_dir_that_is_a_file_or_unwritable(root, tmp_path):
         one_line_error(run_main(root, *TINY, "--results_dir", "/sys/hsnn-results"), 2, "cannot create")
 
 
+@pytest.mark.slow
 def test_invalid_seeds_leave_no_folder(root, tmp_path):
     for seed in ("-1", "99999999999999999999"):
         one_line_error(run_main(root, *TINY, "--seed", seed, "--results_dir", str(tmp_path)), 2, "--seed")
@@ -385,3 +401,90 @@ def test_damaged_provenance_is_one_line_naming_the_file(tmp_path, content):
     run_folder.record_provenance(tmp_path)
     run_folder.record_provenance(tmp_path)
     assert len(run_folder.read_provenance(tmp_path)) == 2
+
+
+def finished_folder(path, cfg, test_acc=0.5):
+    """A run folder as a finished run leaves it, written by run_folder's own functions."""
+    import jax
+    from utils_initialization import init_params
+    run_folder.create(cfg, path).close()
+    params = init_params(jax.random.PRNGKey(cfg.seed), cfg)
+    run_folder.finish_run(path, cfg, params, dict(epochs=[{}], best_epoch=0, best_valid_acc=0.5, test_acc=test_acc,
+                                                  median_tau_per_layer=[0.1]))
+    return path
+
+
+@pytest.mark.parametrize("resume,restart", [(True, False), (False, True)])
+def test_a_kill_while_moving_a_run_aside_is_completed_by_the_next_start(tmp_path, monkeypatch, resume, restart):
+    """The move aside gathers the files in a hidden folder and publishes it with one rename:
+    killed after one file, the folder still counts as a run, a sweep adopts nothing from it,
+    and the next start (resume or restart) completes the move, so no half of the old run is
+    ever taken for a new one."""
+    cfg = make_config("mts_xor", n_hid=4, seed=0)
+    path = finished_folder(tmp_path / "run", cfg)
+    real_rename, calls = os.rename, []
+
+    def killed_after_one(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(run_folder.os, "rename", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_folder.move_aside(path)
+    monkeypatch.undo()
+    assert len([p for p in path.iterdir() if p.name.startswith(run_folder.ASIDE)]) == 1
+    assert run_folder.holds_run(path) and run_folder.finished_run_of(path, cfg) is None
+    folder, state = run_folder.open_run(cfg, path, resume, restart)
+    folder.close()
+    assert state is None and [p.name for p in path.iterdir() if p.name.startswith(run_folder.ASIDE)] == []
+    (moved,) = [p for p in path.iterdir() if p.name.startswith("previous-")]
+    assert sorted(q.name for q in moved.iterdir()) == ["config.json", "metrics.json", "params.npz"]
+    assert files(path) == ["config.json"]  # a fresh start: only the new config.json
+
+
+def test_a_sweep_adopts_a_finished_folder_only_for_its_own_run(tmp_path):
+    cfg0, cfg1 = (make_config("mts_xor", n_hid=4, seed=s) for s in (0, 1))
+    zero, one = finished_folder(tmp_path / "seed0", cfg0, 0.5), finished_folder(tmp_path / "seed1", cfg1, 0.9)
+    assert run_folder.finished_run_of(zero, cfg0)["test_acc"] == 0.5
+    assert run_folder.finished_run_of(zero, cfg1) is None  # config.json says seed 0
+    assert run_folder.finished_run_of(tmp_path / "missing", cfg0) is None
+    (zero / "metrics.json").write_bytes((one / "metrics.json").read_bytes())  # another seed's metrics
+    assert run_folder.finished_run_of(zero, cfg0) is None
+    finished_folder(tmp_path / "again", cfg0)
+    (tmp_path / "again" / "params.npz").write_bytes((one / "params.npz").read_bytes())  # another run's parameters
+    assert run_folder.finished_run_of(tmp_path / "again", cfg0) is None
+    (one / "config.json").unlink()  # left-over metrics and parameters without a configuration
+    assert run_folder.finished_run_of(one, cfg1) is None
+    older = finished_folder(tmp_path / "older", cfg0)  # a folder of an earlier version: no records
+    metrics = json.loads((older / "metrics.json").read_text())
+    (older / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()
+                                                   if k not in ("config", "params_md5")}))
+    assert run_folder.finished_run_of(older, cfg0) is not None
+
+
+def test_names_and_paths_too_long_for_the_system_are_one_line(tmp_path):
+    run_folder.check_name("r" * 255)
+    with pytest.raises(run_folder.RunFolderError, match="--save_dir_name: 256 bytes long, more than the 255"):
+        run_folder.check_name("r" * 256)
+    with pytest.raises(run_folder.RunFolderError, match="--save_dir_name: 256 bytes"):
+        run_folder.check_name("é" * 128)
+    cfg = make_config("mts_xor", n_hid=4)
+    run_folder.create(cfg, tmp_path / ("r" * 250)).close()  # the longest names work
+    assert (tmp_path / ("r" * 250) / "config.json").exists()
+    with pytest.raises(run_folder.RunFolderError, match="--results_dir: a folder name in it is 300 bytes long"):
+        run_folder.check_results_dir(tmp_path / ("d" * 300))
+    deep = tmp_path.joinpath(*["d" * 200] * 20)
+    with pytest.raises(run_folder.RunFolderError, match="--results_dir: the path is .* bytes long, too long"):
+        run_folder.check_results_dir(deep)
+    assert run_folder.check_results_dir(tmp_path / "results") == tmp_path / "results"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,flag", [("r" * 256, "--save_dir_name"), (None, "--results_dir")])
+def test_main_refuses_names_too_long_in_one_line(root, tmp_path, name, flag):
+    results = tmp_path / ("d" * 300) if name is None else tmp_path
+    args = ["--results_dir", str(results)] + (["--save_dir_name", name] if name else [])
+    one_line_error(run_main(root, *TINY, *args), 2, flag, "bytes long")
+    assert list(tmp_path.iterdir()) == []

@@ -276,7 +276,8 @@ def test_append_line_is_whole_unique_and_repairs_a_torn_tail(tmp_path):
         f.write(b'{"key": "b", "test_acc"')  # a crash in the middle of a write
     assert sweep_definitions.append_line(path, {"key": "c", "test_acc": 0.3})
     assert [line["key"] for line in lines_of(path)] == ["a", "c"]
-    assert set(sweep_definitions.read_lines(tmp_path)) == {"a", "c"}
+    with pytest.raises(sweep_definitions.RecordError, match=r"runs.jsonl, line 1: the run record 'a' lacks its 'group'"):
+        sweep_definitions.read_lines(tmp_path)  # records without their fields
 
 
 def _append_many(path, prefix):
@@ -704,3 +705,132 @@ def test_the_shd_recurrence_sweep_runs_on_synthetic_files(root, tmp_path, jax_ca
     section = text[text.index("## Fig. S6"):text.index("## Fig. S2b")]
     assert "`hSNN_Figure_S6_shd`: reduced (--quick, modified: n_epochs=2" in section
     assert "shd: rank correlation" in section
+
+
+# --- hand-edited and older results files, careless definitions (one line each) -----------------
+def sweep_main(capsys, *args):
+    """sweep.py's main in this process: (exit code, stderr lines)."""
+    try:
+        sweep.main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def two_reported_sweeps(tmp_path, definitions):
+    from test_report import write_results
+    write_results(tmp_path / "hSNN_Figure_3b", definitions["hSNN_Figure_3b"], lambda run: 99.0)
+    write_results(tmp_path / "hSNN_Figure_S6_mts_xor", definitions["hSNN_Figure_S6_mts_xor"], lambda run: 80.0)
+    for name in ("hSNN_Figure_3b", "hSNN_Figure_S6_mts_xor"):
+        (tmp_path / name / "sweep.json").write_text(json.dumps(dict(
+            sweep_name=name, definition=definitions[name], quick=False, set={})))
+    lines = (tmp_path / "hSNN_Figure_S6_mts_xor" / "runs.jsonl").read_text().splitlines()
+    for line in lines:  # the recurrent spectra that this sweep's lines hold
+        record = json.loads(line)
+        record["w_rec_abs_eigenvalues"] = {k: [[0.2, 0.1], [0.3, 0.1], [0.4, 0.1]] for k in ("stored", "masked")}
+        lines[lines.index(line)] = json.dumps(record)
+    (tmp_path / "hSNN_Figure_S6_mts_xor" / "runs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda r: r.pop("point"), "lacks its 'point'"),
+    (lambda r: r.update(test_acc="0.9"), "has a str for 'test_acc', where a int or float belongs"),
+    (lambda r: r.update(seed=True), "has a bool for 'seed'"),
+    (lambda r: r.update(config=[1]), "has a list for 'config'"),
+])
+def test_a_hand_edited_results_line_is_one_line_and_the_other_sweeps_are_reported(
+        tmp_path, capsys, definitions, edit, problem):
+    two_reported_sweeps(tmp_path, definitions)
+    path = tmp_path / "hSNN_Figure_3b" / "runs.jsonl"
+    records = [json.loads(t) for t in path.read_text().splitlines()]
+    edit(records[2])
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, err = sweep_main(capsys, "--report", "--results_dir", str(tmp_path))
+    assert code == 0 and len(err) == 1 and f"{path}, line 3: the run record 'seed=2' {problem}" in err[0], err
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "### `hSNN_Figure_3b`: results unreadable" in text
+    assert "### `hSNN_Figure_S6_mts_xor`: complete (10 of 10 runs)" in text  # the other sweep is reported
+    for args in (["--plot"], ["--jax_cache", "none"]):  # drawing it, and running it: before anything trains
+        code, err = sweep_main(capsys, "--sweep_name", "hSNN_Figure_3b", "--results_dir", str(tmp_path), *args)
+        assert code == 2 and len(err) == 1 and "line 3" in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize("manifest", [
+    {"sweep_name": "hSNN_Figure_3b", "definition": [1, 2], "quick": False, "set": {}},
+    {"sweep_name": "hSNN_Figure_3b", "definition": {"what": "x", "fixed": {}, "grid": {"seed": 3}}, "quick": False,
+     "set": {}},
+    {"sweep_name": "hSNN_Figure_3b", "quick": "no", "set": {}},
+    {"sweep_name": "hSNN_Figure_3b", "quick": False, "set": {"bogus": 1}},
+])
+def test_a_sweep_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, definitions, manifest):
+    two_reported_sweeps(tmp_path, definitions)
+    manifest.setdefault("definition", definitions["hSNN_Figure_3b"])
+    (tmp_path / "hSNN_Figure_3b" / "sweep.json").write_text(json.dumps(manifest))
+    code, err = sweep_main(capsys, "--sweep_name", "hSNN_Figure_3b", "--plot", "--results_dir", str(tmp_path))
+    assert code == 2 and len(err) == 1 and "sweep.json: not a sweep manifest" in err[0], err
+    code, err = sweep_main(capsys, "--report", "--results_dir", str(tmp_path))
+    assert code == 0 and all("sweep.json: not a sweep manifest" in e for e in err) and err, err
+    assert "### `hSNN_Figure_3b`: complete (5 of 5 runs)" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_a_definition_that_repeats_a_grid_value_is_refused(tmp_path, capsys):
+    path = tmp_path / "sweeps.json"
+    for grid, value in (({"delta_tau": [0.1, 0.2, 0.1], "seed": [0]}, "0.1"), ({"seed": [0, 1, 0]}, "0")):
+        path.write_text(json.dumps({"tiny": {"what": "", "fixed": TINY_FIXED, "grid": grid}}))
+        code, err = sweep_main(capsys, "--sweep_name", "tiny", "--sweeps_file", str(path),
+                               "--results_dir", str(tmp_path))
+        assert code == 2 and len(err) == 1 and f"repeats the value {value} of its grid axis" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweeps.json"]
+
+
+@pytest.mark.parametrize("seeds,message", [("5-100000000000", "expected seeds in 0 .. 2**32 - 1"),
+                                           ("5-99999", "asks for more than 10000 seeds"),
+                                           ("0-5000,6000-12000", "asks for more than 10000 seeds"),
+                                           ("9-5", "from low to high")])
+def test_seeds_beyond_what_a_sweep_can_hold_are_refused(tmp_path, capsys, seeds, message):
+    code, err = sweep_main(capsys, "--sweep_name", "hSNN_Figure_3b", "--seeds", seeds, "--results_dir", str(tmp_path))
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+SLOW_IMPORT = """
+def patch(module):
+    \"\"\"A sweep worker takes its time importing (as JAX can), and says so in {marker!r}.\"\"\"
+    import multiprocessing
+    if multiprocessing.current_process().name != "MainProcess":  # a worker, still starting
+        with open({marker!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        time.sleep(6)
+"""
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is as good as gone
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+@pytest.mark.slow
+def test_workers_of_a_driver_killed_while_they_start_end_too(root, tmp_path, jax_cache):
+    """The driver killed (SIGKILL) while its workers still import their modules: once they
+    get to the point where they would take work, they find their driver gone and end."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs Linux's /proc")
+    marker = tmp_path / "importing"
+    env = training_hook(tmp_path / "hook", SLOW_IMPORT.format(marker=str(marker)))
+    sweeps_file = tiny_sweeps(tmp_path, {"seed": [0, 1], "delta_tau": [0.4]}, n_epochs=1)
+    driver = subprocess.Popen(sweep_command(root, jax_cache, "--sweep_name", "tiny", "--sweeps_file", str(sweeps_file),
+                                            "--results_dir", str(tmp_path), "--jobs", "2", "--seeds_per_task", "1"),
+                              cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(marker, driver, timeout=120)
+    time.sleep(0.5)
+    driver.kill()
+    driver.wait()
+    workers = [int(pid) for pid in marker.read_text().split()]
+    deadline = time.time() + 60
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "a worker outlived its driver"

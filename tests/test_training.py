@@ -302,7 +302,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(micro_run, tmp_path, monkeypa
 
 def test_the_total_time_counts_the_test_pass(tmp_path, monkeypatch):
     """seconds_total runs to the end of the final test pass (here made to take 1000 s)."""
-    real_time, real_evaluate, offset, calls = training.time.time, training.evaluate, [0.0], []
+    real_time, real_evaluate, offset, calls = training.time.monotonic, training.evaluate, [0.0], []
 
     def evaluate(steps, params, splits, cfg, rngs=None):
         tally = real_evaluate(steps, params, splits, cfg, rngs)
@@ -311,10 +311,63 @@ def test_the_total_time_counts_the_test_pass(tmp_path, monkeypatch):
             offset[0] += 1000.0
         return tally
 
-    monkeypatch.setattr(training.time, "time", lambda: real_time() + offset[0])
+    monkeypatch.setattr(training.time, "monotonic", lambda: real_time() + offset[0])
     monkeypatch.setattr(training, "evaluate", evaluate)
     metrics = train_hsnn(micro_config(n_epochs=1), tmp_path / "run", progress=False, task=micro_task())
     assert len(calls) == 2 and 1000 < metrics["seconds_total"] < 1100
+
+
+def test_a_clock_set_back_during_a_run_gives_no_negative_time(tmp_path, monkeypatch):
+    """Durations come from the monotonic clock: the wall clock stepping back an hour at every
+    reading (a time-zone or NTP correction) leaves every duration positive."""
+    import time as time_module
+    steps = iter(range(10 ** 6))
+    wall = time_module.time
+    monkeypatch.setattr(time_module, "time", lambda: wall() - 3600 * next(steps))
+    metrics = train_hsnn(micro_config(n_epochs=2), tmp_path / "run", progress=False, task=micro_task())
+    assert metrics["seconds_total"] > 0 and all(e["seconds"] > 0 for e in metrics["epochs"])
+
+
+def test_a_run_folder_deleted_while_training_fails_only_its_own_run(tmp_path, monkeypatch):
+    """Seed 0's folder is deleted after its first epoch: it fails with one line, the other
+    seeds of the call train to the end."""
+    import shutil
+    real = training._train_epoch
+
+    def delete_seed_0(steps, params, opt_state, tasks, cfgs, epoch, *rest):
+        if epoch == 1 and cfgs[0].seed == 0:
+            shutil.rmtree(tmp_path / "seed0")
+        return real(steps, params, opt_state, tasks, cfgs, epoch, *rest)
+
+    monkeypatch.setattr(training, "_train_epoch", delete_seed_0)
+    dirs = [tmp_path / f"seed{s}" for s in range(3)]
+    with pytest.raises(RunFolderError, match="was deleted while the run trained") as err:
+        training.train_seeds(micro_config(n_epochs=2), [0, 1, 2], dirs, progress=False, tasks=[micro_task()] * 3)
+    assert len(str(err.value).splitlines()) == 1 and not dirs[0].exists()
+    assert all(run_folder.finished_metrics(d) is not None for d in dirs[1:])
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
+    """The checkpoint and provenance.json keep the data's fingerprint; resuming on data that
+    has changed since (files replaced) is one line, and with the original data it goes on."""
+    cfg, task = micro_config(n_epochs=2), micro_task()._replace(fingerprint="a" * 32)
+    real_epoch = training._train_epoch
+    monkeypatch.setattr(training, "_train_epoch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if a[5] == 1 else real_epoch(*a))
+    with pytest.raises(KeyboardInterrupt):
+        train_hsnn(cfg, tmp_path / "run", progress=False, task=task)
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    assert run_folder.read_provenance(tmp_path / "run")[0]["data_md5"] == "a" * 32
+    with pytest.raises(RunFolderError, match=r"the data differs from what its checkpoint trained on "
+                                             r"\(fingerprint aaaaaaaaaaaa, now bbbbbbbbbbbb\)"):
+        train_hsnn(cfg, tmp_path / "run", resume=True, progress=False, task=task._replace(fingerprint="b" * 32))
+    assert len(train_hsnn(cfg, tmp_path / "run", resume=True, progress=False, task=task)["epochs"]) == 2
+
+
+def test_every_task_has_a_fingerprint_of_its_data():
+    a, b = (utils_dataset.load_mts_xor(tiny_config(seed=s)) for s in (0, 1))
+    assert a.fingerprint == utils_dataset.load_mts_xor(tiny_config(seed=0)).fingerprint != b.fingerprint
+    assert len(a.fingerprint) == 32
 
 
 def test_a_train_step_drops_spikes_and_trains_decays_as_configured():

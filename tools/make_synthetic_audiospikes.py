@@ -36,6 +36,9 @@ RIDGE_FRACTION = 0.7      # share of a sample's spikes on its class's sweep; the
 RIDGE_WIDTH = 6.0         # [channels] sd of the spikes around the sweep
 JITTER = 10.0             # [channels] sd of a sample's start and end channel
 CHUNK = 256               # samples generated and written at a time
+# the fewest samples a file may hold: one, and two for SHD's training file, which the loader
+# splits 80/20 into training and validation samples
+MIN_SAMPLES = {("shd", "train"): 2}
 
 
 def class_sweeps(n_classes: int) -> np.ndarray:
@@ -146,7 +149,14 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)
     for name in (("shd", "ssc") if args.dataset == "both" else (args.dataset,)):
-        sizes = {part: getattr(args, f"n_{part}") or n for part, n in SIZES[name].items()}
+        sizes = {part: n if getattr(args, f"n_{part}") is None else getattr(args, f"n_{part}")
+                 for part, n in SIZES[name].items()}
+        for part, n in sizes.items():
+            if n < MIN_SAMPLES.get((name, part), 1):
+                parser.exit(2, f"{parser.prog}: error: --n_{part} {n}: {name} needs at least "
+                               f"{MIN_SAMPLES.get((name, part), 1)} {part} samples"
+                               + (" (its seeded 80/20 split needs one sample on each side)\n"
+                                  if (name, part) == ("shd", "train") else "\n"))
         try:
             make_dataset(name, Path(args.out), sizes, args.seed, args.gzip, args.force)
         except FileExistsError as err:
