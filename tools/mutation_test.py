@@ -1,12 +1,15 @@
-"""Mutation testing of the formulas the paper's numbers rest on, with mutmut 3.
+"""Mutation testing of the formulas the paper's numbers rest on, and of the code behind the
+report, with mutmut 3.
 
     pip install -r requirements/requirements_dev.txt
     python3 tools/mutation_test.py [--rev HEAD] [--work /tmp/hsnn-mutation] [--modules models ...]
-                                   [--sample K] [--jobs N] [--report]
+                                   [--report_modules] [--sample K] [--jobs N] [--report]
 
 Copies the git revision `--rev` into `--work` (never the working tree itself), marks every
 function that is not a formula of the model, the loss, the training rule, the hierarchies or
-the data (`FORMULAS` below) with `# pragma: no mutate` so that mutmut leaves it alone, and runs
+the data (`FORMULAS` below; with --report_modules: the report's statistics, tables, summary.csv,
+run keys, results table and resume checks, `REPORT`) with `# pragma: no mutate` so that mutmut
+leaves it alone, and runs
 `mutmut run` there with the quick test suite (`-m "not slow"`). Then prints, per module, how
 many mutants the tests killed and lists the survivors with their diffs (`mutmut show`).
 
@@ -46,6 +49,22 @@ FORMULAS = {
                       "load_audiospikes", "latency_steps", "LatencyCoded", "PixelSequence", "mnist_images",
                       "mnist_seeds", "pixel_permutation", "load_ps_mnist"],
 }
+# The report's modules: every number a reviewer reads (each panel's statistic, the verdicts and
+# their bootstrap, summary.csv, the report's tables), run keys, the results table and its repair,
+# and the checks that decide which runs a sweep adopts or resumes.
+REPORT = {
+    "panels": None,
+    "report": None,
+    "sweep_definitions": None,
+    "figures": ["summary_row", "write_summary", "pooled_taus"],
+    "sweep": ["groups_of", "shard_runs", "result_line", "stale_line", "parse_sets", "plan", "folder_sweep",
+              "has_finished_runs"],
+    "run_folder": ["check_name", "check_results_dir", "holds_run", "_ours_temporary", "tidy", "_run_files",
+                   "move_aside", "_publish_aside", "finish_moving_aside", "check_config", "_differing",
+                   "finished_metrics", "finished_run_of", "load_checkpoint", "check_data", "epochs_done", "problem",
+                   "finish_run", "named_arrays", "params_from_arrays"],
+}
+MODULES = {**FORMULAS, **REPORT}
 CONFIG = """[mutmut]
 source_paths =
 {sources}
@@ -96,7 +115,7 @@ def prepare(rev: str, work: Path, modules: list):
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     for name in modules:
-        exclude_non_formulas(work / f"{name}.py", FORMULAS[name])
+        exclude_non_formulas(work / f"{name}.py", MODULES[name])
     sources = sorted(p.name for p in work.glob("*.py"))  # every module of that revision
     (work / "setup.cfg").write_text(CONFIG.format(sources="\n".join(f"    {s}" for s in sources),
                                                   modules="\n".join(f"    {m}.py" for m in modules)))
@@ -145,13 +164,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rev", default="HEAD", help="git revision to test (default HEAD)")
     parser.add_argument("--work", default="/tmp/hsnn-mutation", help="work folder (a copy of the revision)")
-    parser.add_argument("--modules", nargs="*", default=list(FORMULAS), choices=list(FORMULAS))
+    parser.add_argument("--modules", nargs="*", default=list(FORMULAS), choices=list(MODULES),
+                        help="modules to mutate (default: the formulas; --report_modules: the report's)")
+    parser.add_argument("--report_modules", action="store_true",
+                        help="mutate the report's modules (REPORT) instead of the formulas")
     parser.add_argument("--sample", type=int, default=1, metavar="K", help="every K-th mutant of each function")
     parser.add_argument("--offset", type=int, default=1, metavar="R",
                         help="with --sample K: the mutants numbered R, R + K, ... (another sample of the same size)")
     parser.add_argument("--jobs", type=int, default=None, help="mutants checked at once (default: the CPU count)")
     parser.add_argument("--report", action="store_true", help="only print the results of an earlier run")
     args = parser.parse_args()
+    if args.report_modules:
+        args.modules = list(REPORT)
     work = Path(args.work)
     jobs = ["--max-children", str(args.jobs)] if args.jobs else []
     chosen = None
