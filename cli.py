@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from models import NEURONS
 from utils_initialization import CHOICES, CONV_PRESET, FIELDS, MAIN_DEFAULTS, PRESETS
 
 
@@ -62,8 +63,9 @@ def field_help(name: str) -> str:
         text += f" [{meta['unit']}]"
     if meta.get("symbol"):
         text += f"; paper: {meta['symbol']}"
-    if name in CHOICES:
-        text += "; one of: " + ", ".join(CHOICES[name])
+    choices = CHOICES.get(name) or (tuple(NEURONS) if name == "neuron" else None)
+    if choices:
+        text += "; one of: " + ", ".join(choices)
     default = MAIN_DEFAULTS.get(name, field.default)
     presets = [task for task, preset in PRESETS.items() if name in preset]
     presets += ["convolutional"] if name in CONV_PRESET else []

@@ -13,7 +13,7 @@ import csv
 import io
 import textwrap
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import matplotlib
 import numpy as np
@@ -40,6 +40,7 @@ class Panel(NamedTuple):
     n_runs: int
     reduced: Optional[dict] = None
     changed: Optional[dict] = None
+    published: bool = True   # one of the paper's sweeps (else an added experiment: no paper numbers)
 
 
 def new_figure(nrows=1, ncols=1, figsize=(6.4, 4.4), **kwargs):
@@ -48,20 +49,32 @@ def new_figure(nrows=1, ncols=1, figsize=(6.4, 4.4), **kwargs):
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
+class Kind(NamedTuple):
+    """A kind of panel: `points(definition, lines, spec, paper, here)` -> [panels.Point] (pure,
+    shared with the report and summary.csv), and `draw(sweep, points, spec, paper)` ->
+    (figure, extra points for summary.csv)."""
+    points: Callable
+    draw: Callable
+
+
+def points(name: str, definition: dict, lines: list, paper: dict, here: Optional[dict] = None) -> list:
+    """Every point of the panel of sweep `name` (its `definition`) from its results lines."""
+    spec = panels.layout(name, definition)
+    return KINDS[spec["kind"]].points(definition, lines, spec, paper, here or {})
+
+
 def plot_sweep(sweep: Panel, paper_numbers: dict) -> list:
     """figure.png, figure.pdf and summary.csv in the sweep's folder, from its results lines;
     returns the points drawn."""
     spec = panels.layout(sweep.name, sweep.definition)
     paper = paper_numbers.get(spec["paper"], {})
-    points = panels.points(sweep.name, sweep.definition, sweep.lines, paper)
-    draw = {"line": line_figure, "heatmap": heatmap_figure, "table": table_figure, "tau": tau_figure,
-            "eigen": eigen_figure}[spec["kind"]]
-    fig, extra = draw(sweep, points, spec, paper)
+    pts = points(sweep.name, sweep.definition, sweep.lines, paper)
+    fig, extra = KINDS[spec["kind"]].draw(sweep, pts, spec, paper)
     annotate(fig, sweep, paper)
     for suffix in ("png", "pdf"):
         save_figure(fig, sweep.folder / f"figure.{suffix}")
-    write_summary(sweep.folder / "summary.csv", points + extra, paper, sweep.changed)
-    return points + extra
+    write_summary(sweep.folder / "summary.csv", pts + extra, paper, sweep.changed, published=sweep.published)
+    return pts + extra
 
 
 # No creation date or other clock reading in the files: the same results give the same bytes
@@ -89,7 +102,7 @@ def annotate(fig, sweep: Panel, paper: dict):
                      f"{n_epochs} epochs - not comparable with the paper")
     if sweep.changed:
         notes.append("MODIFIED, not the published definition: " + panels.changes_text(sweep.changed))
-    if not panels.paper_recoverable(paper):
+    if sweep.published and not panels.paper_recoverable(paper):
         notes.append("The paper's numbers for this panel are not recoverable "
                      f"({paper.get('source', 'no entry in paper_numbers.json')}); ours only")
     if notes:
@@ -98,9 +111,11 @@ def annotate(fig, sweep: Panel, paper: dict):
 
 # --- line panels ---------------------------------------------------------------------------------
 def line_figure(sweep, points, spec, paper):
-    """Accuracy against one grid axis, one series per value of the other axes (one panel per
-    value of spec['panel']): median over seeds with the interquartile range and every seed
-    as a dot; the paper's values dashed, in the colour of the series they belong to."""
+    """Accuracy (or spec['measure']) against one grid axis, one series per value of the other
+    axes (one panel per value of spec['panel']): median over seeds with the interquartile
+    range and every seed as a dot; the paper's values dashed, in the colour of the series they
+    belong to. A categorical axis puts its values side by side in the grid's order."""
+    spec = dict(spec, x_values=panels.x_order(sweep.definition, spec, {p.x for p in points}))
     by_panel = {}
     for p in points:
         by_panel.setdefault(p.panel, {}).setdefault(p.series, []).append(p)
@@ -117,17 +132,43 @@ def line_figure(sweep, points, spec, paper):
                     matched[p.paper_series] = colour
         draw_paper_lines(ax, paper, matched, spec.get("x_scale", 1), only_matched=panel is not None)
         style_line_axes(ax, spec, panel, single=len(by_panel) == 1)
-    axs[0][0].set_ylabel("test accuracy [%]")
+    axs[0][0].set_ylabel("test accuracy [%]" if spec.get("measure") is None else spec["measure"])
     # a reduced grid lacks most of the paper's points by design
     extra = [] if sweep.reduced else panels.paper_only_points(paper, points, spec["x"])
     return fig, extra
 
 
+def x_positions(series, spec) -> np.ndarray:
+    """Where the points sit along x: their values (times the panel's x_scale), or for a
+    categorical axis their rank in the grid's order (the tick labels name them)."""
+    if spec.get("categorical"):
+        return np.array([spec["x_values"].index(p.x) for p in series], dtype=float)
+    return np.array([p.x for p in series], dtype=float) * spec.get("x_scale", 1)
+
+
+def spread_band(p: panels.Point):
+    """(low, high) of the band around a point's statistic: the interquartile range of a
+    median, +- the sample standard deviation of a mean (the numbers the report prints)."""
+    if p.stat.startswith("mean"):
+        sd = p.sd or 0.0
+        return p.ours - sd, p.ours + sd
+    return tuple(np.percentile(p.values, [25, 75]))
+
+
 def draw_series(ax, label, series, colour, spec):
-    xv = np.array([p.x for p in series], dtype=float) * spec.get("x_scale", 1)
-    q25, med, q75 = (np.array([np.percentile(p.values, q) for p in series]) for q in (25, 50, 75))
-    ax.plot(xv, med, "o-", color=colour, label=f"ours (median, IQR): {label}")
-    ax.fill_between(xv, q25, q75, color=colour, alpha=0.2, lw=0)
+    """Our statistic of each point (the paper's for the panel: median or mean, as the report
+    and summary.csv give it) with its spread as a band, and every run as a dot."""
+    xv = x_positions(series, spec)
+    stat = series[0].stat
+    band = np.array([spread_band(p) for p in series])
+    what = "median, IQR" if not stat.startswith("mean") else "mean +- sd"
+    ours = np.array([p.ours for p in series])
+    if spec.get("categorical"):  # values side by side: no line between them, the spread as a bar
+        ax.errorbar(xv, ours, yerr=[ours - band[:, 0], band[:, 1] - ours], fmt="o", color=colour, capsize=4,
+                    label=f"ours ({what}): {label}")
+    else:
+        ax.plot(xv, ours, "o-", color=colour, label=f"ours ({what}): {label}")
+        ax.fill_between(xv, band[:, 0], band[:, 1], color=colour, alpha=0.2, lw=0)
     for x, p in zip(xv, series):
         ax.plot(np.full(len(p.values), x), p.values, ".", color=colour, alpha=0.35, ms=4)
 
@@ -138,7 +179,10 @@ def style_line_axes(ax, spec, panel, single):
     if panel is not None:
         ax.set_title(f"{spec['panel']}={fmt(panel)}", fontsize=9)
     xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
-    if xs and all(float(x).is_integer() for x in xs) and len(xs) <= 12:
+    if spec.get("categorical"):
+        ax.set_xticks(range(len(spec["x_values"])), [str(v) for v in spec["x_values"]])
+        ax.set_xlim(-0.5, len(spec["x_values"]) - 0.5)
+    elif xs and all(float(x).is_integer() for x in xs) and len(xs) <= 12:
         ax.set_xticks(xs)
     ax.grid(alpha=0.3)
     if single:
@@ -288,7 +332,7 @@ def summary_row(p: panels.Point, paper: dict) -> dict:
     return row
 
 
-def write_summary(path: Path, points: list, paper: dict, changed: Optional[dict] = None):
+def write_summary(path: Path, points: list, paper: dict, changed: Optional[dict] = None, published: bool = True):
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
@@ -298,9 +342,15 @@ def write_summary(path: Path, points: list, paper: dict, changed: Optional[dict]
     for p in points:
         row = summary_row(p, paper)
         notes = [row["note"]] if row["note"] else []
-        if not panels.paper_recoverable(paper):
+        if published and not panels.paper_recoverable(paper):
             notes.append("the paper's numbers are not recoverable")
         if changed:
             notes.append("modified, not the published definition: " + panels.changes_text(changed))
         writer.writerow({k: cell(row.get(k, "")) for k in SUMMARY_FIELDS} | {"note": "; ".join(notes)})
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+# The kinds of panel: one entry each (its points from panels.py, its drawing from here).
+KINDS = {"line": Kind(panels.line_points, line_figure), "heatmap": Kind(panels.heatmap_points, heatmap_figure),
+         "table": Kind(panels.table_points, table_figure), "tau": Kind(panels.tau_points, tau_figure),
+         "eigen": Kind(panels.eigen_points, eigen_figure)}

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cli import OneLineParser, add_config_flags, fail, parse_bool
+from models import neuron_of
 from run_folder import CONFIG, RunFolderError, check_name, check_results_dir
 from runtime import BackendError, OutOfMemory, check_backend, configure_jax
 from training import TrainingDiverged, train_hsnn
@@ -97,6 +98,7 @@ def main(argv=None):
     run_dir = None
     try:
         cfg = config_from_args(args)
+        neuron_of(cfg)  # an unknown neuron model or setting: one line, before anything is written
         if args.print_config:
             return print(json.dumps(cfg.to_dict()))
         run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))

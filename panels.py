@@ -79,21 +79,48 @@ class Point(NamedTuple):
 
 
 def layout(name: str, definition: dict) -> dict:
-    """The panel's layout: LAYOUTS, else the definition's 'figure', else a line against the
-    first grid axis (a table for a grid of seeds only)."""
+    """The panel's layout: LAYOUTS (the published panels), else the definition's 'figure'
+    (an added experiment's), else a line against the first grid axis (a table for a grid of
+    seeds only). Keys: kind (figures.KINDS), x (the grid axis along the panel), categorical
+    (x values are names, in the grid's order, not numbers), measure (what is plotted: a name
+    of the runs' final numbers, `training.final_scalars`; default: test accuracy in %),
+    panel (one panel per value of this axis), paper (its entry in paper_numbers.json)."""
     spec = dict(LAYOUTS.get(name) or definition.get("figure") or {})
     axes = [k for k in definition["grid"] if k != "seed"]
     spec.setdefault("kind", "line" if axes else "table")
     spec.setdefault("x", axes[0] if axes else None)
     spec.setdefault("paper", definition.get("paper", name))
     spec.setdefault("rows", {})
+    spec.setdefault("categorical", False)
+    spec.setdefault("measure", None)
     return spec
 
 
-def points(name: str, definition: dict, lines: list, paper: dict, here: Optional[dict] = None) -> list:
-    """Every point of the panel of sweep `name` (its `definition`) from its results lines."""
-    spec = layout(name, definition)
-    return KINDS[spec["kind"]](definition, lines, spec, paper, here or {})
+class PanelError(ValueError):
+    """A panel asks for what its results lines do not hold (a measure no run recorded)."""
+
+
+def values(lines, measure: Optional[str] = None) -> np.ndarray:
+    """Each run's value of `measure` (a name of its final numbers), or its test accuracy in %."""
+    if measure is None:
+        return accuracy_pct(lines)
+    missing = [line["key"] for line in lines if measure not in (line.get("measures") or {})]
+    if missing:
+        raise PanelError(f"the runs {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} record no "
+                         f"measure {measure!r} (their final numbers: training.final_scalars)")
+    return np.array([float(line["measures"][measure]) for line in lines])
+
+
+def unit_of(spec: dict) -> str:
+    return ACCURACY if spec.get("measure") is None else spec["measure"]
+
+
+def x_order(definition: dict, spec: dict, xs) -> list:
+    """The x values in the panel's order: the grid's order for a categorical axis, else ascending."""
+    if spec.get("categorical"):
+        grid = list(definition["grid"].get(spec["x"], []))
+        return sorted(xs, key=lambda x: grid.index(x) if x in grid else len(grid))
+    return sorted(xs)
 
 
 # --- small pure helpers --------------------------------------------------------------------
@@ -162,7 +189,7 @@ def match_paper_series(paper: dict, config: dict):
 
 def paper_value(paper: dict, label, x):
     """(value, sd) of the paper's series `label` at x, else (None, None)."""
-    if not label or x is None:
+    if not label or x is None or isinstance(x, str):
         return None, None
     xs = paper.get("x_values", [])
     hit = [i for i, v in enumerate(xs) if math.isclose(float(v), float(x), abs_tol=1e-12)]
@@ -174,7 +201,7 @@ def paper_value(paper: dict, label, x):
 
 def line_points(definition, lines, spec, paper, here) -> list:
     out = []
-    stat = paper.get("stat", "median")
+    stat = spec.get("stat") or paper.get("stat", "median")
     panels = lines_by_panel(definition, lines, spec)
     for panel in sorted(panels, key=lambda v: (v is None, v if v is not None else 0)):
         for label, by_x in sorted(panels[panel].items()):
@@ -182,12 +209,13 @@ def line_points(definition, lines, spec, paper, here) -> list:
             paper_label = match_paper_series(paper, config)
             note = (f"compared with the paper's only series, {paper_label}, whose settings differ"
                     if paper_label and not matches(parse_series(paper_label), config) else "")
-            for x in sorted(by_x):
+            for x in x_order(definition, spec, by_x):
                 value, sd = paper_value(paper, paper_label, x)
                 published = next((np.asarray(p["test_acc"], float) for p in here.get("points", [])
                                   if matches(p["series"], by_x[x][0]["config"]) and p["x"] == x), None)
-                out.append(Point(label, spec["x"], x, accuracy_pct(by_x[x]), stat, panel=panel, paper=value,
-                                 paper_sd=sd, paper_series=paper_label if value is not None else None,
+                out.append(Point(label, spec["x"], x, values(by_x[x], spec.get("measure")), stat, unit_of(spec),
+                                 panel=panel, paper=value, paper_sd=sd,
+                                 paper_series=paper_label if value is not None else None,
                                  here=published, note=note if value is not None else ""))
     return out
 
@@ -239,7 +267,8 @@ def table_points(definition, lines, spec, paper, here) -> list:
     for label, group in sorted(by_point.items()):
         row = next((name for name, cond in spec["rows"].items() if matches(cond, group[0]["config"])), None)
         value, sd = (paper.get("rows") or {}).get(row, (None, None))
-        out.append(Point(row or label, "configuration", label, accuracy_pct(group), "mean", paper=value,
+        out.append(Point(row or label, "configuration", label, values(group, spec.get("measure")), "mean", unit_of(spec),
+                         paper=value,
                          paper_sd=sd, paper_series=row if value is not None else None,
                          note=f"paper row: {row}" if value is not None else ""))
     return out
@@ -309,5 +338,4 @@ def accuracy_point(lines, paper) -> Point:
                  paper_sd=float(np.std(acc, ddof=1)) if acc and len(acc) > 1 else None)
 
 
-KINDS = {"line": line_points, "heatmap": heatmap_points, "table": table_points, "tau": tau_points,
-         "eigen": eigen_points}
+

@@ -16,10 +16,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+import figures
 import panels
 import run_folder
-from sweep_definitions import (MANIFEST, ROOT, RecordError, SweepError, changed_fields, expand, read_lines,
-                               read_manifest, reduced)
+from sweep_definitions import (MANIFEST, ROOT, RecordError, SweepError, changed_fields, expand, published_names,
+                               read_lines, read_manifest, reduced)
 from utils_io import FileError, atomic_write, read_json
 
 PUBLISHED_HERE_FILE = ROOT / "paper" / "published_runs_here.json"  # the published code, run on this machine kind
@@ -39,6 +40,7 @@ class SweepResults(NamedTuple):
     sets: dict = {}        # the --set values its sweep.json records
     changed: dict = {}     # {field: values} where the runs differ from the published definition
     unreadable: str = ""   # why its results table cannot be read (then it has no lines)
+    published: bool = True  # one of the paper's sweeps (else an added experiment)
 
 
 class Claim(NamedTuple):
@@ -118,18 +120,19 @@ SECTIONS = [
 ]
 
 RULES = {
-    "rises": "Spearman's rank correlation between {x} and test accuracy over all runs of a series "
+    "rises": "Spearman's rank correlation between {x} and {measure} over all runs of a series "
              "is positive in every series",
-    "rises_more": "Spearman's rank correlation between {x} and test accuracy is positive in every "
+    "rises_more": "Spearman's rank correlation between {x} and {measure} is positive in every "
                   "series, and the rise (median at the largest {x} minus median at the smallest) is "
                   "larger for {more} than for {less}",
-    "beats": "the median test accuracy with {field} = {better} is above the one with {field} = {worse} "
+    "beats": "the median {measure} with {field} = {better} is above the one with {field} = {worse} "
              "in at least three quarters of the comparisons{by}",
     "deeper_slower": "Spearman's rank correlation between the hidden layer's depth and each run's "
                      "median trained time constant is positive, and the deepest hidden layer's median "
                      "over runs is above the first's",
     "gains": "the median gain over the delta_tau 0 runs is positive in at least three quarters of "
              "the cells",
+    "above": "the median {measure} with {field} = {better} is above the one with {field} = {worse}",
     "deeper_larger": "Spearman's rank correlation between the hidden layer's depth and each run's largest "
                      "absolute eigenvalue of W_rec (as stored) is positive, and the deepest hidden layer's "
                      "mean over runs is above the first's",
@@ -223,9 +226,9 @@ class Stat(NamedTuple):
         return bool(value >= self.threshold if self.inclusive else value > self.threshold)
 
 
-def stats_rises(lines, x, more=None, less=None):
+def stats_rises(lines, x, more=None, less=None, measure=None):
     groups = _series(lines, x)
-    rhos = {k: spearman(_values(g, x), panels.accuracy_pct(g)) for k, g in sorted(groups.items())}
+    rhos = {k: spearman(_values(g, x), panels.values(g, measure)) for k, g in sorted(groups.items())}
     if not rhos or any(np.isnan(r) for r in rhos.values()):
         return None, "not enough distinct values to rank"
     text = "rank correlation " + ", ".join(f"{k}: {r:+.2f}" for k, r in rhos.items())
@@ -234,7 +237,7 @@ def stats_rises(lines, x, more=None, less=None):
         def rise(cond):
             group = [line for line in lines if panels.matches(cond, line["config"]) and not line.get("baseline")]
             xs = sorted(set(_values(group, x)))
-            at = lambda v: np.median([100 * run["test_acc"] for run in group if run["config"][x] == v])  # noqa: E731
+            at = lambda v: np.median(panels.values([run for run in group if run["config"][x] == v], measure))  # noqa: E731
             return at(xs[-1]) - at(xs[0]) if len(xs) > 1 else float("nan")
         r_more, r_less = rise(more), rise(less)
         text += f"; rise {panels.series_label(more)}: {r_more:+.2f}, {panels.series_label(less)}: {r_less:+.2f}"
@@ -242,7 +245,7 @@ def stats_rises(lines, x, more=None, less=None):
     return stats, text
 
 
-def stats_beats(lines, field, better, worse, by):
+def stats_beats(lines, field, better, worse, by, measure=None):
     fields, betters, worses = ((field,), (better,), (worse,)) if isinstance(field, str) else (field, better, worse)
     wins, cells = 0, 0
     parts = []
@@ -256,7 +259,7 @@ def stats_beats(lines, field, better, worse, by):
             hi = [run for v, runs in by_value.items() if panels.matches({f: b}, {f: v}) for run in runs]
             lo = [run for v, runs in by_value.items() if panels.matches({f: w}, {f: v}) for run in runs]
             if hi and lo and (len(fields) == 1 or set(by_value) == {b, w}):
-                diff = np.median(panels.accuracy_pct(hi)) - np.median(panels.accuracy_pct(lo))
+                diff = np.median(panels.values(hi, measure)) - np.median(panels.values(lo, measure))
                 cells += 1
                 wins += diff > 0
                 parts.append(f"{key if key != 'all' else f}: {diff:+.2f}")
@@ -264,6 +267,19 @@ def stats_beats(lines, field, better, worse, by):
         return None, "no pair of runs to compare yet"
     return ([Stat("share of the comparisons won", wins / cells, 0.75, inclusive=True)],
             f"better in {wins} of {cells} ({'; '.join(parts)} points)")
+
+
+def stats_above(lines, field, better, worse, measure=None):
+    """The median of the runs with `field` = `better` minus the median of those with `worse`."""
+    hi = [line for line in lines if panels.matches({field: better}, {field: line["config"][field]})]
+    lo = [line for line in lines if panels.matches({field: worse}, {field: line["config"][field]})]
+    if not hi or not lo:
+        return None, "no pair of runs to compare yet"
+    a, b = np.median(panels.values(hi, measure)), np.median(panels.values(lo, measure))
+    what = measure or "test accuracy"
+    return ([Stat(f"difference of the medians{' [points]' if measure is None else ''}", a - b, 0.0)],
+            f"median {what} {a:.2f} with {field} = {better} ({len(hi)} runs), {b:.2f} with {field} = {worse} "
+            f"({len(lo)} runs)")
 
 
 def depth_trend(values, centre):
@@ -314,7 +330,7 @@ def stats_gains(lines):
             f"positive in {wins} of {len(cells)} cells")
 
 
-STATISTICS = {"rises": stats_rises, "rises_more": stats_rises, "beats": stats_beats,
+STATISTICS = {"rises": stats_rises, "rises_more": stats_rises, "beats": stats_beats, "above": stats_above,
               "deeper_slower": stats_deeper_slower, "deeper_larger": stats_deeper_larger, "gains": stats_gains}
 # the bootstrap over seeds behind every verdict: resamples, and a fixed generator seed so that
 # the same results give the same report
@@ -369,6 +385,7 @@ def verdict(claim: Claim, lines):
 
 def rule_text(claim: Claim) -> str:
     args = dict(claim.args)
+    args["measure"] = args.get("measure") or "test accuracy"
     if claim.rule == "rises_more":
         args.update(more=panels.series_label(args["more"]), less=panels.series_label(args["less"]))
     if claim.rule == "beats":
@@ -376,8 +393,8 @@ def rule_text(claim: Claim) -> str:
         args["by"] = f" (one comparison per value of {', '.join(by)})" if by else ""
         if not isinstance(args["field"], str):
             pairs = [f"{f} = {b} against {f} = {w}" for f, b, w in zip(args["field"], args["better"], args["worse"])]
-            return ("the mean test accuracy is higher with " + "; with ".join(pairs)).replace(
-                "mean", "median") + ", in at least three quarters of the comparisons"
+            return (f"the median {args['measure']} is higher with " + "; with ".join(pairs)
+                    + ", in at least three quarters of the comparisons")
     return RULES[claim.rule].format(**args)
 
 
@@ -458,7 +475,7 @@ def extension_lines(sec: Section, ext: SweepResults, paper_numbers: dict, publis
     """An extension of a sweep (`sweep.py --seeds`): its numbers and verdict on its own, then
     with the published grid's runs, kept out of the section's status and verdict."""
     spec = panels.layout(ext.name, ext.definition)
-    points = panels.points(ext.name, ext.definition, ext.lines, paper_numbers.get(spec["paper"], {}),
+    points = figures.points(ext.name, ext.definition, ext.lines, paper_numbers.get(spec["paper"], {}),
                            here.get(ext.name))
     modified = f", modified: {changes_text(ext)}" if ext.changed else ""
     out = [f"### Extension `{ext.folder}`: {len(ext.lines)} runs, {ext.definition['extension']}{modified}", "",
@@ -488,12 +505,16 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
         paper = paper_numbers.get(spec["paper"], {})
         out += [f"### `{name}`: {status(sweep)}", "", f"`{command(sweep)}`", ""]
         statuses.append(status(sweep) if len(sec.sweeps) == 1 else f"`{name}`: {status(sweep)}")
-        if not panels.paper_recoverable(paper):
+        if sweep.published and not panels.paper_recoverable(paper):
             out += [f"The paper's numbers for this panel are not recoverable ({paper.get('source', 'none listed')}); "
                     "ours only.", ""]
         if not sweep.lines:
             continue
-        points = panels.points(name, sweep.definition, sweep.lines, paper, (here or {}).get(name))
+        try:
+            points = figures.points(name, sweep.definition, sweep.lines, paper, (here or {}).get(name))
+        except panels.PanelError as err:
+            out += [f"Its points cannot be computed: {err}.", ""]
+            continue
         all_points += points
         all_lines += sweep.lines
         line = summary(points)
@@ -523,9 +544,42 @@ def section(sec: Section, sweeps: dict, paper_numbers: dict, extensions: dict = 
     return out, top
 
 
+def experiment_section(name: str, definition: dict) -> Section:
+    """The section of a sweep that no section of the paper lists (an added experiment): its
+    title and what it tests from its definition, and its claim and rule where it states one
+    ({"text": ..., "rule": a key of RULES, "args": {...}})."""
+    claim = definition.get("claim")
+    return Section(definition.get("title", name), (name,), definition["what"],
+                   Claim(claim["text"], claim["rule"], claim.get("args", {})) if claim else None)
+
+
+def claim_problem(definition: dict):
+    """Why a definition's claim cannot be judged (its rule is not one of RULES, or its
+    arguments not the rule's), else None."""
+    claim = definition.get("claim")
+    if claim is None:
+        return None
+    if not (isinstance(claim, dict) and isinstance(claim.get("text"), str) and claim.get("rule") in RULES
+            and isinstance(claim.get("args", {}), dict)):
+        return f"its claim must be an object with a 'text', a 'rule' (one of {', '.join(RULES)}) and 'args'"
+    try:
+        rule_text(Claim(claim["text"], claim["rule"], claim.get("args", {})))
+    except (KeyError, TypeError) as err:
+        return f"its claim's arguments do not fit the rule {claim['rule']!r} ({err})"
+    return None
+
+
 def render(sweeps: dict, paper_numbers: dict, extensions: dict = None, here: dict = None) -> str:
+    """The report: a section per figure and table of the paper (SECTIONS), then one per added
+    experiment (every other sweep defined)."""
+    listed = {name for sec in SECTIONS for name in sec.sweeps}
+    added = [experiment_section(name, s.definition) for name, s in sweeps.items() if name not in listed]
     sections, top = [], []
-    for sec in SECTIONS:
+    for sec in SECTIONS + added:
+        if sec is (added[0] if added else None):
+            sections += ["# Added experiments", "",
+                         "Experiments the paper did not run, defined beside its sweeps (experiments/ or "
+                         "--sweeps_file); their claims are ours, judged by the same rules.", ""]
         lines, row = section(sec, sweeps, paper_numbers, extensions, here)
         sections += lines
         top.append(row)
@@ -584,12 +638,12 @@ def sweep_results(folder: Path, name: str, definition: dict, reduced_: bool) -> 
 def write_folder_report(results_dir: Path, definitions: dict, paper_numbers: dict) -> Path:
     """results_dir/REPORT.md from every sweep's results (the full sweep's, else its --quick
     reduction's), and the extensions that --seeds trained beside them."""
-    sweeps, extensions = {}, {}
+    sweeps, extensions, published = {}, {}, published_names()
     for name, definition in definitions.items():
-        full = sweep_results(results_dir / name, name, definition, False)
+        full = sweep_results(results_dir / name, name, definition, False)._replace(published=name in published)
         if not full.lines and (results_dir / f"{name}_quick").exists():
             quick = sweep_results(results_dir / f"{name}_quick", name, reduced(definition), True)
-            full = quick if quick.lines else full
+            full = quick._replace(published=full.published) if quick.lines else full
         sweeps[name] = full
         for folder in sorted(results_dir.glob(f"{name}_seeds*")):
             ext = sweep_results(folder, name, definition, False)

@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -36,22 +35,22 @@ from pathlib import Path
 from typing import NamedTuple
 
 import figures
+import panels
 import report
 import run_folder
 from cli import OneLineParser, fail, parse_bool, parse_field
+from models import neuron_of
 from sweep_backends import WorkerDied, log_to_wandb, run_in_processes, run_on_ray
-from sweep_definitions import (LINES, MANIFEST, PAPER_FILE, QUICK, SWEEPS_FILE, RecordError, Run, SweepError,
-                               append_line, changed_fields, conversion_notes, expand, load_definitions,
-                               load_paper_numbers, make_run_config, parse_seeds, read_lines, read_manifest, reduced,
-                               seeds_text, with_seeds)
-from runtime import BackendError, OutOfMemory, check_backend, configure_jax
-from training import TrainingDiverged, train_seeds
+from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUICK, ROOT, SWEEPS_FILE, RecordError,
+                               Run, SweepError, append_line, changed_fields, conversion_notes, expand,
+                               load_definitions, load_paper_numbers, make_run_config, parse_seeds, published_names,
+                               read_lines, read_manifest, reduced, seeds_text, with_seeds)
+from runtime import BackendError, OutOfMemory, check_backend
+from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, read_files, train_task
+from training import TrainingDiverged, final_scalars
 from utils_dataset import DataError
-from utils_initialization import Config, ConfigError
+from utils_initialization import ConfigError
 from utils_io import FileError, atomic_folder, atomic_write, locked, read_json, write_json
-
-NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
-
 
 def groups_of(runs: list, seeds_per_task: int = 0) -> list:
     """Runs that differ only in their seed, in sweep order; split into chunks of at most
@@ -91,7 +90,8 @@ def result_line(run: Run, metrics: dict, run_dir: Path) -> dict:
                 best_epoch=metrics["best_epoch"], n_epochs=len(metrics["epochs"]),
                 seconds=metrics.get("seconds_total"), median_tau_per_layer=metrics["median_tau_per_layer"],
                 median_tau_init=metrics.get("median_tau_init"), tau_per_neuron=metrics.get("tau_per_neuron"),
-                w_rec_abs_eigenvalues=metrics.get("w_rec_abs_eigenvalues"), host=socket.gethostname(),
+                w_rec_abs_eigenvalues=metrics.get("w_rec_abs_eigenvalues"), measures=final_scalars(metrics),
+                host=socket.gethostname(),
                 provenance=run_folder.read_provenance(run_dir),
                 finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -105,75 +105,6 @@ def stale_line(run: Run, line: dict):
     cfg = make_run_config(run.overrides, run.seed).to_dict()
     diff = sorted(k for k in line["config"] if k in cfg and line["config"][k] != cfg[k])
     return f"it was trained with other values of {', '.join(diff)}" if diff else None
-
-
-def train_task(task: dict) -> list:
-    """Train one seed group (a local worker process, the driver itself, or a Ray task).
-
-    `task`: cfg (Config as a dict), seeds, names (run folder names), runs_dir (where the
-    run folders live; None on Ray: a temporary folder), files ({name: {file: bytes}} of
-    unfinished run folders to continue), jax_cache, progress. Returns, per run,
-    (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
-    None, so that the driver writes them: workers need no shared results folder."""
-    _use_compilation_cache(task.get("jax_cache"))
-    with contextlib.ExitStack() as stack:
-        runs_dir = task["runs_dir"]
-        if runs_dir is None:
-            runs_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hsnn-run-"))
-        runs_dir = Path(runs_dir)
-        for name, files in (task.get("files") or {}).items():
-            if files:  # an unfinished run folder to continue
-                _write_files(runs_dir / name, files)
-        dirs = [runs_dir / name for name in task["names"]]
-        for d in sorted(dirs):  # one trainer per run folder, even if two drivers meet
-            stack.enter_context(locked(runs_dir / f".{d.name}.lock"))
-        cfg = _config_from_dict(task["cfg"])
-        for i, d in enumerate(dirs):  # damaged files, or another configuration (finished or not):
-            why = run_folder.problem(d, cfg.replace(seed=task["seeds"][i])) if d.exists() else None
-            if why:  # moved aside (never deleted), the run trained again
-                aside = run_folder.move_aside(d)
-                print(f"warning: {why}; its files were moved to {aside}; training the run again",
-                      file=sys.stderr, flush=True)
-        cfgs = [cfg.replace(seed=seed) for seed in task["seeds"]]
-        todo = [i for i, d in enumerate(dirs) if run_folder.finished_run_of(d, cfgs[i]) is None]
-        if todo:
-            try:
-                train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
-                            resume=True, progress=task.get("progress", False), force=task.get("force", False))
-            except SWEEP_STOPPERS:  # no run of the sweep can train: the sweep stops
-                raise
-            except Exception as err:  # a run that failed has its error.txt; the others have finished
-                if not isinstance(err, EXPECTED_FAILURES):
-                    traceback.print_exc()  # a bug of this code: its traceback, as it happens
-        ship = task["runs_dir"] is None
-        return [(d.name, run_folder.finished_run_of(d, c), _read_files(d) if ship else None, run_folder.read_error(d))
-                for d, c in zip(dirs, cfgs)]
-
-
-def _config_from_dict(values: dict):
-    return Config(**values)
-
-
-def _use_compilation_cache(path):
-    """The runtime settings of main.py, with JAX's persistent compilation cache in `path`:
-    the runs of a sweep compile the same programs (only the seed differs), so all but the
-    first load them from disk."""
-    if path == NODE_CACHE:
-        path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
-    configure_jax(compilation_cache=bool(path), cache_dir=path)
-
-
-def _read_files(folder: Path) -> dict:
-    """A run folder's files as bytes (not its lock, which belongs to the process holding it)."""
-    if not Path(folder).exists():
-        return {}
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file() and p.name != run_folder.LOCK}
-
-
-def _write_files(folder: Path, files: dict):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
 
 
 def install_run_folder(dest: Path, files: dict):
@@ -213,7 +144,7 @@ def open_sweep(args, definitions) -> Sweep:
     try:
         all_runs = expand(definition, sets)
         for run in all_runs:
-            make_run_config(run.overrides, run.seed)
+            neuron_of(make_run_config(run.overrides, run.seed))
     except ConfigError as err:
         raise SweepError(f"{args.sweep_name}: {err}")
     return Sweep(args.sweep_name, folder, definition, shard_runs(all_runs, args.shard), all_runs,
@@ -288,7 +219,7 @@ def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
     tasks = []
     for group in groups_of(pending, args.seeds_per_task):
         cfg = make_run_config(group[0].overrides, group[0].seed)
-        files = {r.key: _read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None
+        files = {r.key: read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None
         tasks.append((group, dict(cfg=cfg.to_dict(), seeds=[r.seed for r in group],
                                   names=[r.key for r in group], files=files,
                                   runs_dir=None if ship else str(sweep.folder / "runs"),
@@ -301,12 +232,8 @@ class RunsFailed(RuntimeError):
     """Some runs of the sweep failed; the others finished. Exit code 1."""
 
 
-# errors that stop a whole sweep: no run of it can train (a missing data set, too little memory)
-SWEEP_STOPPERS = (DataError, OutOfMemory)
-
-
-# what may end a run without being a bug of this code
-EXPECTED_FAILURES = (WorkerDied, TrainingDiverged, FileError, run_folder.RunFolderError)
+# what may end a run without being a bug of this code: the failures of a run, a dead worker
+EXPECTED_FAILURES = RUN_FAILURES + (WorkerDied,)
 
 
 class Recorder:
@@ -435,8 +362,12 @@ def draw_figure(sweep: Sweep, paper_numbers: dict) -> list:
     if not lines:
         raise SweepError(f"{sweep.folder} holds no finished run of {sweep.name} yet; nothing to plot")
     panel = figures.Panel(sweep.name, sweep.folder, sweep.definition, lines, len(sweep.all_runs),
-                          QUICK if sweep.quick else None, changed_fields(lines, sweep.published))
-    return figures.plot_sweep(panel, paper_numbers)
+                          QUICK if sweep.quick else None, changed_fields(lines, sweep.published),
+                          sweep.name in published_names())
+    try:
+        return figures.plot_sweep(panel, paper_numbers)
+    except panels.PanelError as err:
+        raise SweepError(f"{sweep.folder}: {err}") from None
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -485,7 +416,9 @@ def build_parser():
                    help="train even if a run's memory estimate exceeds the memory available")
     p.add_argument("--jax_cache", default=None,
                    help="JAX compilation cache folder (default <results_dir>/.jax_cache; 'none': off)")
-    p.add_argument("--sweeps_file", default=str(SWEEPS_FILE), help="sweep definitions (JSON)")
+    p.add_argument("--sweeps_file", action="append", default=[], metavar="FILE",
+                   help=f"more sweep definitions (JSON), beside the published ones ({SWEEPS_FILE.relative_to(ROOT)}) "
+                        f"and the added experiments ({EXPERIMENTS_DIR.relative_to(ROOT)}/*.json); repeatable")
     p.add_argument("--paper_file", default=str(PAPER_FILE), help="published numbers (JSON)")
     return p
 
@@ -502,7 +435,11 @@ def print_list(definitions: dict):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        definitions = load_definitions(args.sweeps_file)
+        definitions = load_definitions(*args.sweeps_file)
+        for name, definition in definitions.items():  # an added experiment's claim the report can judge
+            problem = report.claim_problem(definition)
+            if problem:
+                raise SweepError(f"sweep {name!r}: {problem}")
         if args.list:
             return print_list(definitions)
         paper_numbers = load_paper_numbers(args.paper_file)  # before anything trains

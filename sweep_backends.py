@@ -1,14 +1,13 @@
 """Where a sweep's seed groups train, besides the driver itself: worker processes on this
 machine (`--jobs`), a Ray cluster (`--ray`); and Weights & Biases logging (`--wandb`).
 
-Every backend runs `sweep.train_task` on a task and hands each outcome, results or the
+Every backend runs `sweep_task.train_task` on a task and hands each outcome, results or the
 exception, to the driver's `record.result`, one task at a time.
 """
 
 import concurrent.futures as cf
 import contextlib
 import ctypes
-import importlib
 import json
 import multiprocessing
 import os
@@ -16,6 +15,7 @@ import signal
 import threading
 
 from sweep_definitions import ROOT, SweepError
+from sweep_task import train_task
 
 
 class WorkerDied(RuntimeError):
@@ -44,7 +44,7 @@ def run_in_processes(tasks: list, jobs: int, record):
                 group, task = queue.pop(0)
             for attempt in (1, 2):
                 try:
-                    outcome = pool.submit(_module().train_task, task).result()
+                    outcome = pool.submit(train_task, task).result()
                 except cf.process.BrokenProcessPool:
                     pool.shutdown(wait=False)
                     pool = new_pool()
@@ -87,12 +87,6 @@ def _die_with_parent(driver: int):
         os._exit(1)
 
 
-def _module():
-    """sweep.py as the module `sweep`, so that workers import the task function by name (not
-    as __main__), and this module needs no import of it."""
-    return importlib.import_module("sweep")
-
-
 def run_on_ray(tasks: list, args, record):
     """Each seed group as one Ray task with `--cpus_per_run` CPUs and `--gpus_per_run`
     GPUs. The project's code travels as the job's working_dir; the run folders come back
@@ -105,7 +99,7 @@ def run_on_ray(tasks: list, args, record):
     ray.init(address=args.ray, log_to_driver=False, runtime_env=dict(
         working_dir=str(ROOT), env_vars=env_vars,
         excludes=[".git", ".venv/", "results/", "datasets/", "tests/data/", "*.pyc"]))
-    remote = ray.remote(_module().train_task).options(
+    remote = ray.remote(train_task).options(
         num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=2)
     refs = {remote.remote(task): group for group, task in tasks}
     try:

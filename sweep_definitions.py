@@ -20,7 +20,8 @@ from utils_initialization import FIELDS, SWEEP_BASE, Config, ConfigError
 from utils_io import FileError, locked, read_json
 
 ROOT = Path(__file__).resolve().parent
-SWEEPS_FILE = ROOT / "paper" / "sweeps.json"
+SWEEPS_FILE = ROOT / "paper" / "sweeps.json"      # the published sweeps
+EXPERIMENTS_DIR = ROOT / "experiments"              # sweeps added here, beyond the paper's
 PAPER_FILE = ROOT / "paper" / "paper_numbers.json"
 QUICK = dict(seeds=2, n_epochs=10, points=3)  # --quick: per grid axis first, middle, last
 LINES = "runs.jsonl"
@@ -41,8 +42,29 @@ class Run(NamedTuple):
     baseline: bool    # an extra run of the sweep's 'baseline' (Fig. S2e)
 
 
-def load_definitions(path=SWEEPS_FILE) -> dict:
-    """The sweeps of a definitions file (--sweeps_file): {name: {what, fixed, grid, ...}}."""
+def load_definitions(*files, experiments=EXPERIMENTS_DIR) -> dict:
+    """Every sweep: the published ones (paper/sweeps.json), the added experiments
+    (experiments/*.json) and those of `files` (--sweeps_file), {name: {what, fixed, grid,
+    ...}}; a name defined twice is one SweepError line."""
+    sources = [SWEEPS_FILE, *sorted(Path(experiments).glob("*.json")), *files]
+    definitions, where = {}, {}
+    for path in sources:
+        for name, definition in definitions_in(path).items():
+            if name in definitions:
+                raise SweepError(f"--sweeps_file {path}: sweep {name!r} is defined in {where[name]} already; "
+                                 "give it another name")
+            definitions[name], where[name] = definition, path
+    return definitions
+
+
+def published_names() -> set:
+    """The names of the paper's sweeps (paper/sweeps.json): everything else is an added
+    experiment, with no published numbers to compare with."""
+    return set(definitions_in(SWEEPS_FILE))
+
+
+def definitions_in(path) -> dict:
+    """The sweeps of one definitions file: {name: {what, fixed, grid, ...}}."""
     data = _read_flag_file(path, "sweeps_file", "sweep definitions")
     definitions = {k: v for k, v in data.items() if not k.startswith("_")}
     for name, d in definitions.items():
@@ -256,7 +278,7 @@ NUMBER = (int, float)
 RECORD_FIELDS = dict(key=str, group=str, point=dict, seed=int, baseline=bool, overrides=dict, test_acc=NUMBER,
                      valid_acc=NUMBER, best_epoch=int, n_epochs=int, median_tau_per_layer=list)
 OPTIONAL_FIELDS = dict(config=dict, median_tau_init=list, tau_per_neuron=list, w_rec_abs_eigenvalues=dict,
-                       provenance=list, seconds=NUMBER, finished=str)
+                       provenance=list, seconds=NUMBER, finished=str, measures=dict)
 
 
 class RecordError(SweepError):

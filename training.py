@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 import run_folder
 import runtime
 import utils_dataset
-from models import decode, forward
-from utils_initialization import Config, hierarchy_notes, init_params, tau_from_alpha
+from models import decode, forward_trace, init_params, param_rules
+from utils_initialization import Config, hierarchy_notes, tau_from_alpha
 from utils_io import FileError
 
 LOG_EPS = 1e-12          # inside log(yhat) of the cross-entropy
@@ -54,43 +54,93 @@ def cross_entropy(yhat, y, n_out):
     return -jnp.mean(jnp.sum(onehot * jnp.log(yhat + LOG_EPS), axis=-1))
 
 
-def regularizers(params, hidden_TBH, cfg: Config) -> dict:
-    """Every non-CE term, reported separately."""
-    alphas = [layer["alpha"] for layer in params]
+def regularizers(params, hidden: list, cfg: Config) -> dict:
+    """Every non-CE term (M6), reported separately. Which parameters each term covers is
+    declared with the parameter (models.param_rules): the L2 norm of the weights, the
+    published penalties of the membrane decays."""
+    rules = param_rules(cfg)
+    decays = [value for layer in params for name, value in layer.items() if rules[name].penalised]
     terms = {
-        "alpha_high": ALPHA_HIGH_WEIGHT * safe_norm([jax.nn.relu(a - ALPHA_HIGH) for a in alphas]),
-        "alpha_sd": cfg.l2_alpha_sd * safe_norm([a - jnp.mean(a) for a in alphas]),
+        "alpha_high": ALPHA_HIGH_WEIGHT * safe_norm([jax.nn.relu(a - ALPHA_HIGH) for a in decays]),
+        "alpha_sd": cfg.l2_alpha_sd * safe_norm([a - jnp.mean(a) for a in decays]),
     }
     if cfg.l2_lambda:
-        weights = [v for layer in params for k, v in layer.items() if k != "alpha"]
-        terms["l2"] = cfg.l2_lambda * safe_norm(weights)
+        terms["l2"] = cfg.l2_lambda * safe_norm([value for layer in params for name, value in layer.items()
+                                                 if rules[name].l2])
     if cfg.freq_lambda:  # the hidden layers' mean firing rate; after dropout when training (published)
-        rate = jnp.mean(jnp.stack(firing_rates(hidden_TBH)))
+        rate = jnp.mean(jnp.stack(firing_rates([h.passed for h in hidden])))
         terms["firing_rate"] = cfg.freq_lambda * (cfg.target_fr - rate) ** 2
     return terms
 
 
 def loss_fn(params, x_TBI, y, cfg: Config, key=None, train=False):
-    """Total loss (M6) and (measures, class probabilities) of a time-major batch.
+    """Total loss (M6) and (its terms, the measures, class probabilities) of a time-major batch.
 
-    `measures` is every quantity measured on the batch: the loss terms (their sum is the
-    loss) and the measures of `measure`. A quantity added to it is averaged over each epoch's
-    batches for training, validation and test, and reaches metrics.json and W&B as it is."""
-    hidden, out_TBO = forward(params, x_TBI.astype(jnp.float32), cfg, key, train)
+    The terms add up to the loss; the measures (`MEASURES`) are what is watched beside it.
+    Both are reduced over each epoch's batches for training, validation and test and reach
+    metrics.json and W&B as they are, and the final ones runs.jsonl."""
+    hidden, out_TBO = forward_trace(params, x_TBI.astype(jnp.float32), cfg, key, train)
     yhat = decode(out_TBO, cfg.decoder)
     terms = {"ce": cross_entropy(yhat, y, cfg.n_out), **regularizers(params, hidden, cfg)}
-    return sum(terms.values()), ({**terms, **measure(hidden)}, yhat)
+    return sum(terms.values()), (terms, measure(hidden, params, (x_TBI, y)), yhat)
 
 
-def firing_rates(hidden_TBH) -> list:
-    """Each hidden layer's firing rate in spikes per neuron and sample, of the spikes as the
-    next layer receives them (after dropout, scaled, while training)."""
-    return [S.sum(0).mean() for S in hidden_TBH]
+def firing_rates(spikes_TBH) -> list:
+    """Each hidden layer's firing rate in spikes per neuron and sample."""
+    return [S.sum(0).mean() for S in spikes_TBH]
 
 
-def measure(hidden_TBH) -> dict:
-    """Quantities reported beside the loss terms: each hidden layer's firing rate."""
-    return {f"rate_L{i + 1}": rate for i, rate in enumerate(firing_rates(hidden_TBH))}
+# --- measures: what is watched beside the loss ---------------------------------------------------
+class Measure(NamedTuple):
+    """A quantity measured on every batch (training, validation and test).
+
+    reads:   what it is computed from, any of: "spikes" (each hidden layer's spikes S),
+             "passed" (the spikes as the next layer receives them: after dropout while
+             training), "membranes" (each hidden layer's V), "params", "batch" ((x, y))
+    compute: {what it reads: value} -> {name: value per batch} (under stop_gradient)
+    reduce:  how the batches of an epoch combine (REDUCTIONS): "mean" (weighted by batch size),
+             "max", "sum", or "fraction" (per unit counts summed over the whole data set,
+             then the fraction of units whose count is 0)"""
+    reads: tuple
+    compute: Callable
+    reduce: str = "mean"
+
+
+def per_layer(fn, arrays) -> dict:
+    """{'L1': fn(layer 1's array), 'L2': ...}."""
+    return {f"L{i + 1}": fn(a) for i, a in enumerate(arrays)}
+
+
+# Each measure's names are '<key>_<name>': rate_L1, silent_L2, ...
+MEASURES = {
+    # spikes per neuron and sample, as the firing-rate loss counts them (after dropout, scaled)
+    "rate": Measure(("passed",), lambda r: per_layer(lambda S: S.sum(0).mean(), r["passed"])),
+    # the fraction of a layer's neurons that never spike over the whole data set
+    "silent": Measure(("spikes",), lambda r: per_layer(lambda S: S.sum((0, 1)), r["spikes"]), "fraction"),
+    # the mean membrane potential (over time, samples and neurons)
+    "vmem": Measure(("membranes",), lambda r: per_layer(jnp.mean, r["membranes"])),
+}
+
+
+class Reduction(NamedTuple):
+    add: Callable    # (total so far or None, a batch's value, batch size) -> total
+    final: Callable  # (one seed's total, samples) -> the epoch's number
+
+
+REDUCTIONS = {
+    "mean": Reduction(lambda t, v, n: (0.0 if t is None else t) + v * n, lambda t, n: float(t / n)),
+    "sum": Reduction(lambda t, v, n: (0.0 if t is None else t) + v, lambda t, n: float(t)),
+    "max": Reduction(lambda t, v, n: v if t is None else np.maximum(t, v), lambda t, n: float(t)),
+    "fraction": Reduction(lambda t, v, n: (0.0 if t is None else t) + v, lambda t, n: float(np.mean(t == 0))),
+}
+
+
+def measure(hidden: list, params, batch) -> dict:
+    """{measure: {name: value}} of a batch, from what each measure reads."""
+    inputs = dict(spikes=[h.spikes for h in hidden], passed=[h.passed for h in hidden],
+                  membranes=[h.membranes for h in hidden], params=params, batch=batch)
+    return {key: jax.lax.stop_gradient(m.compute({what: inputs[what] for what in m.reads}))
+            for key, m in MEASURES.items()}
 
 
 def correct_counts(yhat, y, score_mask_T=None):
@@ -147,23 +197,27 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(scale.init, update)
 
 
-def _alpha_grad_scales(n_layers: int, train_alpha: bool) -> list:
-    return [ALPHA_GRAD_SCALE if train_alpha else 0.0] * (n_layers - 1) + [0.0]
+def decay_grad_scales(params, cfg: Config) -> list:
+    """Per layer {name: gradient factor} of its decays (models.Param.decay): in hidden layers
+    0.1 when the decay's Config flag trains it (train_alpha for the membranes), else 0; the
+    output layer's decays 0 (fixed)."""
+    rules, last = param_rules(cfg), len(params) - 1
+    return [{name: (ALPHA_GRAD_SCALE if i < last and getattr(cfg, rules[name].trained_by) else 0.0)
+             for name in layer if rules[name].decay} for i, layer in enumerate(params)]
 
 
-def alpha_grad_rule(grads, train_alpha: bool):
-    """Decays are fixed unless train_alpha; then hidden-layer decay gradients x 0.1 and the
-    output layer's decay stays fixed."""
-    scales = _alpha_grad_scales(len(grads), train_alpha)
-    return [dict(layer, alpha=layer["alpha"] * s) for layer, s in zip(grads, scales)]
+def decay_grad_rule(grads, cfg: Config):
+    """The decay-gradient rule: decays are fixed unless trained; then their gradients x 0.1 in
+    the hidden layers, and the output layer's decay stays fixed."""
+    return [dict(layer, **{name: layer[name] * scale for name, scale in scales.items()})
+            for layer, scales in zip(grads, decay_grad_scales(grads, cfg))]
 
 
-def freeze_fixed_decays(params, train_alpha: bool):
-    """stop_gradient on the decays that `alpha_grad_rule` zeroes, so that their gradients
+def freeze_fixed_decays(params, cfg: Config):
+    """stop_gradient on the decays that `decay_grad_rule` zeroes, so that their gradients
     (a reduction over time x batch per layer) are not computed at all; same updates."""
-    scales = _alpha_grad_scales(len(params), train_alpha)
-    return [dict(layer, alpha=jax.lax.stop_gradient(layer["alpha"])) if s == 0.0 else layer
-            for layer, s in zip(params, scales)]
+    return [dict(layer, **{name: jax.lax.stop_gradient(layer[name]) for name, scale in scales.items() if scale == 0})
+            for layer, scales in zip(params, decay_grad_scales(params, cfg))]
 
 
 # --- compiled steps ------------------------------------------------------------------------
@@ -175,9 +229,10 @@ class Batch(NamedTuple):
 
 class Metrics(NamedTuple):
     loss: jax.Array    # total loss of the batch (M6)
-    measures: dict     # the loss terms (ce, alpha_high, alpha_sd; l2, firing_rate if used) and `measure`'s
+    measures: dict     # {measure: {name: value}} of MEASURES
     correct: jax.Array  # correct predictions (MTS-XOR: per scored step)
     scored: jax.Array  # predictions that count
+    terms: dict = {}   # the loss terms: ce, alpha_high, alpha_sd; l2, firing_rate if used
 
 
 class Steps(NamedTuple):
@@ -192,17 +247,18 @@ def make_step_fns(cfg: Config, optimizer, score_mask=None):
     that count for accuracy when every step has a label (MTS-XOR)."""
     def train_step(params, opt_state, batch: Batch, key_epoch, epoch, lr):
         key = jax.random.fold_in(key_epoch, batch.index)
-        (loss, (measures, yhat)), grads = jax.value_and_grad(
-            lambda p: loss_fn(freeze_fixed_decays(p, cfg.train_alpha), batch.x_TBI, batch.y, cfg, key, True),
+        (loss, aux), grads = jax.value_and_grad(
+            lambda p: loss_fn(freeze_fixed_decays(p, cfg), batch.x_TBI, batch.y, cfg, key, True),
             has_aux=True)(params)
-        grads = alpha_grad_rule(grads, cfg.train_alpha)
+        terms, measures, yhat = aux
+        grads = decay_grad_rule(grads, cfg)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch, lr=lr)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask))
+        return params, opt_state, Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask), terms)
 
     def eval_step(params, batch: Batch):
-        loss, (measures, yhat) = loss_fn(params, batch.x_TBI, batch.y, cfg)
-        return Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask))
+        loss, (terms, measures, yhat) = loss_fn(params, batch.x_TBI, batch.y, cfg)
+        return Metrics(loss, measures, *correct_counts(yhat, batch.y, score_mask), terms)
 
     return train_step, eval_step
 
@@ -218,12 +274,13 @@ def make_steps(cfg: Config, optimizer, score_mask=None) -> Steps:
 
 
 class Tally:
-    """Per-seed sums of a split's metrics over an epoch: loss and every measure weighted by batch
-    size, the accuracy both over all scored predictions and as the mean of per-batch
-    accuracies (how the published code reported validation and test accuracy)."""
+    """Per-seed sums of a split's metrics over an epoch: the loss and its terms weighted by
+    batch size, each measure by its reduction, the accuracy both over all scored predictions
+    and as the mean of per-batch accuracies (how the published code reported validation and
+    test accuracy)."""
 
     def __init__(self):
-        self.samples, self.batches, self.loss, self.measures = 0, 0, 0.0, {}
+        self.samples, self.batches, self.loss, self.terms, self.measures, self.reduce = 0, 0, 0.0, {}, {}, {}
         self.correct, self.scored, self.batch_acc = 0.0, 0.0, 0.0
 
     def add(self, m: Metrics, size: int):
@@ -231,8 +288,13 @@ class Tally:
         self.samples += size
         self.batches += 1
         self.loss = self.loss + np.asarray(m.loss) * size
-        for name, value in m.measures.items():
-            self.measures[name] = self.measures.get(name, 0.0) + np.asarray(value) * size
+        for name, value in m.terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + np.asarray(value) * size
+        for key, values in m.measures.items():
+            for name, value in values.items():
+                full, reduce = f"{key}_{name}", MEASURES[key].reduce
+                self.measures[full] = REDUCTIONS[reduce].add(self.measures.get(full), np.asarray(value), size)
+                self.reduce[full] = reduce
         correct, scored = np.asarray(m.correct), np.asarray(m.scored)
         self.correct, self.scored = self.correct + correct, self.scored + scored
         self.batch_acc = self.batch_acc + correct / scored
@@ -240,8 +302,13 @@ class Tally:
     def mean_loss(self):
         return self.loss / self.samples
 
-    def mean_measures(self, s: int) -> dict:
-        return {name: float(value[s] / self.samples) for name, value in self.measures.items()}
+    def mean_terms(self, s: int) -> dict:
+        return {name: float(value[s] / self.samples) for name, value in self.terms.items()}
+
+    def final_measures(self, s: int) -> dict:
+        """Seed s's measures over the epoch, each by its reduction."""
+        return {name: REDUCTIONS[self.reduce[name]].final(total[s], self.samples)
+                for name, total in self.measures.items()}
 
 
 def _stack(items):
@@ -249,11 +316,6 @@ def _stack(items):
     if isinstance(items[0], np.ndarray):
         return items[0][None] if len(items) == 1 else np.stack(items)
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *items)
-
-
-def _unstack(tree, s):
-    """Seed s of a stacked pytree, as host arrays."""
-    return jax.device_get(jax.tree_util.tree_map(lambda leaf: leaf[s], tree))
 
 
 def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
@@ -295,6 +357,21 @@ def tau_per_neuron(params, cfg: Config):
     if not cfg.train_alpha:
         return None
     return [np.atleast_1d(tau_from_alpha(layer["alpha"], cfg.dt)).tolist() for layer in params[:-1]]
+
+
+def final_scalars(metrics: dict) -> dict:
+    """Every final number of a finished run, by name, as runs.jsonl records it (so that a
+    panel can plot any of them and a report rule can test one): the run's own numbers
+    (test_acc, test_loss, best_valid_acc, best_epoch, seconds_total), its test terms and
+    measures ('test_<name>'), and the best epoch's training and validation measures
+    ('train_<name>', 'valid_<name>')."""
+    out = {k: metrics[k] for k in ("test_acc", "test_loss", "best_valid_acc", "best_epoch", "seconds_total")
+           if isinstance(metrics.get(k), (int, float))}
+    best = metrics["epochs"][metrics["best_epoch"]] if metrics.get("epochs") else {}
+    for prefix, group in (("test", metrics.get("test_terms")), ("test", metrics.get("test_measures")),
+                          ("train", best.get("measures")), ("valid", best.get("valid_measures"))):
+        out.update({f"{prefix}_{name}": value for name, value in (group or {}).items()})
+    return out
 
 
 def recurrent_spectra(params) -> Optional[dict]:
@@ -448,62 +525,115 @@ def _init_run(cfg: Config, optimizer, state, run_dir) -> RunState:
     return RunState(params, opt_state, params, _new_metrics(cfg, params), key_dropout)
 
 
+class TrainState(NamedTuple):
+    """What the seeds of a group carry from epoch to epoch: their parameters and optimizer
+    state (stacked: a leading seed axis), and per seed the best parameters so far (host
+    copies), the validation accuracy and epoch they come from; the dropout keys; the number of
+    epochs finished."""
+    params: list
+    opt_state: object
+    best_params: list
+    best_acc: list
+    best_epoch: list
+    key_dropout: jax.Array
+    epoch: int
+
+
+def start_state(cfgs, optimizer, checkpoints, run_dirs):
+    """(TrainState, each seed's metrics record): fresh from the seeds, or from the checkpoints."""
+    runs = [_init_run(c, optimizer, st, d) for c, st, d in zip(cfgs, checkpoints, run_dirs)]
+    state = TrainState(_stack([r.params for r in runs]), _stack([r.opt_state for r in runs]),
+                       [r.best_params for r in runs], [r.metrics["best_valid_acc"] for r in runs],
+                       [r.metrics["best_epoch"] for r in runs], jnp.stack([r.key_dropout for r in runs]),
+                       len(runs[0].metrics["epochs"]))
+    return state, [r.metrics for r in runs]
+
+
+def is_better(valid_acc: float, best_acc: Optional[float]) -> bool:
+    """The best-epoch rule: the first epoch, or a validation accuracy at least as high as the
+    best so far (a tie keeps the later epoch, as the published code did: >=)."""
+    return best_acc is None or valid_acc >= best_acc
+
+
+def select_best(state: TrainState, valid_acc, host_params: list) -> TrainState:
+    """The state after an epoch whose validation accuracies are `valid_acc` (per seed) and
+    whose parameters are `host_params` (per seed, host copies)."""
+    best = [(p, float(acc), state.epoch) if is_better(acc, b_acc) else (b_p, b_acc, b_epoch)
+            for p, acc, b_p, b_acc, b_epoch in zip(host_params, valid_acc, state.best_params, state.best_acc,
+                                                    state.best_epoch)]
+    return state._replace(best_params=[b[0] for b in best], best_acc=[b[1] for b in best],
+                          best_epoch=[b[2] for b in best])
+
+
+def epoch_record(cfg: Config, epoch: int, train: Tally, valid: Tally, s: int, seconds: float) -> dict:
+    """Seed s's line of metrics.json's `epochs` for one epoch."""
+    return dict(epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train.mean_loss()[s]),
+                train_acc=float((train.correct / train.scored)[s]), valid_loss=float(valid.mean_loss()[s]),
+                valid_acc=float((valid.batch_acc / valid.batches)[s]), terms=train.mean_terms(s),
+                measures=train.final_measures(s), valid_terms=valid.mean_terms(s),
+                valid_measures=valid.final_measures(s), seconds=seconds)
+
+
+def save_epoch(run_dir, cfg: Config, state: TrainState, s: int, host: tuple, metrics: dict, data_md5):
+    """Seed s's checkpoint after the epoch that `state` has finished (`host`: every seed's
+    parameters and optimizer state as host copies)."""
+    if run_dir is not None:
+        run_folder.save_checkpoint(run_dir, cfg, host[0][s], host[1][s], state.best_params[s], metrics, data_md5)
+
+
+def _host_seeds(tree, n: int) -> list:
+    """Each of the n seeds' slices of a stacked pytree, as host arrays, in one transfer."""
+    host = jax.device_get(tree)
+    return [jax.tree_util.tree_map(lambda leaf: leaf[s], host) for s in range(n)]
+
+
 def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
-    """Train seeds of one configuration together, all from the same finished epoch."""
-    cfg = cfgs[0]
+    """Train seeds of one configuration together, all from the same finished epoch: the
+    train state goes through the epochs (`_train_epoch`, `evaluate`, `select_best`); each
+    seed's record (`epoch_record`) and checkpoint (`save_epoch`) follow every epoch; the best
+    parameters are tested at the end."""
+    cfg, n = cfgs[0], len(cfgs)
     for run_dir, task in zip(run_dirs, tasks):
         if run_dir is not None and task.extras:
             run_folder.save_task_arrays(run_dir, task.extras)
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
     steps = make_steps(cfg, optimizer, mask)
-    runtime.check_memory(cfg, lambda: step_memory(cfg, steps, optimizer, tasks), len(tasks), force)
-    runs = [_init_run(c, optimizer, st, d) for c, st, d in zip(cfgs, states, run_dirs)]
-    params, opt_state = _stack([r.params for r in runs]), _stack([r.opt_state for r in runs])
-    key_dropout = jnp.stack([r.key_dropout for r in runs])
-    best = [r.best_params for r in runs]
+    runtime.check_memory(cfg, lambda: step_memory(cfg, steps, optimizer, tasks), n, force)
+    state, records = start_state(cfgs, optimizer, states, run_dirs)
     # the training time of the run in all its parts: a resumed run adds to its checkpoint's
     # (durations from the monotonic clock: a step of the wall clock cannot make them negative)
-    t_run, seconds_before = time.monotonic(), [r.metrics.get("seconds_total", 0.0) for r in runs]
-    for epoch in range(len(runs[0].metrics["epochs"]), cfg.n_epochs):
+    t_run, seconds_before = time.monotonic(), [r.get("seconds_total", 0.0) for r in records]
+    while state.epoch < cfg.n_epochs:
         t0 = time.monotonic()
-        params, opt_state, train = _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout,
-                                                progress)
-        valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, epoch, "valid"))
-        train_loss, train_acc = train.mean_loss(), train.correct / train.scored
-        valid_loss, valid_acc = valid.mean_loss(), valid.batch_acc / valid.batches
-        for s, run in enumerate(runs):
-            metrics = run.metrics
-            metrics["epochs"].append(dict(
-                epoch=epoch, lr=learning_rate(cfg, epoch), loss=float(train_loss[s]),
-                train_acc=float(train_acc[s]), valid_loss=float(valid_loss[s]),
-                valid_acc=float(valid_acc[s]), measures=train.mean_measures(s),
-                valid_measures=valid.mean_measures(s),
-                seconds=time.monotonic() - t0))
-            seed_params = _unstack(params, s)  # a host copy: params' buffers are donated
-            # a tie keeps the later epoch, as the published code did (>=)
-            if metrics["best_epoch"] is None or valid_acc[s] >= metrics["best_valid_acc"]:
-                best[s] = seed_params
-                metrics.update(best_epoch=epoch, best_valid_acc=float(valid_acc[s]))
-            metrics["seconds_total"] = seconds_before[s] + time.monotonic() - t_run
-            if run_dirs[s] is not None:
-                run_folder.save_checkpoint(run_dirs[s], cfgs[s], seed_params, _unstack(opt_state, s), best[s], metrics,
-                                           tasks[s].fingerprint)
+        params, opt_state, train = _train_epoch(steps, state.params, state.opt_state, tasks, cfgs, state.epoch,
+                                                state.key_dropout, progress)
+        valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, state.epoch, "valid"))
+        host = (_host_seeds(params, n), _host_seeds(opt_state, n))  # params' buffers are donated
+        state = select_best(state._replace(params=params, opt_state=opt_state), valid.batch_acc / valid.batches,
+                            host[0])
+        for s, record in enumerate(records):
+            record["epochs"].append(epoch_record(cfg, state.epoch, train, valid, s, time.monotonic() - t0))
+            record.update(best_epoch=state.best_epoch[s], best_valid_acc=state.best_acc[s],
+                          seconds_total=seconds_before[s] + time.monotonic() - t_run)
+            save_epoch(run_dirs[s], cfgs[s], state, s, host, record, tasks[s].fingerprint)
+        state = state._replace(epoch=state.epoch + 1)
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.n_epochs}: loss {_fmt(train_loss, '.4f')} "
-                       f"train {_fmt(train_acc, '.2%')} valid {_fmt(valid_acc, '.2%')} "
-                       f"({time.monotonic() - t0:.1f} s)")
-    test = evaluate(steps, _stack(best), [t.test for t in tasks], cfg, eval_rngs(cfgs, cfg.n_epochs, "test"))
-    test_loss, test_acc = test.mean_loss(), test.batch_acc / test.batches
-    for s, (run, c) in enumerate(zip(runs, cfgs)):
-        run.metrics.update(test_loss=float(test_loss[s]), test_acc=float(test_acc[s]),
-                           test_measures=test.mean_measures(s), median_tau_per_layer=median_tau_per_layer(best[s], c),
-                           tau_per_neuron=tau_per_neuron(best[s], c),
-                           w_rec_abs_eigenvalues=recurrent_spectra(best[s]),
-                           seconds_total=seconds_before[s] + time.monotonic() - t_run)
+            tqdm.write(f"epoch {state.epoch}/{cfg.n_epochs}: loss {_fmt(train.mean_loss(), '.4f')} "
+                       f"train {_fmt(train.correct / train.scored, '.2%')} "
+                       f"valid {_fmt(valid.batch_acc / valid.batches, '.2%')} ({time.monotonic() - t0:.1f} s)")
+    test = evaluate(steps, _stack(state.best_params), [t.test for t in tasks], cfg,
+                    eval_rngs(cfgs, cfg.n_epochs, "test"))
+    for s, (record, c) in enumerate(zip(records, cfgs)):
+        best = state.best_params[s]
+        record.update(test_loss=float(test.mean_loss()[s]), test_acc=float((test.batch_acc / test.batches)[s]),
+                      test_terms=test.mean_terms(s), test_measures=test.final_measures(s),
+                      median_tau_per_layer=median_tau_per_layer(best, c), tau_per_neuron=tau_per_neuron(best, c),
+                      w_rec_abs_eigenvalues=recurrent_spectra(best),
+                      seconds_total=seconds_before[s] + time.monotonic() - t_run)
         if run_dirs[s] is not None:
-            run_folder.finish_run(run_dirs[s], c, best[s], run.metrics)
-    return [r.metrics for r in runs]
+            run_folder.finish_run(run_dirs[s], c, best, record)
+    return records
 
 
 def _fmt(values, spec):

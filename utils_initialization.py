@@ -81,6 +81,17 @@ class Config:
     v_thr: float = _field(1.0, "firing threshold", symbol="theta")
     surrogate: str = _field("box", "surrogate derivative of the spike function")
     train_alpha: bool = _field(False, "train the decays alpha = exp(-dt/tau) (Fig. 3)")
+    neuron: str = _field("lif", "hidden neuron model (models.NEURONS): lif, the paper's; alif, "
+                                "adaptive threshold (Bellec et al. 2018)")
+    neuron_args: str = _field("", "settings of the neuron model that have no flag of their own, as "
+                                  "NAME=VALUE pairs separated by commas (models.NEURONS: each model's settings)")
+    tau_adapt: float = _field(0.6, "alif: centre of the threshold adaptation's time constants; follows "
+                                   "hierarchy_tau like tau_mem", "s", "tau_a")
+    delta_tau_adapt: float = _field(0.0, "alif: deepest minus shallowest hidden layer's adaptation time "
+                                         "constant (hierarchy_tau tanh/linear)", "s", "Delta tau_a")
+    adapt_beta: float = _field(1.0, "alif: threshold increase per unit of adaptation (0: LIF)", symbol="beta")
+    train_adapt: bool = _field(False, "alif: train the adaptation decays rho = exp(-dt/tau_a), with the "
+                                      "decays' gradient rule")
     # --- data ---------------------------------------------------------------------------
     dataset_name: str = _field("shd", "task")
     nb_steps: int = _field(100, "time bins per sample", "steps", "T")
@@ -250,14 +261,14 @@ def validate(cfg: Config) -> None:
     need(cfg.n_layers >= 2, "n_layers", "must be >= 2 (it counts the output layer)")
     need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")
     need(0 <= cfg.seed < 2 ** 32, "seed", "must be in 0 .. 2**32 - 1")
-    for field in ("tau_mem", "tau_out", "time_max", "lr", "v_thr", "tanh_coef"):
+    for field in ("tau_mem", "tau_out", "time_max", "lr", "v_thr", "tanh_coef", "tau_adapt"):
         need(getattr(cfg, field) > 0, field, "must be > 0")
     need(cfg.timestep is None or cfg.timestep > 0, "timestep", "must be > 0")
     need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
     need(0 <= cfg.noise_rate <= 1, "noise_rate", "must be a probability in [0, 1]")
     need(0 < cfg.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
     need(cfg.distrib_tau_sd >= 0, "distrib_tau_sd", "must be >= 0")
-    for field in ("l2_lambda", "l2_alpha_sd", "freq_lambda", "lr_start_decay", "freq_shift"):
+    for field in ("l2_lambda", "l2_alpha_sd", "freq_lambda", "lr_start_decay", "freq_shift", "adapt_beta"):
         need(getattr(cfg, field) >= 0, field, "must be >= 0")
     need(cfg.dataset_name != "mts_xor" or cfg.decoder == "vmem_time", "decoder",
          "mts_xor has a label per time step and needs decoder vmem_time")
@@ -276,25 +287,28 @@ def validate(cfg: Config) -> None:
 
 
 # --- the temporal hierarchy (paper Sec. 2, Fig. 2) ---------------------------------------
-def tau_hierarchy(cfg: Config) -> np.ndarray:
-    """Centre time constant [s] of each hidden layer, shallow to deep (M7 linear, M8 tanh).
+def tau_hierarchy(cfg: Config, centre: Optional[float] = None, spread: Optional[float] = None) -> np.ndarray:
+    """Centre time constant [s] of each hidden layer, shallow to deep (M7 linear, M8 tanh),
+    of the membranes (tau_mem, delta_tau), or of another time constant that follows the same
+    hierarchy shape (`centre`, `spread`: ALIF's tau_adapt, delta_tau_adapt).
 
     With a single hidden layer the linear hierarchy gives its first value,
     max(tau_mem - delta_tau / 2, 0), as the published code does; the tanh hierarchy gives
     tau_mem (the published tanh formula divides 0 by 0 there and returns NaN).
     """
     n = cfg.n_hidden_layers
+    tau = cfg.tau_mem if centre is None else centre
+    delta = cfg.delta_tau if spread is None else spread
     if cfg.hierarchy_tau == "none":
-        return np.full(n, cfg.tau_mem)
+        return np.full(n, tau)
     if cfg.hierarchy_tau == "linear":
-        return np.linspace(max(cfg.tau_mem - cfg.delta_tau / 2, 0),
-                           max(cfg.tau_mem + cfg.delta_tau / 2, 0), n)
+        return np.linspace(max(tau - delta / 2, 0), max(tau + delta / 2, 0), n)
     if n == 1:
-        return np.full(n, cfg.tau_mem)
+        return np.full(n, tau)
     x = np.linspace(0, 1, n)
     h = np.tanh((x - cfg.tanh_center) / cfg.tanh_coef)
     h_tilde = (h - h.min()) / np.abs(h - h.min()).max() - 0.5
-    return cfg.tau_mem + cfg.delta_tau * h_tilde
+    return tau + delta * h_tilde
 
 
 def hierarchy_notes(cfg: Config) -> list:
@@ -347,7 +361,7 @@ def tau_from_alpha(alpha, dt):
     return -dt / np.log(np.asarray(np.clip(np.asarray(alpha), ALPHA_MIN, ALPHA_MAX), dtype=np.float64))
 
 
-# --- initialisation ----------------------------------------------------------------------
+# --- initialisation rules (models.init_params applies them) -------------------------------------
 # JAX is imported by the functions that draw parameters, not at the top: the configuration,
 # the hierarchies and the decay conversions serve figures and reports, which need no JAX.
 def weight_scales(cfg: Config) -> list:
@@ -380,64 +394,24 @@ def weight_scales(cfg: Config) -> list:
     return [(p[0], p[1]) for p in pairs]
 
 
-def init_params(key, cfg: Config) -> list:
-    """One dict per layer: W (dense [n_pre, n_post] or conv [k, n_pre, n_post]), alpha,
-    optional W_rec, norm_scale and norm_bias. The last dict is the output layer.
-
-    `published`: the published initialiser's keys. `key` is split into n_layers keys; the
-    first is unused and hidden layer l draws its time constants, W and W_rec all from key
-    l + 1 (so W_rec equals W in hidden layers after the first, where the shapes and bounds
-    agree), and the output layer reuses the last hidden layer's key. `fan_in`: every array
-    from a key of its own."""
-    import jax
-    import jax.numpy as jnp
-    sizes, scales = layer_sizes(cfg), weight_scales(cfg)
-    kernels, _ = conv_hierarchy(cfg)
-    taus = _tau_layers(cfg)
-    keys = jax.random.split(key, cfg.n_layers)[1:]
-    params = []
-    for i in range(cfg.n_layers):
-        k_layer = keys[min(i, len(keys) - 1)]
-        k_w, k_rec, k_tau = (k_layer,) * 3 if cfg.weight_init == "published" else jax.random.split(k_layer, 3)
-        n_pre, n_post = sizes[i], sizes[i + 1]
-        s_w, s_rec = scales[i]
-        hidden = i < cfg.n_layers - 1
-        if hidden and cfg.convolution:
-            bound = s_w / jnp.float32(0.5 * np.sqrt(kernels[i]))
-            layer = {"W": _uniform(k_w, (kernels[i], n_pre, n_post), bound)}
-        else:
-            layer = {"W": _uniform(k_w, (n_pre, n_post), s_w)}
-        if hidden and cfg.recurrent:
-            layer["W_rec"] = _uniform(k_rec, (n_post, n_post), s_rec)
-        if hidden:
-            layer["alpha"] = _hidden_alpha(k_tau, taus[i], n_post, cfg)
-        else:
-            layer["alpha"] = jnp.exp(jnp.float32(-cfg.dt / cfg.tau_out))
-        if cfg.normalizer != "none":
-            layer["norm_scale"] = jnp.ones(n_post, jnp.float32)
-            layer["norm_bias"] = jnp.zeros(n_post, jnp.float32)
-        params.append(layer)
-    return params
-
-
-def _uniform(key, shape, bound):
+def uniform(key, shape, bound):
     import jax
     return jax.random.uniform(key, shape, "float32", -bound, bound)
 
 
-def _tau_layers(cfg: Config):
+def tau_layers(cfg: Config, centre: Optional[float] = None, spread: Optional[float] = None):
     """`tau_hierarchy` in the number types of the published initialiser (float32 for linear
     and none, float64 for tanh), so that the drawn time constants round alike."""
     import jax.numpy as jnp
-    taus = tau_hierarchy(cfg)
+    taus = tau_hierarchy(cfg, centre, spread)
     if cfg.hierarchy_tau == "linear" and cfg.n_hidden_layers > 1:
         return jnp.linspace(taus[0], taus[-1], cfg.n_hidden_layers)
     if cfg.hierarchy_tau == "tanh" and cfg.n_hidden_layers > 1:
         return taus
-    return jnp.ones(cfg.n_hidden_layers) * cfg.tau_mem
+    return jnp.ones(cfg.n_hidden_layers) * (cfg.tau_mem if centre is None else centre)
 
 
-def _hidden_alpha(key, tau_l, n, cfg):
+def draw_decays(key, tau_l, n, cfg):
     """Per-neuron decays around the layer's time constant tau_l: tau ~ U[tau_l (1 - sd),
     tau_l (1 + sd)] or N(tau_l, (sd tau_l)^2), clipped to [1e-10, 10] s; one shared scalar
     when `distrib_tau` is none. alpha = exp(-dt / tau) clipped to [0.1, 0.99]."""

@@ -27,7 +27,7 @@ def step_times(cfg, n_steps, steps=None):
     import jax.numpy as jnp
     import numpy as np
     import training
-    from utils_initialization import init_params
+    from models import init_params
     optimizer = training.make_optimizer(cfg)
     mask = jnp.ones(cfg.nb_steps, bool) if cfg.decoder == "vmem_time" else None
     steps = steps or training.make_steps(cfg, optimizer, mask)

@@ -17,7 +17,7 @@ import pytest
 
 from models import forward
 from run_folder import params_from_arrays
-from training import alpha_grad_rule, learning_rate, loss_fn, make_optimizer
+from training import decay_grad_rule, learning_rate, loss_fn, make_optimizer
 from utils_initialization import Config, conv_hierarchy, tau_hierarchy
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -86,10 +86,10 @@ def test_step_case(name):
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z["out_vmem"], RTOL, ATOL)
     np.testing.assert_allclose(np.swapaxes(out_TBO, 0, 1), z[f"L{last}_output"], RTOL, ATOL)
 
-    (loss, (measures, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
+    (loss, (terms, _, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
         params, x, jnp.asarray(z["Y"]), cfg)
     np.testing.assert_allclose(yhat, z["Yhat"], RTOL, ATOL)
-    np.testing.assert_allclose(measures["ce"], z["loss_ce"], RTOL)
+    np.testing.assert_allclose(terms["ce"], z["loss_ce"], RTOL)
     np.testing.assert_allclose(loss, z["loss_total"], RTOL)
     checked = 0
     for i, layer in enumerate(grads):
@@ -117,8 +117,7 @@ def test_trajectory_case(name):
     grad_fn = jax.jit(jax.grad(lambda p, x, y: loss_fn(p, x, y, cfg)[0]))
     for k in range(z["X"].shape[0]):
         epoch = k // meta["steps_per_epoch"]
-        grads = alpha_grad_rule(grad_fn(params, time_major(z["X"][k]), jnp.asarray(z["Y"][k])),
-                                cfg.train_alpha)
+        grads = decay_grad_rule(grad_fn(params, time_major(z["X"][k]), jnp.asarray(z["Y"][k])), cfg)
         updates, opt_state = optimizer.update(grads, opt_state, params, epoch=epoch,
                                               lr=learning_rate(cfg, epoch))
         params = optax.apply_updates(params, updates)
@@ -150,9 +149,9 @@ def test_full_batch_case(name):
         assert differ <= limit, f"L{i}_output: {differ} spikes differ (at most {limit})"
     assert relative_error_in_norm(np.swapaxes(out_TBO, 0, 1), z["out_vmem"]) <= 2e-2
 
-    (loss, (measures, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
+    (loss, (terms, _, yhat)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)(
         params, x, jnp.asarray(z["Y"]), cfg)
-    np.testing.assert_allclose(measures["ce"], z["loss_ce"], rtol=3e-5)
+    np.testing.assert_allclose(terms["ce"], z["loss_ce"], rtol=3e-5)
     np.testing.assert_allclose(loss, z["loss_total"], rtol=3e-5)
     assert relative_error_in_norm(yhat, z["Yhat"]) <= 2e-2
     errors = {f"L{i}_grad_{key}": relative_error_in_norm(g, z[f"L{i}_grad_{key}"])

@@ -7,7 +7,8 @@ import pytest
 
 import models
 from models import decay_scan, decode, forward, leaky_integrator_scan, lif_scan, lif_scan_reference, make_spike_fn
-from utils_initialization import Config, init_params
+from models import init_params
+from utils_initialization import Config
 
 
 SURROGATE_FORMULAS = {  # dS/dV of docs/model.md, written out here independently of models.py
@@ -368,3 +369,109 @@ def test_the_reference_layers_equal_the_fused_ones(kw):
         for name in a:
             np.testing.assert_allclose(a[name], b[name], rtol=2e-4, atol=1e-5, err_msg=f"L{i}_{name}")
     assert any(float(jnp.abs(g["alpha"]).max()) > 0 for g in g_f[:-1])
+
+
+# --- the neuron contract: ALIF, the registry -----------------------------------------------------
+def loop_alif(I_TBH, alpha, rho, beta, surrogate="box", v_thr=1.0, W_rec=None):
+    """The ALIF equations (docs/model.md) as a plain Python loop: b[t] = rho b[t-1] +
+    (1 - rho) S[t-1]; V[t] = a V[t-1] + I[t] + S[t-1] W_rec - (theta + beta b[t-1]) S[t-1];
+    S[t] = H(V[t] - theta - beta b[t]); a, rho clipped to [1e-5, 0.98]. Returns (S, V)."""
+    spike = reference_spike(surrogate)
+    a, r = (jnp.clip(x, models.ALPHA_MIN, models.ALPHA_MAX) for x in (alpha, rho))
+    v = s = b = jnp.zeros(I_TBH.shape[1:])
+    spikes, membranes = [], []
+    for t in range(I_TBH.shape[0]):
+        rec = 0.0 if W_rec is None else s @ (W_rec * (1 - jnp.eye(W_rec.shape[0])))
+        threshold_before = v_thr + beta * b
+        b = r * b + (1 - r) * s
+        v = a * v + I_TBH[t] + rec - threshold_before * s
+        s = spike(v - (v_thr + beta * b))
+        spikes.append(s)
+        membranes.append(v)
+    return jnp.stack(spikes), jnp.stack(membranes)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("surrogate", ["box", "fast_sigmoid"])
+def test_the_alif_layer_equals_its_equations_as_a_python_loop(recurrent, surrogate):
+    I, alpha, W_rec = random_inputs(jax.random.PRNGKey(11))
+    rho = jax.random.uniform(jax.random.PRNGKey(12), alpha.shape, minval=0.6, maxval=0.99)
+    W_rec = W_rec if recurrent else None
+    neuron = models.ALIF(surrogate=surrogate, beta=0.7)
+    weights = jax.random.normal(jax.random.PRNGKey(13), I.shape)
+
+    def layer(I, a, r, W):
+        return models.neuron_scan(neuron, I, {"alpha": a, "rho": r}, W)
+
+    def loop(I, a, r, W):
+        return loop_alif(I, a, r, 0.7, surrogate, 1.0, W)
+
+    (S, V), (S_ref, V_ref) = layer(I, alpha, rho, W_rec), loop(I, alpha, rho, W_rec)
+    np.testing.assert_array_equal(S, S_ref)
+    np.testing.assert_allclose(V, V_ref, rtol=1e-5, atol=1e-5)
+    assert 0 < float(S.mean()) < 1
+    argnums = (0, 1, 2, 3) if recurrent else (0, 1, 2)
+    grad = lambda f: jax.grad(lambda *a: jnp.sum(weights * f(*a)[0]), argnums)(I, alpha, rho, W_rec)  # noqa: E731
+    for g, g_ref in zip(grad(layer), grad(loop)):
+        assert float(jnp.abs(g_ref).max()) > 0
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_alif_without_adaptation_is_the_lif_neuron():
+    """beta = 0: the same spikes, membranes and gradients as the LIF neuron, in both of its
+    layers (the plain scan and the fused layer)."""
+    I, alpha, W_rec = random_inputs(jax.random.PRNGKey(14))
+    rho = jnp.full(alpha.shape, 0.9)
+    weights = jax.random.normal(jax.random.PRNGKey(15), I.shape)
+    alif = lambda I, a, W: models.neuron_scan(models.ALIF(beta=0.0), I, {"alpha": a, "rho": rho}, W)[0]  # noqa: E731
+    lif = lambda I, a, W: models.neuron_scan(models.LIF(), I, {"alpha": a}, W)[0]  # noqa: E731
+    for W in (None, W_rec):
+        np.testing.assert_array_equal(alif(I, alpha, W), lif(I, alpha, W))
+        np.testing.assert_array_equal(alif(I, alpha, W), lif_scan(I, alpha, W_rec=W))
+        for fn in (lif, lambda I, a, W: lif_scan(I, a, W_rec=W)):
+            for g, g_ref in zip(jax.grad(lambda I, a: jnp.sum(weights * alif(I, a, W)), (0, 1))(I, alpha),
+                                jax.grad(lambda I, a: jnp.sum(weights * fn(I, a, W)), (0, 1))(I, alpha)):
+                np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_network_of_alif_neurons_trains_its_adaptation_when_asked():
+    cfg = causal_config(neuron="alif", normalizer="batch", adapt_beta=0.5, tau_adapt=0.1, hierarchy_tau="linear",
+                        delta_tau=0.02, delta_tau_adapt=0.06)
+    params = init_params(jax.random.PRNGKey(0), cfg)
+    assert [set(layer) for layer in params] == [{"W", "alpha", "rho", "norm_scale", "norm_bias"}] * 3 + [
+        {"W", "alpha", "norm_scale", "norm_bias"}]
+    taus = [float(np.median(-cfg.dt / np.log(np.asarray(layer["rho"])))) for layer in params[:-1]]
+    np.testing.assert_allclose(taus, [0.07, 0.1, 0.13], rtol=0.1)  # tau_adapt's linear hierarchy, +-0.03 s
+    np.testing.assert_array_equal(params[0]["alpha"], init_params(jax.random.PRNGKey(0), cfg.replace(neuron="lif"))[0]["alpha"])
+    import training
+    x, y = spiky_input(), jnp.zeros(2, jnp.int32)
+    for train_adapt in (False, True):
+        c = cfg.replace(train_adapt=train_adapt)
+        grads = jax.grad(lambda p: training.loss_fn(training.freeze_fixed_decays(p, c), x, y, c)[0])(params)
+        grads = training.decay_grad_rule(grads, c)
+        assert (float(jnp.abs(grads[0]["rho"]).max()) > 0) == train_adapt
+        assert float(jnp.abs(grads[0]["W"]).max()) > 0 and float(jnp.abs(grads[0]["alpha"]).max()) == 0
+
+
+def test_the_neuron_registry_and_its_settings():
+    assert set(models.NEURONS) >= {"lif", "alif"}
+    for name, neuron in models.NEURONS.items():  # every model follows the contract
+        assert neuron.params and all(isinstance(p, models.Param) and p.init for p in neuron.params.values())
+        state = neuron(Config(neuron=name)).init_state((2, 3))
+        assert state.v.shape == (2, 3)
+    with pytest.raises(models.ConfigError, match="--neuron: unknown neuron model 'izhikevich'"):
+        models.neuron_of(Config(neuron="izhikevich"))
+    with pytest.raises(models.ConfigError, match="--neuron_args: 'tau_syn=0.005': the lif neuron's settings are none"):
+        models.neuron_of(Config(neuron_args="tau_syn=0.005"))
+    models.NEURONS["cuba"] = type("CuBa", (models.LIF,), {"settings": {"tau_syn": 0.005}})
+    try:
+        assert models.neuron_of(Config(neuron="cuba", neuron_args=" tau_syn = 0.01 ")).settings == {"tau_syn": 0.01}
+        assert models.neuron_of(Config(neuron="cuba")).settings == {"tau_syn": 0.005}
+        with pytest.raises(models.ConfigError, match="'tau_syn=fast' is not a number|'fast' is not a number"):
+            models.neuron_of(Config(neuron="cuba", neuron_args="tau_syn=fast"))
+    finally:
+        del models.NEURONS["cuba"]
+    rules = models.param_rules(Config(neuron="alif"))
+    assert {k for k, p in rules.items() if p.l2} == {"W", "W_rec", "norm_scale", "norm_bias"}
+    assert {k for k, p in rules.items() if p.decay} == {"alpha", "rho"}
+    assert {k for k, p in rules.items() if p.penalised} == {"alpha"}

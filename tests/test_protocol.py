@@ -19,7 +19,8 @@ import sweep
 import sweep_definitions
 import training
 import utils_dataset
-from utils_initialization import SWEEP_BASE, Config, init_params, make_config
+from models import init_params
+from utils_initialization import SWEEP_BASE, Config, make_config
 
 PROTOCOL = Path(__file__).parent / "data" / "golden" / "protocol"
 PUBLISHED_MAIN = json.loads((PROTOCOL / "published_main.json").read_text())

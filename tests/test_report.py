@@ -68,8 +68,10 @@ def results(tmp_path, definitions):
 def test_sections_statuses_and_numbers(results, definitions):
     path, text = make_report(results, definitions)
     titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
-    assert titles == [s.title for s in report.SECTIONS]
-    assert titles[:5] == ["Fig. 2a", "Fig. 2b", "Fig. 2c", "Fig. 3b", "Fig. 3c"] and titles[-2:] == ["Table 1", "Table 2"]
+    listed = {name for sec in report.SECTIONS for name in sec.sweeps}
+    added = [report.experiment_section(n, d).title for n, d in definitions.items() if n not in listed]
+    assert titles == [s.title for s in report.SECTIONS] + added  # every defined sweep, the paper's first
+    assert titles[:5] == ["Fig. 2a", "Fig. 2b", "Fig. 2c", "Fig. 3b", "Fig. 3c"] and titles[len(report.SECTIONS) - 2:len(report.SECTIONS)] == ["Table 1", "Table 2"]
     top = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| Fig.") or line.startswith("| Table")}
     assert "complete (180 of 180 runs)" in top["Fig. 2b"] and "partial (40 of 80 runs)" in top["Fig. 2a"]
     assert "reduced (--quick): 12 runs" in top["Fig. S2a"]

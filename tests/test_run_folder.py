@@ -406,7 +406,7 @@ def test_damaged_provenance_is_one_line_naming_the_file(tmp_path, content):
 def finished_folder(path, cfg, test_acc=0.5):
     """A run folder as a finished run leaves it, written by run_folder's own functions."""
     import jax
-    from utils_initialization import init_params
+    from models import init_params
     run_folder.create(cfg, path).close()
     params = init_params(jax.random.PRNGKey(cfg.seed), cfg)
     run_folder.finish_run(path, cfg, params, dict(epochs=[{}], best_epoch=0, best_valid_acc=0.5, test_acc=test_acc,

@@ -80,7 +80,7 @@ def without_timings(metrics):
 
 # --- definitions -------------------------------------------------------------------------------
 def test_every_published_sweep_is_defined(definitions):
-    assert set(definitions) == set(PUBLISHED_RUNS)
+    assert sweep_definitions.published_names() == set(PUBLISHED_RUNS) and set(PUBLISHED_RUNS) <= set(definitions)
     assert set(panels.LAYOUTS) == set(PUBLISHED_RUNS)
 
 
@@ -802,15 +802,6 @@ def patch(module):
             f.write(f"{{os.getpid()}}\\n")
         time.sleep(6)
 """
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is as good as gone
-        return f.read().split(") ")[-1][0] != "Z"
 
 
 @pytest.mark.slow

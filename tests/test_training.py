@@ -16,7 +16,7 @@ import training
 import utils_dataset
 from conftest import tiny_mts_xor_task
 from run_folder import RunFolderError
-from training import (TrainingDiverged, alpha_grad_rule, learning_rate,
+from training import (TrainingDiverged, decay_grad_rule, learning_rate,
                       make_optimizer, train_hsnn)
 from utils_initialization import make_config
 
@@ -86,8 +86,8 @@ def test_published_adam_uses_the_epoch_for_bias_correction():
 def test_firing_rate_loss_counts_the_spikes_after_dropout():
     """The published code takes its firing-rate term from the hidden spikes as the next layer
     receives them: after dropout, scaled by 1 / (1 - rate), while training."""
-    from models import forward
-    from utils_initialization import Config, init_params
+    from models import forward, init_params
+    from utils_initialization import Config
     cfg = Config(n_in=5, n_hid=40, n_out=3, n_layers=2, nb_steps=24, time_max=0.24, decoder="vlast",
                  normalizer="none", dropout=0.5, freq_lambda=0.3, target_fr=2.0)
     params = [dict(layer, W=15.0 * layer["W"]) for layer in init_params(jax.random.PRNGKey(0), cfg)]
@@ -98,8 +98,8 @@ def test_firing_rate_loss_counts_the_spikes_after_dropout():
     assert set(np.unique(kept)) == {0.0, 2.0} and np.all(S[kept > 0] == 1)
     assert 0.3 < (S.sum() - kept.sum() / 2) / S.sum() < 0.7        # about half the spikes dropped
     rate = lambda s: s.sum(0).mean()  # noqa: E731  spikes per neuron and sample
-    terms = training.loss_fn(params, x, y, cfg, key, train=True)[1][0]
-    np.testing.assert_allclose(terms["rate_L1"], rate(kept), rtol=1e-6)  # the reported firing rate
+    terms, measures, _ = training.loss_fn(params, x, y, cfg, key, train=True)[1]
+    np.testing.assert_allclose(measures["rate"]["L1"], rate(kept), rtol=1e-6)  # the reported firing rate
     np.testing.assert_allclose(terms["firing_rate"], 0.3 * (2.0 - rate(kept)) ** 2, rtol=1e-6)
     assert abs(rate(kept) - rate(S)) > 0.01
     evaluated = training.loss_fn(params, x, y, cfg)[1][0]            # no dropout outside training
@@ -172,7 +172,7 @@ def per_batch_numbers(params, split, cfg, mask):
     for start in range(0, len(split), cfg.batch_size):
         x = np.swapaxes(split.X[start:start + cfg.batch_size], 0, 1).astype(np.float32)
         y = split.Y[start:start + cfg.batch_size]
-        loss, (_, yhat) = loss_and_outputs(params, jnp.asarray(x), jnp.asarray(y))
+        loss, (_, _, yhat) = loss_and_outputs(params, jnp.asarray(x), jnp.asarray(y))
         hit = (np.asarray(yhat).argmax(-1) == y) & mask
         accs.append(hit.sum() / (mask.sum() * len(y)))
         losses.append(float(loss))
@@ -191,14 +191,17 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
     cfg, task, folder, metrics = micro_run
     assert json.loads((folder / "metrics.json").read_text()) == metrics
     assert len(metrics["epochs"]) == 3 and [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
+    every_measure = {f"{key}_L{i}" for key in training.MEASURES for i in (1, 2)}  # whatever MEASURES holds
     for e in metrics["epochs"]:
-        assert {"loss", "train_acc", "valid_acc", "valid_loss", "lr", "seconds", "measures", "valid_measures"} <= set(e)
+        assert {"loss", "train_acc", "valid_acc", "valid_loss", "lr", "seconds", "terms", "measures",
+                "valid_terms", "valid_measures"} <= set(e)
         assert e["lr"] == 0.01 and 0 <= e["train_acc"] <= 1 and 0 <= e["valid_acc"] <= 1
-        assert set(e["measures"]) == set(e["valid_measures"]) == {"ce", "alpha_high", "alpha_sd", "rate_L1", "rate_L2"}
-        for split in ("measures", "valid_measures"):  # the loss is the sum of its terms
-            terms = [v for k, v in e[split].items() if not k.startswith("rate_")]
-            assert e["loss" if split == "measures" else "valid_loss"] == pytest.approx(sum(terms), rel=1e-5)
-            assert all(e[split][f"rate_L{i}"] > 0 for i in (1, 2))
+        assert {"ce", "alpha_high", "alpha_sd"} <= set(e["terms"]) and set(e["terms"]) == set(e["valid_terms"])
+        assert set(e["measures"]) == set(e["valid_measures"]) == every_measure
+        for split, loss in (("terms", "loss"), ("valid_terms", "valid_loss")):  # the loss is the sum of its terms
+            assert e[loss] == pytest.approx(sum(e[split].values()), rel=1e-5)
+        assert all(e["measures"][f"rate_L{i}"] > 0 for i in (1, 2))
+    assert set(metrics["test_measures"]) == every_measure
     valid = [e["valid_acc"] for e in metrics["epochs"]]
     assert metrics["best_epoch"] == max(i for i, v in enumerate(valid) if v == max(valid))
     assert metrics["best_valid_acc"] == max(valid)
@@ -208,16 +211,53 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
     assert metrics["epochs"][-1]["seconds"] > 0 and metrics["seconds_total"] > 0
 
 
-def test_a_measure_added_once_reaches_every_average_and_metrics_json(tmp_path, monkeypatch):
-    """One entry added where it is computed (training.measure, the loss's aux output) is
-    averaged for training, validation and test and written to metrics.json: no other edit."""
-    real = training.measure
-    monkeypatch.setattr(training, "measure", lambda hidden: {**real(hidden), "answer": jnp.float32(42.0)})
+def test_a_measure_added_once_reaches_every_reduction_metrics_json_and_runs_jsonl(tmp_path, monkeypatch):
+    """One entry added to training.MEASURES (what it reads, how it is computed and reduced) is
+    reduced over training, validation and test, written to metrics.json and reaches the final
+    numbers that runs.jsonl records: no other edit."""
+    def first_batch_label(r):  # a measure of the batch: the largest label of the batch
+        return {"y": jnp.max(r["batch"][1]).astype(jnp.float32)}
+
+    monkeypatch.setitem(training.MEASURES, "answer", training.Measure(("params",), lambda r: {"x": jnp.float32(42.0)}))
+    monkeypatch.setitem(training.MEASURES, "top", training.Measure(("batch",), first_batch_label, "max"))
     metrics = train_hsnn(micro_config(n_epochs=1), tmp_path / "run", progress=False, task=micro_task())
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert stored == metrics
     for measures in (stored["epochs"][0]["measures"], stored["epochs"][0]["valid_measures"], stored["test_measures"]):
-        assert measures["answer"] == pytest.approx(42.0)
+        assert measures["answer_x"] == pytest.approx(42.0) and measures["top_y"] == 1.0
+    final = training.final_scalars(metrics)
+    assert final["test_answer_x"] == pytest.approx(42.0) and final["valid_top_y"] == 1.0
+    assert final["test_acc"] == metrics["test_acc"] and final["best_epoch"] == 0
+
+
+@pytest.mark.parametrize("reduce,batches,sizes,expected", [
+    ("mean", [2.0, 4.0, 10.0], [4, 4, 2], (2 * 4 + 4 * 4 + 10 * 2) / 10),   # weighted by batch size
+    ("sum", [2.0, 4.0, 10.0], [4, 4, 2], 16.0),
+    ("max", [2.0, 4.0, 10.0], [4, 4, 2], 10.0),
+    ("fraction", [[0, 3, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], [4, 4, 2], 0.5),  # units 0 and 3 never count
+])
+def test_each_reduction_over_an_epoch(monkeypatch, reduce, batches, sizes, expected):
+    monkeypatch.setitem(training.MEASURES, "m", training.Measure((), None, reduce))
+    tally = training.Tally()
+    for value, size in zip(batches, sizes):  # two seeds: the second's values doubled
+        tally.add(training.Metrics(np.zeros(2), {"m": {"x": np.array([value, np.multiply(value, 2)])}},
+                                   np.ones(2), np.ones(2)), size)
+    assert tally.final_measures(0)["m_x"] == pytest.approx(expected)
+    assert tally.final_measures(1)["m_x"] == pytest.approx(expected if reduce == "fraction" else 2 * expected)
+
+
+def test_the_shipped_measures_by_value():
+    """rate: spikes per neuron and sample as passed on; silent: per neuron the spike count
+    over time and samples (reduced to the fraction of neurons that never spike); vmem: the
+    mean membrane potential."""
+    from models import LayerTrace
+    S = jnp.array([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])  # [T=2, B=2, H=3]
+    V = jnp.arange(12.0).reshape(2, 2, 3)
+    m = training.measure([LayerTrace(S, 2 * S, V)], None, None)
+    assert float(m["rate"]["L1"]) == pytest.approx(2 * 3 / (2 * 3))  # 3 spikes doubled, over 2 samples x 3 neurons
+    np.testing.assert_array_equal(m["silent"]["L1"], [2.0, 1.0, 0.0])
+    assert float(m["vmem"]["L1"]) == pytest.approx(5.5)
+    assert training.MEASURES["silent"].reduce == "fraction" and training.MEASURES["rate"].reduce == "mean"
 
 
 def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
@@ -407,10 +447,38 @@ def test_the_reported_time_constants_clip_the_decays_as_the_model_does():
 
 def test_alpha_gradient_rule():
     grads = [{"W": jnp.ones(2), "alpha": jnp.ones(2)}, {"W": jnp.ones(2), "alpha": jnp.ones(())}]
-    fixed, trained = alpha_grad_rule(grads, False), alpha_grad_rule(grads, True)
+    cfg = micro_config()
+    fixed, trained = decay_grad_rule(grads, cfg), decay_grad_rule(grads, cfg.replace(train_alpha=True))
     assert float(fixed[0]["alpha"].sum()) == 0 and float(fixed[1]["alpha"]) == 0
     np.testing.assert_allclose(trained[0]["alpha"], 0.1)
     assert float(trained[1]["alpha"]) == 0 and float(trained[0]["W"].sum()) == 2
+
+
+def test_each_decay_follows_the_rule_its_declaration_names():
+    """ALIF's adaptation decays rho are trained by train_adapt, the membranes' by train_alpha,
+    each x 0.1 in hidden layers; the output layer's decay never; weights untouched."""
+    grads = [{"W": jnp.ones(2), "alpha": jnp.ones(2), "rho": jnp.ones(2)}, {"W": jnp.ones(2), "alpha": jnp.ones(())}]
+    cfg = micro_config(neuron="alif")
+    for train_alpha, train_adapt in ((False, False), (True, False), (False, True), (True, True)):
+        out = decay_grad_rule(grads, cfg.replace(train_alpha=train_alpha, train_adapt=train_adapt))
+        np.testing.assert_allclose(out[0]["alpha"], 0.1 * train_alpha)
+        np.testing.assert_allclose(out[0]["rho"], 0.1 * train_adapt)
+        assert float(out[1]["alpha"]) == 0 and float(out[0]["W"].sum()) == 2
+        frozen = training.freeze_fixed_decays(grads, cfg.replace(train_alpha=train_alpha, train_adapt=train_adapt))
+        assert len(frozen) == 2 and set(frozen[0]) == {"W", "alpha", "rho"}
+
+
+def test_the_l2_norm_and_the_decay_penalties_cover_what_each_parameter_declares():
+    """L2 covers the weights and normalisation (declared l2), never a decay; the published
+    penalties cover the membrane decays, not ALIF's adaptation decays."""
+    cfg = micro_config(neuron="alif", l2_lambda=1.0, l2_alpha_sd=1.0)
+    params = [{"W": jnp.full(2, 3.0), "alpha": jnp.array([0.97, 0.99]), "rho": jnp.array([0.99, 0.5]),
+               "norm_scale": jnp.full(2, 4.0)}, {"W": jnp.zeros(2), "alpha": jnp.float32(0.96)}]
+    terms = training.regularizers(params, [], cfg)
+    assert float(terms["l2"]) == pytest.approx(np.sqrt(2 * 9 + 2 * 16))
+    # relu(alpha - 0.95): 0.02, 0.04 and 0.01; rho's 0.99 would add 0.04
+    assert float(terms["alpha_high"]) == pytest.approx(0.1 * np.sqrt(0.02 ** 2 + 0.04 ** 2 + 0.01 ** 2), rel=1e-5)
+    assert float(terms["alpha_sd"]) == pytest.approx(np.sqrt(0.01 ** 2 + 0.01 ** 2), rel=1e-4)  # about each layer's mean
 
 
 @pytest.mark.slow
@@ -520,7 +588,7 @@ def test_jit_and_eager_train_steps_agree(tiny_task):
     for a, b in zip(jax.tree_util.tree_leaves(jitted[0]), jax.tree_util.tree_leaves(eager[0])):
         np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6)
     assert isinstance(jitted[2], training.Metrics)
-    terms = {k: v for k, v in jitted[2].measures.items() if not k.startswith("rate_")}
+    terms = jitted[2].terms
     assert set(terms) == {"ce", "alpha_high", "alpha_sd"}
     assert float(jitted[2].loss[0]) == pytest.approx(sum(float(v[0]) for v in terms.values()), rel=1e-5)
 
@@ -598,7 +666,7 @@ def first_grad_norms(cfg, task):
     run = training._init_run(cfg, optimizer, None, None)
     x, y = next(utils_dataset.iterate_batches(task.train, cfg.batch_size, np.random.default_rng([cfg.seed, 0])))
     key = jax.random.fold_in(jax.random.fold_in(run.key_dropout, 0), 0)
-    grads = jax.grad(lambda p: training.loss_fn(training.freeze_fixed_decays(p, cfg.train_alpha), jnp.asarray(x),
+    grads = jax.grad(lambda p: training.loss_fn(training.freeze_fixed_decays(p, cfg), jnp.asarray(x),
                                                 jnp.asarray(y), cfg, key, True)[0])(run.params)
     return {name: float(np.linalg.norm(g)) for name, g in run_folder.named_arrays(grads).items()
             if not name.endswith("alpha")}

@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from models import init_params
 from utils_initialization import (CONV_PRESET, FIELDS, MAIN_DEFAULTS, PRESETS, SWEEP_BASE, Config, ConfigError,
-                                  conv_hierarchy, hierarchy_notes, init_params, make_config, tau_hierarchy,
-                                  weight_scales)
+                                  conv_hierarchy, hierarchy_notes, make_config, tau_hierarchy, weight_scales)
 
 
 def test_defaults_are_the_published_simargs():
@@ -119,9 +119,9 @@ def test_initial_time_constants_are_clipped_to_ten_seconds(distrib_tau):
     not at 0.99."""
     import utils_initialization
     cfg = Config(time_max=1.0, nb_steps=5, distrib_tau=distrib_tau, distrib_tau_sd=0.01)
-    alpha = utils_initialization._hidden_alpha(jax.random.PRNGKey(0), 20.0, 8, cfg)
+    alpha = utils_initialization.draw_decays(jax.random.PRNGKey(0), 20.0, 8, cfg)
     np.testing.assert_allclose(alpha, np.exp(-0.2 / 10.0), rtol=1e-6)
-    short = utils_initialization._hidden_alpha(jax.random.PRNGKey(0), 1.0, 8, cfg)  # not clipped
+    short = utils_initialization.draw_decays(jax.random.PRNGKey(0), 1.0, 8, cfg)  # not clipped
     assert np.all(np.abs(np.asarray(short) - np.exp(-0.2)) < 0.01) and len(set(np.asarray(short).tolist())) > 1
 
 

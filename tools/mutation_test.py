@@ -43,7 +43,7 @@ FORMULAS = {
                  "freeze_fixed_decays", "make_step_fns", "make_steps", "Tally", "evaluate", "eval_rngs",
                  "median_tau_per_layer", "recurrent_spectra", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
     "utils_initialization": ["tau_hierarchy", "conv_hierarchy", "layer_sizes", "tau_from_alpha",
-                             "weight_scales", "init_params", "_uniform", "_tau_layers", "_hidden_alpha"],
+                             "weight_scales", "uniform", "tau_layers", "draw_decays"],
     "utils_dataset": ["iterate_batches", "mts_xor_score_mask", "generate_mts_xor", "load_mts_xor", "SpikeCounts",
                       "frequency_shift", "channel_stride", "_spikes", "bin_rows", "shd_validation_rows",
                       "load_audiospikes", "latency_steps", "LatencyCoded", "PixelSequence", "mnist_images",
