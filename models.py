@@ -94,7 +94,7 @@ class Param(NamedTuple):
     init: Optional[Callable] = None  # (key, cfg, hidden layer index, neurons) -> value; None: init_params's own
     l2: bool = False
     decay: bool = False
-    trained_by: str = ""             # for a decay: the Config field that trains it
+    trained_by: str = ""             # for a decay: the Config field that trains it ("": never trained)
     penalised: bool = False
 
 

@@ -202,7 +202,8 @@ def decay_grad_scales(params, cfg: Config) -> list:
     0.1 when the decay's Config flag trains it (train_alpha for the membranes), else 0; the
     output layer's decays 0 (fixed)."""
     rules, last = param_rules(cfg), len(params) - 1
-    return [{name: (ALPHA_GRAD_SCALE if i < last and getattr(cfg, rules[name].trained_by) else 0.0)
+    trained = lambda rule: bool(rule.trained_by) and getattr(cfg, rule.trained_by)  # noqa: E731
+    return [{name: (ALPHA_GRAD_SCALE if i < last and trained(rules[name]) else 0.0)
              for name in layer if rules[name].decay} for i, layer in enumerate(params)]
 
 

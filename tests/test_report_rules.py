@@ -408,3 +408,46 @@ def test_a_line_stands_for_a_run_only_with_its_configuration():
     older = {k: v for k, v in config.items() if k != "lr"}  # a field added since is not compared
     assert sweep.stale_line(run, {"config": older}) is None
     assert "does not record its configuration" in sweep.stale_line(run, {})
+
+
+def test_fig_3s_boxes_pool_every_neuron_of_every_seed_from_the_results_lines():
+    lines = [line({}, s, 99.0, tau_per_neuron=[[0.01 * s, 0.02], [0.1]]) for s in (1, 2)]
+    panel = figures.Panel("x", None, {}, lines, 2)
+    assert figures.pooled_taus(panel) == [[0.01, 0.02, 0.02, 0.02], [0.1, 0.1]]
+    lines[1].pop("tau_per_neuron")  # a line of an older version: no boxes, rather than half of them
+    assert figures.pooled_taus(panel._replace(lines=lines)) is None
+
+
+def test_verdicts_name_their_statistics(monkeypatch):
+    cells = [line({"tanh_center": c}, 0, 81.0) for c in (0.1, 0.2)]
+    base = [line({"delta_tau": 0}, 0, 80.0, baseline=True)]
+    word, evidence = report.verdict(report.Claim("", "gains"), cells + base)
+    assert "share of the cells with a gain +1.00 (95 % interval +1.00 to +1.00; needs >= 0.75)" in evidence
+    assert word == "holds"
+
+
+def test_commands_write_booleans_as_the_command_line_reads_them():
+    results = report.SweepResults("s", {"what": "", "fixed": {}, "grid": {"seed": [0]}}, [], 1,
+                                  sets={"recurrent": True, "timestep": None, "lr": 0.5})
+    assert report.command(results) == "python3 sweep.py --sweep_name s --set lr=0.5 --set recurrent=true --set timestep=none"
+
+
+def test_an_extension_says_what_it_changed_and_where_its_runs_come_from():
+    definition = sweep_definitions.with_seeds({"what": "w", "fixed": {}, "grid": {"seed": [0]}}, [5, 6])
+    lines = [line({}, s, 90.0, provenance=[dict(commit="abcdef1234567", dirty=False)]) for s in (5, 6)]
+    ext = report.SweepResults("s", definition, lines, 2, folder="s_seeds5-6", changed={"n_hid": [4]})
+    text = "\n".join(report.extension_lines(report.Section("t", ("s",), ""), ext, {}, [], {}))
+    assert "### Extension `s_seeds5-6`: 2 runs, seeds 5-6, beyond the published grid's seeds 0, modified: n_hid=4" in text
+    assert "Not part of the published grid, so not counted in this section's status and verdict above." in text
+    assert "Provenance: commit abcdef1234;" in text
+
+
+def test_a_sweep_knows_whether_any_of_its_runs_finished(tmp_path):
+    definition = {"what": "", "fixed": {}, "grid": {"seed": [0, 1]}}
+    runs = sweep_definitions.expand(definition)
+    opened = sweep.Sweep("s", tmp_path, definition, runs, runs, False, {}, definition)
+    assert not sweep.has_finished_runs(opened)
+    sweep_definitions.append_line(tmp_path / "runs.jsonl", line({}, 7, 50.0) | {"key": "seed=7"})  # another sweep's
+    assert not sweep.has_finished_runs(opened)
+    sweep_definitions.append_line(tmp_path / "runs.jsonl", line({}, 1, 50.0) | {"key": "seed=1"})
+    assert sweep.has_finished_runs(opened)

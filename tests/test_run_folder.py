@@ -457,6 +457,9 @@ def test_a_sweep_adopts_a_finished_folder_only_for_its_own_run(tmp_path):
     assert run_folder.finished_run_of(tmp_path / "again", cfg0) is None
     (one / "config.json").unlink()  # left-over metrics and parameters without a configuration
     assert run_folder.finished_run_of(one, cfg1) is None
+    pending = finished_folder(tmp_path / "pending", cfg0)  # a move aside that a kill interrupted
+    (pending / f"{run_folder.ASIDE}20260101T000000Z").mkdir()
+    assert run_folder.finished_run_of(pending, cfg0) is None
     older = finished_folder(tmp_path / "older", cfg0)  # a folder of an earlier version: no records
     metrics = json.loads((older / "metrics.json").read_text())
     (older / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()

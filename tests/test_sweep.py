@@ -825,3 +825,23 @@ def test_workers_of_a_driver_killed_while_they_start_end_too(root, tmp_path, jax
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers), "a worker outlived its driver"
+
+
+@pytest.mark.slow
+def test_the_added_experiment_runs_at_its_smallest_size_into_its_figure_and_report(root, tmp_path, jax_cache):
+    """experiments/alif_vs_lif.json, the worked example of docs/extending.md: its sweep at the
+    smallest size (--quick, one epoch) trains both neurons, draws its categorical figure and
+    gets its own report section with its claim's verdict."""
+    args = ["--sweep_name", "ALIF_vs_LIF_mts_xor", "--quick", "--set", "n_epochs=1", "--set", "n_hid=4",
+            "--results_dir", str(tmp_path)]
+    result = run_sweep(root, jax_cache, *args)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "ALIF_vs_LIF_mts_xor_quick"
+    assert sorted(line["config"]["neuron"] for line in lines_of(folder / "runs.jsonl")) == ["alif"] * 2 + ["lif"] * 2
+    rows = list(csv.DictReader(open(folder / "summary.csv")))
+    assert [r["x"] for r in rows] == ["lif", "alif"] and "not recoverable" not in rows[0]["note"]
+    assert all("valid_silent_L1" in line["measures"] and "test_vmem_L3" in line["measures"] for line in lines_of(folder / "runs.jsonl"))
+    assert run_sweep(root, jax_cache, "--report", "--results_dir", str(tmp_path)).returncode == 0
+    section = (tmp_path / "REPORT.md").read_text().split("## ALIF against LIF (MTS-XOR)")[1]
+    assert "**Rule:** the median test accuracy with neuron = alif is above the one with neuron = lif." in section
+    assert "**Verdict:** " in section and "difference of the medians [points]" in section
