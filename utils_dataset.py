@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -297,16 +296,17 @@ def _net_reason(err) -> str:
     return found.group(0).strip() if found else type(err).__name__
 
 
-def gunzip(gz: Path, h5: Path):
+def gunzip(gz: Path, h5: Path, by_hand: Optional[str] = None):
     """Decompress `gz` into `h5` through a temporary file: a truncated or corrupt archive
-    (gzip checks length and CRC) leaves no `.h5` behind, and the archive itself is kept."""
+    (gzip checks length and CRC) leaves no `.h5` behind, and the archive itself is kept.
+    `by_hand`: how to place the file by hand, for the error (default: SHD/SSC's)."""
     print(f"decompressing {gz}", flush=True)
     try:
         with gzip.open(gz, "rb") as source:
             atomic_write(h5, lambda f: shutil.copyfileobj(source, f, 1 << 22))
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise DataError(f"{gz}: truncated or corrupt archive ({err}); delete it and run again to "
-                        f"download it anew, or {_by_hand(gz)}") from err
+                        f"download it anew, or {by_hand or _by_hand(gz)}") from err
     except OSError as err:
         raise DataError(f"cannot write {h5} ({err.strerror or err}); free some disk space, make "
                         f"{h5.parent} writable, or choose another --data_dir") from err
@@ -610,11 +610,7 @@ def load_audiospikes(cfg: Config, base_url: Optional[str] = None) -> Task:
     (training stays on the same split) and warns that the test accuracy is then optimistic.
     Training batches get the frequency-shift augmentation when `freq_shift` > 0. Missing
     files are downloaded from `base_url`, else $HSNN_AUDIO_URL, else zenkelab.org."""
-    check_audio_config(cfg)
-    base_url = base_url or os.environ.get("HSNN_AUDIO_URL") or AUDIO_URL  # a mirror, if set
-    name, folder = cfg.dataset_name, Path(cfg.data_dir) / "audiospikes"
-    parts = [p for p in AUDIO_PARTS[name] if not (p == "valid" and cfg.use_test_as_valid)]
-    paths = {p: audio_file(folder, f"{name}_{p}", base_url) for p in parts}  # all present first
+    name, paths = cfg.dataset_name, audio_files(cfg, base_url)  # all present first
     data = {p: cached_counts(path, cfg, AUDIO_CLASSES[name]) for p, path in paths.items()}
     augment = functools.partial(frequency_shift, freq_shift=cfg.freq_shift) if cfg.freq_shift > 0 else None
     X, Y = data["train"]
@@ -631,6 +627,31 @@ def load_audiospikes(cfg: Config, base_url: Optional[str] = None) -> Task:
               "paper's Table 1 protocol), so the reported test accuracy is optimistic", file=sys.stderr)
         valid = test
     return Task(train, valid, test, fingerprint=fingerprint(*(f"{p}:{source_md5(path)};" for p, path in paths.items())))
+
+
+def audio_files(cfg: Config, base_url: Optional[str] = None) -> dict:
+    """{part: the .h5 file} of SHD or SSC, downloaded (and decompressed) if missing; the
+    settings the data cannot satisfy are refused first."""
+    check_audio_config(cfg)
+    base_url = base_url or os.environ.get("HSNN_AUDIO_URL") or AUDIO_URL  # a mirror, if set
+    name, folder = cfg.dataset_name, Path(cfg.data_dir) / "audiospikes"
+    parts = [p for p in AUDIO_PARTS[name] if not (p == "valid" and cfg.use_test_as_valid)]
+    return {p: audio_file(folder, f"{name}_{p}", base_url) for p in parts}
+
+
+def fetch_data(cfg: Config):
+    """Make the files of `cfg`'s task present (downloading what is missing) without loading
+    them: what a sweep does once, before any of its runs starts, so that a missing or
+    undownloadable data set is one line instead of one failure per run. Returns where they
+    are (None for MTS-XOR, which is generated)."""
+    if cfg.dataset_name in AUDIO_PARTS:
+        return audio_files(cfg)
+    if cfg.dataset_name in ("mnist", "s-mnist", "ps-mnist"):
+        raw_dir = Path(cfg.data_dir) / "MNIST" / "raw"
+        if not all([regular_file(raw_dir / name) for name in MNIST_RAW_FILES]):  # each one checked
+            download_mnist(raw_dir)
+        return raw_dir
+    return None
 
 
 LOADERS = {"mts_xor": load_mts_xor, "shd": load_audiospikes, "ssc": load_audiospikes}
@@ -667,25 +688,31 @@ def check_sizes(task: Task, cfg: Config) -> Task:
 MNIST = dict(side=28, n_pixels=784, valid_fraction=0.2,
              latency_tau=20.0,        # steps; a pixel x fires at tau ln(x / (x - threshold))
              latency_threshold=0.2,   # pixels below this intensity stay silent
-             latency_epsilon=1e-7,    # intensities are raised to at least threshold + this
-             download_timeout=60.0)   # [s] per network operation while torchvision downloads
+             latency_epsilon=1e-7)    # intensities are raised to at least threshold + this
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 MNIST_RAW_FILES = sum(MNIST_FILES.values(), ())
 IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # uint8 data, 3 or 1 dimensions
-MNIST_PIP = "pip install -r requirements/requirements_mnist.txt"
+# The mirrors torchvision's MNIST downloads from (the published code used torchvision), in its
+# order, and the MD5 of each archive as torchvision checks it (11 MB in all).
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+             "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 
 
 def latency_steps(x, nb_steps: int) -> np.ndarray:
     """Spike step of intensities x in [0, 1]: floor(20 ln(x / (x - 0.2))), clipped to the
-    last step; -1 (no spike) where x < 0.2. As in the published code, x is first raised to
-    at least 0.2 + 1e-7, so a pixel of exactly 0.2 (51/255) fires at step 290 (the formula's
-    limit), i.e. at the last step of any shorter input."""
-    x = np.asarray(x, dtype=np.float64)
-    threshold = MNIST["latency_threshold"]
-    fires = x >= threshold
-    safe = np.maximum(x, threshold + MNIST["latency_epsilon"])
-    steps = np.floor(MNIST["latency_tau"] * np.log(safe / (safe - threshold)))
+    last step; -1 (no spike) where x < 0.2. Computed in float32, as the published code did
+    (its images were float32 tensors): x is first raised to at least 0.2 + 1e-7 (a float32
+    bound), so a pixel of exactly 0.2 (51/255) fires at step 289 (float64 would give 290), i.e.
+    at the last step of any input of up to 290 steps."""
+    x = np.asarray(x, dtype=np.float32)
+    threshold = np.float32(MNIST["latency_threshold"])
+    fires = ~(x < threshold)
+    safe = np.maximum(x, np.float32(MNIST["latency_threshold"] + MNIST["latency_epsilon"]))
+    steps = np.floor(np.float32(MNIST["latency_tau"]) * np.log(safe / (safe - threshold)))
     return np.where(fires, np.minimum(steps, nb_steps - 1), -1).astype(np.int64)
 
 
@@ -695,7 +722,8 @@ class LatencyCoded:
 
     def __init__(self, images_NP: np.ndarray, nb_steps: int):
         self.images_NP, self.nb_steps = images_NP, nb_steps
-        self.step_of_level = latency_steps(np.arange(256) / 255.0, nb_steps)  # per uint8 value
+        # per uint8 value, divided by 255 in float32 as the published code divided its tensors
+        self.step_of_level = latency_steps(np.arange(256, dtype=np.float32) / np.float32(255), nb_steps)
 
     def __len__(self):
         return len(self.images_NP)
@@ -761,38 +789,47 @@ def read_mnist(raw_dir: Path, part: str):
     return images.reshape(len(images), MNIST["n_pixels"]), labels
 
 
-def download_mnist(data_dir: Path):
-    """Download MNIST through torchvision, as the published code did, into
-    `data_dir/MNIST/raw/` (torchvision's layout; it verifies each file's MD5)."""
-    raw_dir = data_dir / "MNIST" / "raw"
-    try:
-        import torchvision
-    except ImportError:
-        raise DataError(f"MNIST is not in {raw_dir} and downloading it needs torch and torchvision: "
-                        f"{MNIST_PIP}") from None
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(MNIST["download_timeout"])  # torchvision's urlopen has none
-    try:
-        for train in (True, False):
-            torchvision.datasets.MNIST(str(data_dir), train=train, download=True)
-    except (OSError, RuntimeError) as err:
-        lines = str(err).strip().splitlines()  # torchvision: one line per mirror tried
-        reason = lines[-1] if lines else type(err).__name__
-        raise DataError(f"MNIST download into {raw_dir} failed ({reason}); without network, copy "
-                        f"{', '.join(MNIST_RAW_FILES)} there") from None
-    finally:
-        socket.setdefaulttimeout(previous)
+def download_mnist(raw_dir: Path, mirrors=None):
+    """The four MNIST files into `raw_dir` (torchvision's layout, `<data_dir>/MNIST/raw/`): each
+    archive fetched with pooch from the first of `mirrors` that answers (default
+    $HSNN_MNIST_URL, else torchvision's mirrors), checked against its MD5, then decompressed.
+    Present archives or files need no network; a failed download leaves nothing behind."""
+    import pooch
+    import requests
+    pooch.get_logger().setLevel("WARNING")
+    env = os.environ.get("HSNN_MNIST_URL")
+    mirrors = mirrors or ((env,) if env else MNIST_MIRRORS)
+    for name in MNIST_RAW_FILES:
+        if regular_file(raw_dir / name):
+            continue
+        gz = raw_dir / f"{name}.gz"
+        if not regular_file(gz):
+            reasons = []
+            for base in mirrors:
+                print(f"downloading {base}{gz.name} into {raw_dir}/", flush=True)
+                try:
+                    raw_dir.mkdir(parents=True, exist_ok=True)
+                    pooch.retrieve(base + gz.name, f"md5:{MNIST_MD5[gz.name]}", fname=gz.name, path=raw_dir,
+                                   downloader=pooch.HTTPDownloader(progressbar=True, timeout=NET_TIMEOUT))
+                    break
+                except requests.RequestException as err:
+                    reasons.append(f"{base}: {_net_reason(err)}")
+                except ValueError:  # pooch's hash check
+                    reasons.append(f"{base}: the file does not match its MD5 and was discarded")
+                except OSError as err:
+                    raise DataError(f"{gz}: cannot write it ({err.strerror or err}); make {raw_dir} writable or "
+                                    "choose another --data_dir") from err
+            else:
+                raise DataError(f"MNIST download into {raw_dir} failed ({'; '.join(reasons)}); without network, copy "
+                                f"{', '.join(MNIST_RAW_FILES)} (or their .gz archives) there")
+        gunzip(gz, raw_dir / name, f"copy {name} (or {gz.name}) into {raw_dir}/ by hand")
 
 
 def mnist_images(cfg: Config):
     """(train, valid, test) as (images [N, 784] uint8, labels [N]) pairs: a seeded 80/20
     split of the training file (validation rows in the split's random order); the test file
-    kept apart. Reads `data_dir/MNIST/raw/`,
-    downloading the files first when any is missing."""
-    data_dir = Path(cfg.data_dir)
-    raw_dir = data_dir / "MNIST" / "raw"
-    if not all([regular_file(raw_dir / name) for name in MNIST_RAW_FILES]):  # each one checked
-        download_mnist(data_dir)
+    kept apart. Reads `data_dir/MNIST/raw/`, downloading the files first when any is missing."""
+    raw_dir = fetch_data(cfg)
     images, labels = read_mnist(raw_dir, "train")
     order = np.random.default_rng(mnist_seeds(cfg.seed)[0]).permutation(len(images))
     n_valid = int(round(MNIST["valid_fraction"] * len(images)))

@@ -2,7 +2,7 @@
 minutes, offline:
 
     git clone https://github.com/EIS-Hub/hSNN /path/to/hSNN          # the published code
-    pip install -r requirements/requirements_mnist.txt scipy scikit-learn six wandb
+    pip install -r requirements/requirements_published_code.txt scipy scikit-learn six wandb
     python3 benchmarks/published_code.py --published /path/to/hSNN [--rounds 2] [--out FILE]
 
 Three measurements, each taken from both codes in turn, `--rounds` times:

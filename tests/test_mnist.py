@@ -1,10 +1,15 @@
 """MNIST, sequential MNIST and permuted sequential MNIST on tiny IDX files written here in
-torchvision's raw layout (docs/datasets.md). Offline: the download test points urllib at a
-closed local port."""
+torchvision's raw layout (docs/datasets.md). Offline: downloads go to a local HTTP server
+that serves the test's own archives, or to a closed local port."""
 
+import functools
+import gzip
+import hashlib
 import os
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from utils_dataset import DataError, latency_steps, load_task
 from utils_initialization import ConfigError, make_config
 
 N_TRAIN, N_TEST = 40, 20
-SILENT_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
+CLOSED = "http://127.0.0.1:9/"  # the discard port: nothing listens, connections are refused
 
 
 def write_idx(path, array, magic):
@@ -60,11 +65,13 @@ def image_set(images_NP):
 
 # --- the encodings -------------------------------------------------------------------------
 def published_latency(x, nb_steps):
-    """The published current2firing_time + expand_time_dim, in numpy: x < 0.2 is silent,
-    x is raised to 0.2 + 1e-7, t = 20 ln(x / (x - 0.2)) truncated and clipped to the last step."""
+    """The published current2firing_time + expand_time_dim, in numpy on float32 arrays as the
+    published code ran it on float32 tensors: x < 0.2 is silent, x is raised to 0.2 + 1e-7,
+    t = 20 ln(x / (x - 0.2)) truncated and clipped to the last step."""
+    x = np.asarray(x, np.float32)
     silent = x < 0.2
-    xc = np.clip(x, 0.2 + 1e-7, 1e9)
-    t = np.clip((20 * np.log(xc / (xc - 0.2))).astype(int), 0, nb_steps - 1)
+    xc = np.clip(x, np.float32(0.2 + 1e-7), np.float32(1e9))
+    t = np.clip((np.float32(20) * np.log(xc / (xc - np.float32(0.2)))).astype(int), 0, nb_steps - 1)
     return np.where(silent, -1, t)
 
 
@@ -73,9 +80,11 @@ def test_latency_code_of_known_intensities():
     expected = [4, int(20 * np.log(0.5 / 0.3)), int(20 * np.log(0.25 / 0.05)), 49, 49, -1, -1, -1]
     assert list(latency_steps(x, 50)) == expected == [4, 10, 32, 49, 49, -1, -1, -1]
     assert list(latency_steps(x, 20)[:5]) == [4, 10, 19, 19, 19]  # clipped to the last step
-    assert latency_steps(np.array([0.2]), 400)[0] == 290  # the published limit at exactly 0.2
-    levels = np.arange(256) / 255.0
-    for nb_steps in (20, 50, 300):
+    # exactly 0.2 (51/255): float32 as published gives 20 ln(0.2000001 / 1.043e-7) = 289.3; float64 gave 290
+    assert latency_steps(np.array([0.2]), 400)[0] == 289
+    assert latency_steps(np.float32(51) / np.float32(255), 400) == 289
+    levels = np.arange(256, dtype=np.float32) / np.float32(255)
+    for nb_steps in (20, 50, 300, 400):
         np.testing.assert_array_equal(latency_steps(levels, nb_steps), published_latency(levels, nb_steps))
 
 
@@ -166,32 +175,77 @@ def test_permutation_is_saved_in_the_run_folder(mnist, tmp_path):
     np.testing.assert_array_equal(saved, utils_dataset.pixel_permutation(5))
 
 
-# --- files, torchvision, errors ------------------------------------------------------------
-@pytest.mark.slow
-def test_raw_files_read_as_torchvision_reads_them(mnist):
-    torchvision = pytest.importorskip(
-        "torchvision", reason="pip install -r requirements/requirements_mnist.txt")
-    data_dir, _ = mnist
-    raw = data_dir / "MNIST" / "raw"
-    for train, part in ((True, "train"), (False, "test")):
-        reference = torchvision.datasets.MNIST(str(data_dir), train=train, download=False)
-        images, labels = utils_dataset.read_mnist(raw, part)
-        np.testing.assert_array_equal(images, reference.data.numpy().reshape(-1, 784))
-        np.testing.assert_array_equal(labels, reference.targets.numpy())
+# --- files, the download, errors ------------------------------------------------------------
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
-def test_present_raw_files_need_neither_network_nor_torchvision(mnist, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` fails
+@pytest.fixture
+def mirrors(tmp_path, monkeypatch):
+    """Two local HTTP servers standing in for torchvision's mirrors: the first answers 404 for
+    everything, the second serves the .gz archives of a tiny MNIST, whose MD5s replace the
+    published ones. Returns (their base URLs, the raw files as written)."""
+    files = tmp_path / "made"
+    write_mnist(files)
+    served = tmp_path / "site"
+    served.mkdir()
+    md5 = {}
+    for raw in (files / "MNIST" / "raw").iterdir():
+        data = gzip.compress(raw.read_bytes())
+        (served / f"{raw.name}.gz").write_bytes(data)
+        md5[f"{raw.name}.gz"] = hashlib.md5(data).hexdigest()
+    monkeypatch.setattr(utils_dataset, "MNIST_MD5", md5)
+    servers = []
+    for root in (tmp_path / "empty", served):
+        root.mkdir(exist_ok=True)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [f"http://127.0.0.1:{s.server_address[1]}/" for s in servers], files / "MNIST" / "raw"
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_download_tries_each_mirror_checks_md5_and_decompresses(tmp_path, mirrors):
+    urls, made = mirrors
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    utils_dataset.download_mnist(raw, urls)
+    for name in utils_dataset.MNIST_RAW_FILES:
+        assert (raw / name).read_bytes() == (made / name).read_bytes()
+    task("mnist", tmp_path / "data")  # the files read as written
+    for name in utils_dataset.MNIST_RAW_FILES:
+        (raw / name).unlink()  # the archives stay: decompressed again, no network needed
+    utils_dataset.download_mnist(raw, [CLOSED])
+    assert all((raw / name).exists() for name in utils_dataset.MNIST_RAW_FILES)
+
+
+def test_a_download_that_does_not_match_its_md5_is_discarded(tmp_path, mirrors, monkeypatch):
+    urls, _ = mirrors
+    monkeypatch.setitem(utils_dataset.MNIST_MD5, "train-images-idx3-ubyte.gz", "0" * 32)
+    raw = tmp_path / "MNIST" / "raw"
+    with pytest.raises(DataError) as err:
+        utils_dataset.download_mnist(raw, urls)
+    message = str(err.value)
+    assert "does not match its MD5 and was discarded" in message and "HTTP 404" in message and "\n" not in message
+    assert not (raw / "train-images-idx3-ubyte.gz").exists() and not (raw / "train-images-idx3-ubyte").exists()
+
+
+def test_present_raw_files_need_no_network(mnist, monkeypatch):
+    import pooch
+    monkeypatch.setattr(pooch, "retrieve", lambda *a, **k: pytest.fail("downloaded"))
     data_dir, _ = mnist
     assert len(task("mnist", data_dir).train) == 32
 
 
-def test_missing_torchvision_names_the_pip_command(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision", None)
+def test_a_failed_download_names_the_files_to_copy(tmp_path):
     with pytest.raises(DataError) as err:
-        task("s-mnist", tmp_path)
+        utils_dataset.download_mnist(tmp_path / "MNIST" / "raw", [CLOSED])
     message = str(err.value)
-    assert "pip install -r requirements/requirements_mnist.txt" in message and "\n" not in message
+    assert message.startswith(f"MNIST download into {tmp_path / 'MNIST' / 'raw'} failed (http://127.0.0.1:9/: ")
+    assert "copy train-images-idx3-ubyte, train-labels-idx1-ubyte" in message and "\n" not in message
+    assert not any((tmp_path / "MNIST" / "raw").glob("*idx*"))
 
 
 def test_malformed_file_is_named(tmp_path):
@@ -213,10 +267,7 @@ def test_labels_outside_0_to_9_are_refused(root, tmp_path):
 
 @pytest.mark.slow
 def test_failed_download_is_one_line_on_stderr(root, tmp_path):
-    pytest.importorskip("torchvision", reason="pip install -r requirements/requirements_mnist.txt")
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
-    env.update(http_proxy=SILENT_PROXY, https_proxy=SILENT_PROXY, HTTP_PROXY=SILENT_PROXY,
-               HTTPS_PROXY=SILENT_PROXY)
+    env = dict(os.environ, HSNN_MNIST_URL=CLOSED)
     result = subprocess.run(
         [sys.executable, str(root / "main.py"), "--dataset_name", "mnist", "--data_dir",
          str(tmp_path / "data"), "--results_dir", str(tmp_path / "results")],
