@@ -48,8 +48,26 @@ def fail(prog: str, message, code: int):
     sys.exit(code)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with every flag's default (where it has one and its help does not already say
+    it), and the description and examples as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default in (None, argparse.SUPPRESS) or "default:" in text or not action.option_strings:
+            return text
+        shown = str(default).lower() if isinstance(default, bool) else ("none" if default == [] else default)
+        return f"{text} (default: {shown})".replace("%", "%%") if "%" not in text else text
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """Errors as one line and exit code 2, no usage dump."""
+    """Errors as one line and exit code 2, no usage dump; --help shows defaults and examples
+    (`epilog`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

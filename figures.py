@@ -70,7 +70,7 @@ def plot_sweep(sweep: Panel, paper_numbers: dict) -> list:
     paper = paper_numbers.get(spec["paper"], {})
     pts = points(sweep.name, sweep.definition, sweep.lines, paper)
     fig, extra = KINDS[spec["kind"]].draw(sweep, pts, spec, paper)
-    annotate(fig, sweep, paper)
+    annotate(fig, sweep, paper, spec)
     for suffix in ("png", "pdf"):
         save_figure(fig, sweep.folder / f"figure.{suffix}")
     write_summary(sweep.folder / "summary.csv", pts + extra, paper, sweep.changed, published=sweep.published)
@@ -91,11 +91,15 @@ def save_figure(fig, path: Path):
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def annotate(fig, sweep: Panel, paper: dict):
-    """Title, what the statistics are, and the warnings a reader must not miss."""
+def annotate(fig, sweep: Panel, paper: dict, spec: dict):
+    """The title (what the panel shows, in the paper's words, and how many runs it holds); the
+    caption (the sweep's name and definition, where the paper's numbers come from); and the
+    warnings a reader must not miss."""
     n_epochs = "/".join(str(n) for n in sorted({line["n_epochs"] for line in sweep.lines}))
-    what = textwrap.fill(f"{sweep.name}: {sweep.definition['what']}", 100)
-    fig.suptitle(f"{what}\n{len(sweep.lines)} of {sweep.n_runs} runs finished", fontsize=9, y=1.02)
+    fig.suptitle(f"{textwrap.fill(spec['title'], 80)}\n{len(sweep.lines)} of {sweep.n_runs} runs finished",
+                 fontsize=10, y=1.02)
+    source = f" Paper's numbers: {paper['source']}." if paper.get("source") else ""
+    caption = textwrap.fill(f"{sweep.name}: {sweep.definition['what']}.{source}", 110)
     notes = []
     if sweep.reduced:
         notes.append(f"REDUCED (--quick): at most {sweep.reduced['seeds']} seeds, {sweep.reduced['points']} points per axis, "
@@ -105,8 +109,10 @@ def annotate(fig, sweep: Panel, paper: dict):
     if sweep.published and not panels.paper_recoverable(paper):
         notes.append("The paper's numbers for this panel are not recoverable "
                      f"({paper.get('source', 'no entry in paper_numbers.json')}); ours only")
+    fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=7, color="dimgrey")
     if notes:
-        fig.text(0.5, -0.02, "\n".join(notes), ha="center", va="top", fontsize=9, color="firebrick")
+        fig.text(0.5, -0.03 - 0.035 * (caption.count("\n") + 1), "\n".join(notes), ha="center", va="top", fontsize=9,
+                 color="firebrick")
 
 
 # --- line panels ---------------------------------------------------------------------------------
@@ -143,7 +149,7 @@ def x_positions(series, spec) -> np.ndarray:
     categorical axis their rank in the grid's order (the tick labels name them)."""
     if spec.get("categorical"):
         return np.array([spec["x_values"].index(p.x) for p in series], dtype=float)
-    return np.array([p.x for p in series], dtype=float) * spec.get("x_scale", 1)
+    return np.array([panels.shown_x(p.x_name, p.x) for p in series], dtype=float) * spec.get("x_scale", 1)
 
 
 def spread_band(p: panels.Point):
@@ -175,7 +181,7 @@ def draw_series(ax, label, series, colour, spec):
 
 def style_line_axes(ax, spec, panel, single):
     x_name = spec["x"]
-    ax.set_xlabel(spec.get("x_label") or x_name + (f" [{UNITS[x_name]}]" if x_name in UNITS else ""))
+    ax.set_xlabel(spec.get("x_label") or panels.shown_axis(x_name) + (f" [{UNITS[x_name]}]" if x_name in UNITS else ""))
     if panel is not None:
         ax.set_title(f"{spec['panel']}={fmt(panel)}", fontsize=9)
     xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
@@ -193,13 +199,14 @@ def style_line_axes(ax, spec, panel, single):
 
 def draw_paper_lines(ax, paper, matched: dict, scale, only_matched=False):
     stat, source = paper.get("stat", "?"), paper.get("source", "?")
-    for label, values in (paper.get("series") or {}).items():
+    x_name = paper.get("x", "")
+    for label, values in sorted((paper.get("series") or {}).items(), key=lambda kv: panels.shown_label(kv[0])):
         if only_matched and label not in matched:
             continue
-        x = np.array(paper["x_values"], dtype=float) * scale
+        x = np.array([panels.shown_x(x_name, v) for v in paper["x_values"]], dtype=float) * scale
         sd = (paper.get("std") or {}).get(label)
         ax.errorbar(x, values, yerr=sd, fmt="x--", color=matched.get(label, "black"), alpha=0.8, capsize=2,
-                    lw=1, label=f"paper ({stat}, {source}): {label}")
+                    lw=1, label=f"paper ({stat}, {source}): {panels.shown_label(label)}")
 
 
 # --- the heatmap (Fig. S2e) ------------------------------------------------------------------------
@@ -262,16 +269,20 @@ def tau_figure(sweep, points, spec, paper):
     layers = np.array([p.x for p in points])
     fig, ax = new_figure(figsize=(6.4, 4.4))
     if pooled:
-        ax.boxplot([1e3 * np.asarray(v) for v in pooled], positions=layers, widths=0.5, showfliers=False)
+        ax.boxplot([1e3 * np.asarray(v) for v in pooled], positions=layers, widths=0.4, showfliers=False,
+                   medianprops=dict(color="C1"))
+        ax.plot([], [], "-", color="C1", label="ours: median of all neurons of all seeds")
+        ax.plot([], [], "s", mfc="none", mec="black", label="box: their 25-75 %, whiskers: 1.5 x the box")
     for p in points:
-        ax.plot(np.full(len(p.values), p.x + 0.15), p.values, ".", color="C0", alpha=0.6)
-    ax.plot([], [], ".", color="C0", label="ours: median per seed" + (" (box: all neurons)" if pooled else ""))
+        ax.plot(np.full(len(p.values), p.x + 0.3), p.values, ".", color="C0", alpha=0.6)
+    ax.plot([], [], ".", color="C0", label="ours: each seed's median")
     init = sweep.lines[0].get("median_tau_init")
-    if init:
-        ax.plot(layers, 1e3 * np.asarray(init), "_", color="grey", ms=20, label="initial tau")
+    if init:  # left of the box, so that it never hides behind a whisker's cap
+        ax.plot(layers - 0.3, 1e3 * np.asarray(init), ">", color="grey", ms=6,
+                label=f"initial time constant ({', '.join(f'{1e3 * t:.0f}' for t in sorted(set(np.round(init, 4))))} ms)")
     if any(p.paper is not None for p in points):
         ax.plot([p.x for p in points if p.paper is not None], [p.paper for p in points if p.paper is not None], "D",
-                color="C3", label=f"paper median ({paper.get('source')})")
+                color="C3", label="paper: median of its seeds")
     ax.set_yscale("log")
     ax.set_xticks(layers)
     ax.set_xlabel("hidden layer (1 = closest to the input)")
@@ -293,6 +304,10 @@ def pooled_taus(sweep: Panel):
 
 
 # --- Fig. S6: spectra of the trained recurrent matrices -----------------------------------------------
+EIGEN_TITLES = {"stored": "W_rec as stored (as the published notebook plotted it)",
+                "masked": "W_rec with its diagonal masked (the matrix the model uses)"}
+
+
 def eigen_figure(sweep, points, spec, paper):
     """Fig. S6: per hidden layer the absolute eigenvalues of the trained W_rec, sorted, largest
     first: the mean over seeds (line) and the 25-75 % quantiles over seeds (band); top, W_rec
@@ -309,7 +324,7 @@ def eigen_figure(sweep, points, spec, paper):
             if which == "stored" and s.layer <= len(paper_largest):
                 ax.plot([1], [paper_largest[s.layer - 1]], "D", color=f"C{s.layer - 1}", mec="black",
                         label=f"hidden layer {s.layer}, paper's largest")
-        ax.set_title(panels.SPECTRA[which], fontsize=9)
+        ax.set_title(EIGEN_TITLES[which], fontsize=9)
         ax.set_ylabel("|eigenvalue| (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -320,7 +335,8 @@ def eigen_figure(sweep, points, spec, paper):
 # --- summary.csv ------------------------------------------------------------------------------------
 def summary_row(p: panels.Point, paper: dict) -> dict:
     has = len(p.values) > 0
-    row = dict(series=p.series, x_name=p.x_name, x=p.x, stat=p.stat, n_seeds=len(p.values), unit=p.unit,
+    row = dict(series=p.series, x_name=panels.shown_axis(p.x_name), x=panels.shown_x(p.x_name, p.x), stat=p.stat,
+               n_seeds=len(p.values), unit=p.unit,
                paper_source=paper.get("source", ""), note=p.note)
     if has:
         row.update(ours=p.ours, ours_median=float(np.median(p.values)),

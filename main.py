@@ -21,6 +21,14 @@ from utils_dataset import DataError
 from utils_initialization import FIELDS, Config, ConfigError, make_config
 from utils_io import FileError, read_json
 
+EXAMPLES = """examples:
+  python3 main.py --dataset_name mts_xor                    # the published main.py's MTS-XOR network, 10 epochs
+  python3 main.py --dataset_name mts_xor --n_layers 4 --hierarchy_tau tanh --delta_tau 0.4 --n_epochs 60
+  python3 main.py --dataset_name shd --convolution true     # the Table 1 hierarchical convolutional network
+  python3 main.py --dataset_name mts_xor --neuron alif      # adaptive-threshold neurons
+  python3 main.py --dataset_name mts_xor --print_config     # what a command trains, as JSON
+  python3 main.py --results_dir results --save_dir_name RUN --resume   # continue a killed run
+"""
 RUN_FLAGS = ("results_dir", "save_dir_name", "resume", "restart", "force", "progress",
              "compilation_cache", "print_config")
 
@@ -29,7 +37,7 @@ def build_parser(prog="main.py") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, usage=f"{prog} [--dataset_name NAME] [--FIELD VALUE ...] [run options]",
                            description="Train a hierarchical spiking network. Flags not given take the "
                            "task preset's value (the published main.py's), else the default.",
-                           allow_abbrev=False)
+                           epilog=EXAMPLES, allow_abbrev=False)
     add_config_flags(parser)
     run = parser.add_argument_group("run options")
     run.add_argument("--results_dir", default="results", help="parent folder of run folders")
@@ -42,7 +50,9 @@ def build_parser(prog="main.py") -> argparse.ArgumentParser:
                           "into its previous-<time>/ folder, never deleted")
     run.add_argument("--force", type=parse_bool, nargs="?", const=True, default=False,
                      help="train even if the step's memory estimate exceeds the memory available")
-    run.add_argument("--progress", type=parse_bool, default=True, help="show progress bars")
+    run.add_argument("--progress", type=parse_bool, default=True,
+                     help="report the epochs: on a terminal a progress bar through each epoch and a line after "
+                          "it, in a log file (output not a terminal) the lines only")
     run.add_argument("--compilation_cache", type=parse_bool, default=True,
                      help="reuse compiled programs across runs (JAX's persistent cache)")
     run.add_argument("--print_config", action="store_true",
@@ -70,6 +80,16 @@ def config_from_args(args) -> Config:
             if args.resume:
                 raise
     return make_config(overrides.pop("dataset_name", "shd"), **overrides)
+
+
+def summary_line(cfg: Config, run_dir: Path) -> str:
+    """What a run trains, in one short line; config.json in its folder holds every setting."""
+    hierarchy = ("no hierarchy" if cfg.hierarchy_tau == "none" else
+                 f"{cfg.hierarchy_tau} hierarchy delta_tau {cfg.delta_tau:g} s")
+    network = f"{cfg.n_hidden_layers} hidden layers x {cfg.n_hid} {cfg.neuron.upper()}"
+    network += (" recurrent" if cfg.recurrent else "") + (" convolutional" if cfg.convolution else "")
+    return (f"training {cfg.dataset_name}: {network}, tau_mem {cfg.tau_mem:g} s, {hierarchy}, {cfg.n_epochs} epochs, "
+            f"seed {cfg.seed}; run folder {run_dir} (config.json: every setting)")
 
 
 def default_run_name(cfg: Config) -> str:
@@ -102,8 +122,7 @@ def main(argv=None):
         if args.print_config:
             return print(json.dumps(cfg.to_dict()))
         run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
-        print("config: " + ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()), flush=True)
-        print(f"run folder: {run_dir}", flush=True)
+        print(summary_line(cfg, run_dir), flush=True)
         configure_jax(args.compilation_cache)
         check_backend()  # before the run folder is made
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,

@@ -16,32 +16,51 @@ import numpy as np
 # The layout of each published panel: kind, x axis, and for tables which paper row each of
 # our configurations is (conditions on the run's configuration; {} matches every run).
 LAYOUTS = {
-    "hSNN_Figure_2a": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_2b": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_2c": dict(kind="line", x="n_layers", panel="n_hid"),
-    "hSNN_Figure_S2a": dict(kind="line", x="noise_rate"),
-    "hSNN_Figure_S2b": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_S2c": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_S2e": dict(kind="heatmap", x="tanh_center", y="tanh_coef"),
-    "hSNN_Figure_S4a": dict(kind="line", x="conv_dilation"),
-    "hSNN_Figure_S4b": dict(kind="line", x="conv_kernel"),
-    "hSNN_Figure_4b": dict(kind="line", x="delta_ker"),
-    "hSNN_Figure_4d": dict(kind="line", x="delta_dil"),
-    "SHD_hCSNN_max_performance": dict(kind="table", rows={"test set as validation, augmentation": {}}),
+    "hSNN_Figure_2a": dict(kind="line", x="tau_mem", title="Fig. 2a: MTS-XOR accuracy against the membrane time "
+                           "constant, without hierarchy"),
+    "hSNN_Figure_2b": dict(kind="line", x="delta_tau", title="Fig. 2b: MTS-XOR accuracy against the time-constant "
+                           "hierarchy (tanh, deepest minus shallowest)"),
+    "hSNN_Figure_2c": dict(kind="line", x="n_layers", panel="n_hid", title="Fig. 2c: SHD accuracy with and without "
+                           "hierarchy, by depth and width"),
+    "hSNN_Figure_S2a": dict(kind="line", x="noise_rate", title="Fig. S2a: MTS-XOR accuracy against input noise, "
+                            "hierarchy and anti-hierarchy"),
+    "hSNN_Figure_S2b": dict(kind="line", x="tau_mem", title="Fig. S2b: SHD accuracy against the membrane time "
+                            "constant, without hierarchy"),
+    "hSNN_Figure_S2c": dict(kind="line", x="delta_tau", title="Fig. S2c: SHD accuracy against the time-constant "
+                            "hierarchy"),
+    "hSNN_Figure_S2e": dict(kind="heatmap", x="tanh_center", y="tanh_coef", title="Fig. S2e: SHD, the shape of the "
+                            "tanh hierarchy: gain over no hierarchy"),
+    "hSNN_Figure_S4a": dict(kind="line", x="conv_dilation", title="Fig. S4a: SHD convolutional network, dilation"),
+    "hSNN_Figure_S4b": dict(kind="line", x="conv_kernel", title="Fig. S4b: SHD convolutional network, kernel size"),
+    "hSNN_Figure_4b": dict(kind="line", x="delta_ker", title="Fig. 4b: SHD convolutional network, hierarchy of "
+                           "kernel sizes"),
+    "hSNN_Figure_4d": dict(kind="line", x="delta_dil", title="Fig. 4d: SHD convolutional network, hierarchy of "
+                           "dilations"),
+    "SHD_hCSNN_max_performance": dict(kind="table", rows={"test set as validation, augmentation": {}},
+                                      title="Table 1: SHD, the hierarchical convolutional network"),
     "SHD_hCSNN_proper_validation": dict(kind="table", rows={
         "proper validation, augmentation": {"freq_shift": 10},
-        "proper validation, no augmentation": {"freq_shift": 0}}),
+        "proper validation, no augmentation": {"freq_shift": 0}},
+        title="Table 1: SHD, the hierarchical convolutional network with proper validation"),
     "SSC_hCSNN_max_performance": dict(kind="table", rows={"cSNN delta_ker 0": {"delta_ker": 0},
-                                                          "hcSNN delta_ker 3": {"delta_ker": 3}}),
+                                                          "hcSNN delta_ker 3": {"delta_ker": 3}},
+                                      title="Table 2: SSC convolutional networks, without and with kernel hierarchy"),
     "SSC_hSNN_hierarchy": dict(kind="table", rows={"SNN delta_tau 0": {"delta_tau": 0},
-                                                   "hSNN tanh delta_tau 0.15": {"delta_tau": 0.15}}),
-    "hSNN_Figure_5b": dict(kind="line", x="tau_mem"),
-    "hSNN_Figure_5c": dict(kind="line", x="delta_tau"),
-    "hSNN_Figure_6": dict(kind="line", x="delta_tau", x_scale=784, x_label="delta_tau [time steps of 1/784 s]"),
-    "hSNN_Figure_3b": dict(kind="tau", paper="hSNN_Figure_3_mts_xor"),
-    "hSNN_Figure_3c": dict(kind="tau", paper="hSNN_Figure_3_shd"),
-    "hSNN_Figure_S6_mts_xor": dict(kind="eigen"),
-    "hSNN_Figure_S6_shd": dict(kind="eigen"),
+                                                   "hSNN tanh delta_tau 0.15": {"delta_tau": 0.15}},
+                               title="Table 2: SSC feed-forward networks, without and with hierarchy"),
+    "hSNN_Figure_5b": dict(kind="line", x="tau_mem", title="Fig. 5b: latency-coded MNIST, accuracy against the "
+                           "membrane time constant"),
+    "hSNN_Figure_5c": dict(kind="line", x="delta_tau", title="Fig. 5c: latency-coded MNIST, accuracy against the "
+                           "hierarchy"),
+    "hSNN_Figure_6": dict(kind="line", x="delta_tau", x_scale=784, x_label="delta_tau [time steps of 1/784 s]",
+                          title="Fig. 6: sequential MNIST, accuracy against the hierarchy"),
+    "hSNN_Figure_3b": dict(kind="tau", paper="hSNN_Figure_3_mts_xor", title="Fig. 3b: time constants trained on "
+                           "MTS-XOR, per hidden layer"),
+    "hSNN_Figure_3c": dict(kind="tau", paper="hSNN_Figure_3_shd", title="Fig. 3c: time constants trained on SHD, "
+                           "per hidden layer"),
+    "hSNN_Figure_S6_mts_xor": dict(kind="eigen", title="Fig. S6: eigenvalues of the trained recurrent weights, "
+                                   "MTS-XOR"),
+    "hSNN_Figure_S6_shd": dict(kind="eigen", title="Fig. S6: eigenvalues of the trained recurrent weights, SHD"),
 }
 ACCURACY = "% test accuracy"
 # Fig. S6: which recurrent matrix a spectrum is of (results lines' w_rec_abs_eigenvalues)
@@ -84,7 +103,8 @@ def layout(name: str, definition: dict) -> dict:
     seeds only). Keys: kind (figures.KINDS), x (the grid axis along the panel), categorical
     (x values are names, in the grid's order, not numbers), measure (what is plotted: a name
     of the runs' final numbers, `training.final_scalars`; default: test accuracy in %),
-    panel (one panel per value of this axis), paper (its entry in paper_numbers.json)."""
+    panel (one panel per value of this axis), paper (its entry in paper_numbers.json), title
+    (what the panel shows, in the paper's words)."""
     spec = dict(LAYOUTS.get(name) or definition.get("figure") or {})
     axes = [k for k in definition["grid"] if k != "seed"]
     spec.setdefault("kind", "line" if axes else "table")
@@ -93,6 +113,7 @@ def layout(name: str, definition: dict) -> dict:
     spec.setdefault("rows", {})
     spec.setdefault("categorical", False)
     spec.setdefault("measure", None)
+    spec.setdefault("title", definition.get("title", name))
     return spec
 
 
@@ -130,7 +151,27 @@ def fmt(value) -> str:
 
 
 def series_label(series: dict) -> str:
-    return ",".join(f"{k}={fmt(v)}" for k, v in series.items()) or "all"
+    """'2 hidden layers,delta_tau=0.15': a series' settings as a reader sees them. The paper
+    counts hidden layers, the flag n_layers counts the output layer too: n_layers=3 is '2
+    hidden layers'."""
+    return ",".join(f"{v - 1} hidden layers" if k == "n_layers" and isinstance(v, int) else f"{k}={fmt(v)}"
+                    for k, v in series.items()) or "all"
+
+
+def shown_label(label: str) -> str:
+    """A label of the published numbers ('n_layers=3', 'n_hid=32,delta_tau=0') as series_label
+    writes ours."""
+    return series_label(parse_series(label)) if label and "=" in label else label
+
+
+def shown_x(x_name: str, x):
+    """An x value as a reader sees it: n_layers counts the output layer, the paper's axis
+    the hidden layers."""
+    return x - 1 if x_name == "n_layers" and isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+
+def shown_axis(x_name: str) -> str:
+    return "hidden layers" if x_name == "n_layers" else x_name
 
 
 def parse_series(label: str) -> dict:
@@ -207,7 +248,7 @@ def line_points(definition, lines, spec, paper, here) -> list:
         for label, by_x in sorted(panels[panel].items()):
             config = by_x[min(by_x)][0]["config"]
             paper_label = match_paper_series(paper, config)
-            note = (f"compared with the paper's only series, {paper_label}, whose settings differ"
+            note = (f"compared with the paper's only series, {shown_label(paper_label)}, whose settings differ"
                     if paper_label and not matches(parse_series(paper_label), config) else "")
             for x in x_order(definition, spec, by_x):
                 value, sd = paper_value(paper, paper_label, x)
@@ -227,7 +268,7 @@ def paper_only_points(paper: dict, pts: list, x_name: str) -> list:
     for label, values in (paper.get("series") or {}).items():
         for x, v in zip(paper.get("x_values", []), values):
             if not any(s == label and math.isclose(hx, float(x)) for s, hx in have):
-                extra.append(Point(f"paper: {label}", x_name, x, np.array([]), paper.get("stat", "median"),
+                extra.append(Point(f"paper: {shown_label(label)}", x_name, x, np.array([]), paper.get("stat", "median"),
                                    paper=v, note="no run of this sweep at this point"))
     return extra
 

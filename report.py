@@ -461,10 +461,11 @@ def points_table(points, spec) -> list:
     if not points:
         return []
     here = any(p.here is not None for p in points)
-    rows = ["| series | x | ours | spread | seeds | paper | paper sd | difference |"
+    rows = [f"| series | {panels.shown_axis(points[0].x_name) or 'x'} | ours | spread | seeds | paper | paper sd | difference |"
             + (" published code here |" if here else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if here else "")]
     for p in points:
-        x = panels.fmt(p.x) if p.x != "" and not isinstance(p.x, str) else p.x
+        x = panels.shown_x(p.x_name, p.x)
+        x = panels.fmt(x) if x != "" and not isinstance(x, str) else x
         diff = "" if p.paper is None else f"{p.ours - p.paper:+.2f}"
         rows.append(f"| {series_name(p, spec)} | {x} | {p.ours:.2f} ({p.stat}) | {spread(p)} | {len(p.values)} | "
                     f"{num(p.paper)} | {num(p.paper_sd)} | {diff} |" + (f" {num(p.here_value)} |" if here else ""))

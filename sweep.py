@@ -48,7 +48,7 @@ from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUI
 from runtime import BackendError, OutOfMemory, check_backend
 from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, read_files, train_task
 from training import TrainingDiverged, final_scalars
-from utils_dataset import DataError
+from utils_dataset import DataError, fetch_data
 from utils_initialization import ConfigError
 from utils_io import FileError, atomic_folder, atomic_write, locked, read_json, write_json
 
@@ -224,7 +224,8 @@ def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
                                   names=[r.key for r in group], files=files,
                                   runs_dir=None if ship else str(sweep.folder / "runs"),
                                   jax_cache=(args.jax_cache and NODE_CACHE) if ship else args.jax_cache,
-                                  progress=args.progress and args.jobs == 1 and not ship, force=args.force)))
+                                  progress=("bars" if args.jobs == 1 and not ship else "lines") if args.progress
+                                  else False, force=args.force)))
     return tasks
 
 
@@ -292,6 +293,20 @@ class Recorder:
                       f"sweep {time.monotonic() - self.t0:.0f} s)", flush=True)
                 if self.wandb_project:
                     log_to_wandb(self.sweep, run, self.wandb_project)
+
+
+def fetch_sweep_data(sweep: Sweep):
+    """The data of the runs still to train present (downloaded once if missing), before the
+    sweep's folder is written: a missing or undownloadable data set is one DataError line, not
+    one failure per run."""
+    lines = read_lines(sweep.folder) if sweep.folder.is_dir() else {}
+    todo = [make_run_config(r.overrides, r.seed) for r in sweep.runs if r.key not in lines]
+    seen = set()
+    for cfg in todo:
+        where = (cfg.dataset_name, cfg.data_dir, cfg.use_test_as_valid, cfg.n_in, cfg.n_out)
+        if where not in seen:
+            seen.add(where)
+            fetch_data(cfg)
 
 
 def run_sweep(sweep: Sweep, args):
@@ -381,9 +396,19 @@ def parse_shard(text: str):
     return index, count
 
 
+EXAMPLES = """examples:
+  python3 sweep.py --list                                     # every sweep, its runs and estimated time
+  python3 sweep.py --sweep_name hSNN_Figure_2b --jobs 2       # Fig. 2b: 180 runs, then its figure
+  python3 sweep.py --sweep_name hSNN_Figure_2b --quick        # a reduced smoke version (12 runs)
+  python3 sweep.py --sweep_name hSNN_Figure_3b --seeds 5-14   # more seeds, kept apart from the published grid
+  python3 sweep.py --sweep_name hSNN_Figure_2b --plot         # the figure from the results present
+  python3 sweep.py --report                                   # every figure, summary.csv and results/REPORT.md
+"""
+
+
 def build_parser():
-    p = OneLineParser(prog="sweep.py", description="Run a sweep of the paper and draw its figure.",
-                      allow_abbrev=False)
+    p = OneLineParser(prog="sweep.py", description="Run a sweep of the paper (or an added experiment) and draw its "
+                      "figure; or write the reproduction report.", epilog=EXAMPLES, allow_abbrev=False)
     p.add_argument("--sweep_name", help="a name from --list, e.g. hSNN_Figure_2b")
     p.add_argument("--list", action="store_true", help="print every sweep, what it reproduces, its runs")
     p.add_argument("--report", action="store_true",
@@ -411,7 +436,9 @@ def build_parser():
                    help="run only shard I of N (0 <= I < N), e.g. one task of a job array")
     p.add_argument("--wandb", action="store_true", help="log every finished run to Weights & Biases")
     p.add_argument("--wandb_project", default="hSNN", help="W&B project")
-    p.add_argument("--progress", type=parse_bool, default=True, help="progress bars (with --jobs 1)")
+    p.add_argument("--progress", type=parse_bool, default=True,
+                   help="report each run's epochs: one line per epoch, naming the run; on a terminal with "
+                        "--jobs 1 a progress bar through each epoch too")
     p.add_argument("--force", action="store_true",
                    help="train even if a run's memory estimate exceeds the memory available")
     p.add_argument("--jax_cache", default=None,
@@ -419,15 +446,37 @@ def build_parser():
     p.add_argument("--sweeps_file", action="append", default=[], metavar="FILE",
                    help=f"more sweep definitions (JSON), beside the published ones ({SWEEPS_FILE.relative_to(ROOT)}) "
                         f"and the added experiments ({EXPERIMENTS_DIR.relative_to(ROOT)}/*.json); repeatable")
-    p.add_argument("--paper_file", default=str(PAPER_FILE), help="published numbers (JSON)")
+    p.add_argument("--paper_file", default=str(PAPER_FILE),
+                   help=f"published numbers (JSON) (default: {PAPER_FILE.relative_to(ROOT)})")
     return p
 
 
+# seconds per epoch of each sweep's network, measured on a 2-core x86 CPU (sweep_step_times.py)
+STEP_TIMES = ROOT / "benchmarks" / "results" / "cpu_2core" / "sweep_step_times.json"
+
+
+def estimated_hours(name: str, definition: dict, measured: dict):
+    """Hours of one process on the CPU the step times were measured on: every run's epochs
+    times the measured seconds per epoch (validation adds 10-20 %); None if not measured."""
+    entry = measured.get(name)
+    if not isinstance(entry, dict) or not isinstance(entry.get("s_per_epoch"), (int, float)):
+        return None
+    epochs = sum(make_run_config(r.overrides, r.seed).n_epochs for r in expand(definition))
+    return epochs * entry["s_per_epoch"] / 3600
+
+
 def print_list(definitions: dict):
+    try:
+        measured = read_json(STEP_TIMES).get("sweeps", {})
+    except (FileError, AttributeError):
+        measured = {}
     width = max(map(len, definitions))
+    print(f"{'sweep':<{width}}  runs (--quick)  time on a 2-core CPU, one process  what")
     for name, definition in definitions.items():
         n, nq = len(expand(definition)), len(expand(reduced(definition)))
-        print(f"{name:<{width}}  {n:>4} runs ({nq:>2} with --quick)  {definition['what']}")
+        hours = estimated_hours(name, definition, measured)
+        time_text = "not measured" if hours is None else (f"~{hours:.1f} h" if hours >= 0.1 else f"~{60 * hours:.0f} min")
+        print(f"{name:<{width}}  {n:>4} ({nq:>2})  {time_text:>12}  {definition['what']}")
         for note in conversion_notes(definition):
             print(f"{'':<{width}}  note: {note}")
 
@@ -456,6 +505,10 @@ def main(argv=None):
         failed = None
         if not args.plot:
             check_backend()  # before the sweep's folder is written
+            try:
+                fetch_sweep_data(sweep)
+            except DataError as err:  # no run of the sweep could train: one line, nothing written
+                fail("sweep.py", err, 1)
             try:
                 run_sweep(sweep, args)
             except RunsFailed as err:  # the figure shows the runs that finished

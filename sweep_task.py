@@ -56,7 +56,8 @@ def train_task(task: dict) -> list:
         if todo:
             try:
                 train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
-                            resume=True, progress=task.get("progress", False), force=task.get("force", False))
+                            resume=True, progress=task.get("progress", False), force=task.get("force", False),
+                            label_runs=True)
             except SWEEP_STOPPERS:  # no run of the sweep can train: the sweep stops
                 raise
             except Exception as err:  # a run that failed has its error.txt; the others have finished

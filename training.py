@@ -389,6 +389,17 @@ def recurrent_spectra(params) -> Optional[dict]:
                 masked=[spectrum(W * (1.0 - np.eye(len(W)))) for W in matrices])
 
 
+def progress_mode(progress):
+    """How a run reports its progress: None (silently), 'lines' (one line per epoch) or
+    'bars' (a progress bar through each epoch, then its line). True or 'bars' give bars only
+    where the output is a terminal: in a log file (nohup, a cluster job, CI) bars would write
+    every frame, so it gets the lines."""
+    if not progress:
+        return None
+    terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    return "bars" if progress in (True, "bars") and terminal else "lines"
+
+
 def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool = True,
                task: Optional[utils_dataset.Task] = None, restart: bool = False,
                force: bool = False) -> dict:
@@ -404,9 +415,9 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task], restart=restart, force=force)[0]
 
 
-def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress: bool = True,
+def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress=True,
                 tasks=None, group_size: Optional[int] = None, restart: bool = False,
-                force: bool = False) -> list:
+                force: bool = False, label_runs: bool = False) -> list:
     """Train the runs `cfg.replace(seed=s)` for every seed in `seeds` as vmapped programs of
     up to `group_size` seeds (default: `seeds_per_group`); returns their metrics in order,
     equal (to float tolerance) to `train_hsnn` run seed by seed. `resume`: run folders that
@@ -415,8 +426,11 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
 
     The run folders are created (or locked) before the data is loaded, so that a second run
     on the same folder fails at once; a folder created here is removed again if the data
-    cannot be loaded. A run that fails while training leaves error.txt in its folder."""
+    cannot be loaded. A run that fails while training leaves error.txt in its folder.
+    `progress`: see `progress_mode`; with `label_runs`, each epoch's line starts with the
+    names of the run folders it reports (a sweep's run keys, which name the seed)."""
     cfgs = [cfg.replace(seed=s) for s in seeds]
+    progress = progress_mode(progress)
     run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
     for note in hierarchy_notes(cfg):
         print(note, file=sys.stderr, flush=True)
@@ -452,7 +466,7 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                 pick = lambda items: [items[i] for i in group]  # noqa: E731
                 try:
                     results.update(zip(group, _train_group(pick(cfgs), pick(run_dirs), pick(states),
-                                                           pick(tasks), progress, force)))
+                                                           pick(tasks), progress, force, label_runs)))
                 except runtime.OutOfMemory:  # this group trained nothing: its new folders are removed
                     _discard(pick(folders))
                     raise
@@ -464,7 +478,8 @@ def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progres
                     for i in group:  # each seed alone, from its last checkpoint: only the failing one fails
                         state = run_folder.load_checkpoint(run_dirs[i], cfgs[i]) if run_dirs[i] else None
                         try:
-                            results[i] = _train_group([cfgs[i]], [run_dirs[i]], [state], [tasks[i]], progress, force)[0]
+                            results[i] = _train_group([cfgs[i]], [run_dirs[i]], [state], [tasks[i]], progress,
+                                                      force, label_runs)[0]
                         except Exception as err_i:
                             _record_failure(run_dirs[i], err_i)
                             failures[i] = err_i
@@ -588,7 +603,7 @@ def _host_seeds(tree, n: int) -> list:
     return [jax.tree_util.tree_map(lambda leaf: leaf[s], host) for s in range(n)]
 
 
-def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
+def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=False) -> list:
     """Train seeds of one configuration together, all from the same finished epoch: the
     train state goes through the epochs (`_train_epoch`, `evaluate`, `select_best`); each
     seed's record (`epoch_record`) and checkpoint (`save_epoch`) follow every epoch; the best
@@ -620,9 +635,14 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force) -> list:
             save_epoch(run_dirs[s], cfgs[s], state, s, host, record, tasks[s].fingerprint)
         state = state._replace(epoch=state.epoch + 1)
         if progress:
-            tqdm.write(f"epoch {state.epoch}/{cfg.n_epochs}: loss {_fmt(train.mean_loss(), '.4f')} "
-                       f"train {_fmt(train.correct / train.scored, '.2%')} "
-                       f"valid {_fmt(valid.batch_acc / valid.batches, '.2%')} ({time.monotonic() - t0:.1f} s)")
+            names = ", ".join(d.name for d in run_dirs if d is not None) if label_runs else ""
+            line = (f"{f'[{names}] ' if names else ''}epoch {state.epoch}/{cfg.n_epochs}: loss "
+                    f"{_fmt(train.mean_loss(), '.4f')} train {_fmt(train.correct / train.scored, '.2%')} "
+                    f"valid {_fmt(valid.batch_acc / valid.batches, '.2%')} ({time.monotonic() - t0:.1f} s)")
+            if progress == "bars":
+                tqdm.write(line)  # above the bar
+            else:
+                print(line, flush=True)
     test = evaluate(steps, _stack(state.best_params), [t.test for t in tasks], cfg,
                     eval_rngs(cfgs, cfg.n_epochs, "test"))
     for s, (record, c) in enumerate(zip(records, cfgs)):
@@ -651,7 +671,7 @@ def _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout, prog
     key_epoch = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key_dropout, epoch)
     lr, epoch_ = jnp.float32(learning_rate(cfg, epoch)), jnp.int32(epoch)
     n = utils_dataset.n_batches(tasks[0].train, cfg.batch_size)
-    bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.n_epochs}", leave=False, disable=not progress)
+    bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{cfg.n_epochs}", leave=False, disable=progress != "bars")
     tally, pending = Tally(), None
 
     def record(b, size, m: Metrics):

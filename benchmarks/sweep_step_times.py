@@ -4,10 +4,14 @@ train step is timed on random spikes of the task's shape (the step's cost does n
 the data), and an epoch is its number of batches times the step (validation adds about
 10-20 %).
 
-    python3 benchmarks/sweep_step_times.py [--steps 5] [--sweeps hSNN_Figure_2c ...]
+    python3 benchmarks/sweep_step_times.py [--steps 5] [--sweeps hSNN_Figure_2c ...] [--out FILE]
+
+`--out` writes the table as JSON (benchmarks/results/cpu_2core/sweep_step_times.json is what
+`sweep.py --list` prints as each sweep's estimated duration).
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,7 +70,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sweeps", nargs="*")
+    parser.add_argument("--out", help="also write the table as JSON to this file")
     args = parser.parse_args()
+    table = {}
     configure_jax(compilation_cache=False)
     definitions = sweep_definitions.load_definitions()
     print("sweep | shape timed | s/step | s/epoch | runs x epochs | hours (1 process)")
@@ -80,6 +86,13 @@ def main():
         shape = f"{cfg.n_layers - 1}x{cfg.n_hid}{' conv' if cfg.convolution else ''}{' rec' if cfg.recurrent else ''}, T={cfg.nb_steps}"
         print(f"{name} | {shape} | {per_step:.3f} | {per_epoch:.1f} | {len(runs)} x {total // len(runs)} | "
               f"{per_epoch * total / 3600:.1f}", flush=True)
+        table[name] = dict(shape=shape, s_per_step=round(per_step, 4), s_per_epoch=round(per_epoch, 2), runs=len(runs),
+                           epochs_per_run=total // len(runs), hours=round(per_epoch * total / 3600, 2))
+    if args.out:
+        about = ("Seconds per training step and epoch of each sweep's widest network, one process, measured by "
+                 "benchmarks/sweep_step_times.py; hours = the epochs of all runs x seconds per epoch (validation adds "
+                 "10-20 %). sweep.py --list prints these as each sweep's estimated duration.")
+        Path(args.out).write_text(json.dumps({"_about": about, "sweeps": table}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

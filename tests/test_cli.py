@@ -36,3 +36,17 @@ def test_parser_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--n_hid" in err
     assert isinstance(parser.parse_args([]), argparse.Namespace)
+
+
+def test_help_shows_the_defaults_and_examples():
+    import main
+    import sweep
+    sweep_help = " ".join(sweep.build_parser().format_help().split())
+    for text in ("--jobs JOBS seed groups trained at once on this machine (default: 1)",
+                 "parent folder of sweep folders (default: results)", "(default: true)",
+                 "(default: paper/paper_numbers.json)", "examples: python3 sweep.py --list"):
+        assert text in sweep_help, text
+    main_help = " ".join(main.build_parser().format_help().split())
+    assert "parent folder of run folders (default: results)" in main_help
+    assert "examples: python3 main.py --dataset_name mts_xor" in main_help
+    assert "(default: None)" not in main_help  # the Config flags say their own defaults

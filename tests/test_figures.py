@@ -103,3 +103,34 @@ def test_figures_carry_no_clock_and_redraw_to_the_same_bytes(tmp_path):
             drawn.append((tmp_path / f"{i}.{suffix}").read_bytes())
         assert drawn[0] == drawn[1]
         assert b"CreationDate" not in drawn[0] and b"ModDate" not in drawn[0]
+
+
+def test_a_line_figure_draws_the_statistic_the_report_prints(definitions):
+    """Fig. 2a's paper printed means: the figure's line is the mean with +-sd (not the median
+    with the IQR), the numbers the report and summary.csv give; Fig. 2b's are medians."""
+    from test_report_rules import grid
+    lines = grid({(("n_layers", 3), ("tau_mem", 0.1)): [60.0, 70.0, 95.0], (("n_layers", 3), ("tau_mem", 0.3)): [80.0, 81.0, 99.0]})
+    for name, stat, expected in (("hSNN_Figure_2a", "mean", [75.0, 260 / 3]), ("hSNN_Figure_2b", "median", [70.0, 81.0])):
+        spec = dict(panels.layout(name, definitions[name]), x="tau_mem")
+        pts = panels.line_points({"grid": {}}, lines, spec, {"stat": stat}, {})
+        sweep = figures.Panel(name, None, definitions[name], lines, 6)
+        fig, _ = figures.line_figure(sweep, pts, spec, {"stat": stat})
+        ours = fig.axes[0].get_lines()[0]
+        np.testing.assert_allclose(ours.get_ydata(), expected)
+        assert ours.get_label().startswith("ours (mean +- sd)" if stat == "mean" else "ours (median, IQR)")
+
+
+def test_the_trained_tau_figure_names_each_mark(definitions):
+    from test_report_rules import line
+    lines = [line({}, s, 99.0, tau_per_neuron=[[0.04, 0.05], [0.08, 0.1]], median_tau_init=[0.2, 0.2]) for s in range(3)]
+    for ln in lines:
+        ln["median_tau_per_layer"] = [0.045, 0.09]
+    spec = panels.layout("hSNN_Figure_3b", definitions["hSNN_Figure_3b"])
+    pts = panels.tau_points({}, lines, spec, {}, {})
+    fig, _ = figures.tau_figure(figures.Panel("hSNN_Figure_3b", None, definitions["hSNN_Figure_3b"], lines, 3),
+                                pts, spec, {})
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert "ours: median of all neurons of all seeds" in labels and "initial time constant (200 ms)" in labels
+    initial = next(ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("initial"))
+    np.testing.assert_allclose(initial.get_xdata(), [0.7, 1.7])  # beside the boxes, not on their whiskers
+    assert spec["title"] == "Fig. 3b: time constants trained on MTS-XOR, per hidden layer"

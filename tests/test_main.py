@@ -77,7 +77,11 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     result = run_main(root, *args, env={"HSNN_CACHE_DIR": str(cache)})
     assert any(cache.iterdir()), "the compiled programs were not cached"
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("config: ") and "test accuracy" in result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("training mts_xor: 3 hidden layers x 8 LIF, tau_mem 0.3 s, no hierarchy, 1 epochs, seed 0;")
+    assert len(first) < 200 and str(tmp_path / "smoke") in first and "test accuracy" in result.stdout
+    # the output is no terminal here: one line per epoch, no progress-bar frames
+    assert "epoch 1/1: loss" in result.stdout and "\r" not in result.stdout + result.stderr
     run = tmp_path / "smoke"
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "metrics.json", "params.npz",
                                                      "provenance.json"]

@@ -78,7 +78,7 @@ def test_sections_statuses_and_numbers(results, definitions):
     assert "not run (needs the SHD data set" in top["Fig. 2c"]
     fig2b = section_of(text, "Fig. 2b")
     # n_layers 4 at delta_tau 0.4: 85 + 5 * 0.4 + 0.1 * seed over seeds 0..9 -> median 87.45; paper 94.4
-    assert "| n_layers=4 | 0.4 | 87.45 (median) | 87.22-87.67 | 10 | 94.40 |  | -6.95 |" in fig2b
+    assert "| 3 hidden layers | 0.4 | 87.45 (median) | 87.22-87.67 | 10 | 94.40 |  | -6.95 |" in fig2b
     assert "18 points compared" in fig2b and "![hSNN_Figure_2b](hSNN_Figure_2b/figure.png)" in fig2b
     assert "Provenance: commit 0123456789; Python 3.11.7, JAX 0.10.2" in fig2b
     assert "`python3 sweep.py --sweep_name hSNN_Figure_2b`" in fig2b
@@ -95,13 +95,13 @@ def test_writing_again_changes_nothing(results, definitions):
 def test_verdicts_follow_the_numbers(tmp_path, definitions, results):
     _, text = make_report(results, definitions)
     fig2b = section_of(text, "Fig. 2b")
-    assert "**Verdict:** holds: rank correlation n_layers=3: +0.9" in fig2b
+    assert "**Verdict:** holds: rank correlation 2 hidden layers: +0.9" in fig2b
     assert "smallest rank correlation +0.9" in fig2b and "(95 % interval +0.9" in fig2b
     assert "**Verdict:** holds" in section_of(text, "Fig. S2a") and "(on reduced --quick runs)" in section_of(text, "Fig. S2a")
     flipped = tmp_path / "flipped"
     write_results(flipped / "hSNN_Figure_2b", definitions["hSNN_Figure_2b"], lambda run: 170 - hierarchy_helps(run))
     _, text = make_report(flipped, definitions)
-    assert "**Verdict:** not supported: rank correlation n_layers=3: -0.9" in section_of(text, "Fig. 2b")
+    assert "**Verdict:** not supported: rank correlation 2 hidden layers: -0.9" in section_of(text, "Fig. 2b")
     assert "**Verdict:** not decided: no runs yet." in section_of(text, "Fig. 2a")
 
 

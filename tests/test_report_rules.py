@@ -50,8 +50,9 @@ def line_points(stat, lines=None, here=None):
 def test_line_panels_take_the_papers_statistic_and_keep_their_order():
     shuffled = grid(ACCS)[::-1]
     median = line_points("median", shuffled)
-    assert [(p.series, p.x) for p in median] == [("n_layers=3", -0.5), ("n_layers=3", 0.5),
-                                                 ("n_layers=4", -0.5), ("n_layers=4", 0.5)]
+    # series in the paper's words (n_layers counts the output layer), fewer hidden layers first
+    assert [(p.series, p.x) for p in median] == [("2 hidden layers", -0.5), ("2 hidden layers", 0.5),
+                                                 ("3 hidden layers", -0.5), ("3 hidden layers", 0.5)]
     assert [p.ours for p in median] == [70, 90, 86, 96]
     assert [p.paper for p in median] == [70, 90, 88, 98]
     assert [p.paper_series for p in median] == ["n_layers=3"] * 2 + ["n_layers=4"] * 2
@@ -92,9 +93,9 @@ def test_a_point_without_a_paper_value_and_the_only_series():
     assert [(p.x, p.paper) for p in pts] == [(-0.5, 50.0), (0.5, None), (-0.5, 50.0), (0.5, None)]
     assert "whose settings differ" in pts[0].note and pts[1].note == ""
     extra = panels.paper_only_points(dict(PAPER, stat="mean"), line_points("mean")[:1], "delta_tau")
-    assert [(p.series, p.x, p.paper) for p in extra] == [("paper: n_layers=3", 0.5, 90.0),
-                                                         ("paper: n_layers=4", -0.5, 88.0),
-                                                         ("paper: n_layers=4", 0.5, 98.0)]
+    assert [(p.series, p.x, p.paper) for p in extra] == [("paper: 2 hidden layers", 0.5, 90.0),
+                                                         ("paper: 3 hidden layers", -0.5, 88.0),
+                                                         ("paper: 3 hidden layers", 0.5, 98.0)]
     assert panels.paper_value({"x_values": [0.1], "series": {"a": [1.0]}}, "a", 0.1 + 1e-13) == (1.0, None)
 
 
@@ -188,7 +189,7 @@ def test_rises_more_compares_the_median_rises_of_two_series():
     # medians: n_layers 3: 72 -> 90 (+18); n_layers 4: 86 -> 89 (+3); difference +15
     assert [s.name for s in stats] == ["smallest rank correlation", "difference of the rises [points]"]
     assert stats[1].value == pytest.approx(15.0)
-    assert "rise n_layers=3: +18.00, n_layers=4: +3.00" in text
+    assert "rise 2 hidden layers: +18.00, 3 hidden layers: +3.00" in text
 
 
 def beats_lines(by_cell):
@@ -310,8 +311,9 @@ def test_the_verdicts_words_follow_the_statistic_and_its_interval(monkeypatch):
 def test_the_points_table_and_summary_csv_agree_on_the_difference(tmp_path):
     pts = line_points("median")
     rows = report.points_table(pts, dict(x="delta_tau"))
-    assert rows[2] == "| n_layers=3 | -0.5 | 70.00 (median) | 65.00-72.00 | 3 | 70.00 |  | +0.00 |"
-    assert rows[4] == "| n_layers=4 | -0.5 | 86.00 (median) | 85.50-88.00 | 3 | 88.00 |  | -2.00 |"
+    assert rows[0].startswith("| series | delta_tau | ours |")
+    assert rows[2] == "| 2 hidden layers | -0.5 | 70.00 (median) | 65.00-72.00 | 3 | 70.00 |  | +0.00 |"
+    assert rows[4] == "| 3 hidden layers | -0.5 | 86.00 (median) | 85.50-88.00 | 3 | 88.00 |  | -2.00 |"
     figures.write_summary(tmp_path / "summary.csv", pts, {"source": "Fig. X"})
     table = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert list(table[0]) == figures.SUMMARY_FIELDS == [
@@ -372,6 +374,20 @@ def test_runs_that_differ_from_the_definition_are_named():
 
 
 # --- run keys and the results table ---------------------------------------------------------------
+def test_layer_counts_read_as_hidden_layers_everywhere(tmp_path):
+    """n_layers counts the output layer; a reader sees hidden layers: in series labels, the
+    paper's labels, an n_layers axis (Fig. 2c) in the report's table and summary.csv."""
+    assert panels.series_label({"n_layers": 4, "n_hid": 32}) == "3 hidden layers,n_hid=32"
+    assert panels.shown_label("n_layers=3") == "2 hidden layers" and panels.shown_label("delta_tau=0") == "delta_tau=0"
+    depth = [line({"n_layers": n}, s, 80.0 + n) for n in (3, 6) for s in range(2)]
+    pts = panels.line_points({"grid": {"n_layers": [3, 6]}}, depth, dict(x="n_layers"), {}, {})
+    rows = report.points_table(pts, dict(x="n_layers"))
+    assert rows[0].startswith("| series | hidden layers |") and rows[2].startswith("| all | 2 | 83.00")
+    figures.write_summary(tmp_path / "s.csv", pts, {})
+    table = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [(r["x_name"], r["x"]) for r in table] == [("hidden layers", "2"), ("hidden layers", "5")]
+
+
 def test_run_keys_name_the_grid_point_in_grid_order_and_the_seed():
     definition = {"what": "", "fixed": {}, "grid": {"n_layers": [3], "delta_tau": [-0.5, 0.5], "seed": [0, 7]},
                   "baseline": {"what": "", "overrides": {"delta_tau": 0.0}}}

@@ -845,3 +845,19 @@ def test_the_added_experiment_runs_at_its_smallest_size_into_its_figure_and_repo
     section = (tmp_path / "REPORT.md").read_text().split("## ALIF against LIF (MTS-XOR)")[1]
     assert "**Rule:** the median test accuracy with neuron = alif is above the one with neuron = lif." in section
     assert "**Verdict:** " in section and "difference of the medians [points]" in section
+
+
+def test_a_sweep_without_its_data_stops_before_any_run_in_one_line(tmp_path, capsys, monkeypatch):
+    """SHD absent and its server unreachable: one try to download, one line, exit code 1, and
+    no sweep folder (no lock files, no failed runs)."""
+    import utils_dataset
+    path = tmp_path / "sweeps.json"
+    fixed = {"dataset_name": "shd", "n_hid": 4, "n_epochs": 1, "data_dir": str(tmp_path / "data")}
+    path.write_text(json.dumps({"tiny_shd": {"what": "", "fixed": fixed, "grid": {"seed": [0, 1], "n_layers": [3, 4]}}}))
+    tries, real = [], utils_dataset.download
+    monkeypatch.setattr(utils_dataset, "download", lambda *a: tries.append(a) or real(*a))
+    code, err = sweep_main(capsys, "--sweep_name", "tiny_shd", "--sweeps_file", str(path), "--results_dir",
+                           str(tmp_path / "results"), "--jax_cache", "none")
+    assert code == 1 and len(err) == 1 and "shd_train.h5.gz: missing, and downloading it failed" in err[0], err
+    assert "kept" not in err[0] and len(tries) == 1
+    assert not (tmp_path / "results" / "tiny_shd").exists()

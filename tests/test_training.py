@@ -748,3 +748,18 @@ def test_recurrent_spectra_are_the_sorted_eigenvalue_magnitudes():
     np.testing.assert_allclose(spectra["masked"][0], [0.5, 0.5])
     np.testing.assert_allclose(spectra["masked"][1], [1.0, 1.0])
     assert training.recurrent_spectra([{"W": jnp.ones(2)}, {"W": jnp.ones(2)}]) is None
+
+
+def test_progress_is_a_line_per_epoch_in_a_log_and_bars_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    for tty, asked, mode in ((False, True, "lines"), (True, True, "bars"), (True, "lines", "lines"),
+                             (False, "bars", "lines"), (True, False, None)):
+        monkeypatch.setattr(training.sys.stdout, "isatty", lambda: tty, raising=False)
+        monkeypatch.setattr(training.sys.stderr, "isatty", lambda: tty, raising=False)
+        assert training.progress_mode(asked) == mode
+    monkeypatch.setattr(training.sys.stdout, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(training.sys.stderr, "isatty", lambda: False, raising=False)
+    training.train_seeds(micro_config(n_epochs=2), [3], [tmp_path / "seed=3"], tasks=[micro_task()], label_runs=True)
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["[seed=3] epoch 1/2", "[seed=3] epoch 2/2"]
+    assert "\r" not in out + err and "it/s" not in err  # no progress-bar frames
