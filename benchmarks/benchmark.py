@@ -6,11 +6,15 @@
 SHD and SSC use synthetic spike counts of the real sizes (6,524 training samples for SHD
 after its 80/20 split, 75,466 for SSC; 700 channels; `--density` of the bins non-zero);
 MTS-XOR uses its generator. Prints and writes as JSON (`--out`): compile time (the first
-training step), steady-state seconds per training epoch and per validation pass, samples
-per second, peak resident memory, and the time of the first layer's dense matmul alone
-(forward and weight gradient, one epoch of batches) with the epoch's ratio to it.
-`--seeds N` trains N seeds as one vmapped program (the sweeps' default) and, with
-`--compare_sequential`, also N seeds one after another.
+training step), steady-state seconds per training epoch and per validation pass (wall time
+and the process's CPU time: on a shared machine the CPU time is the steadier figure),
+samples per second, peak resident memory, the time of the first layer's dense matmul alone
+(forward and weight gradient, one epoch of batches) with the epoch's ratio to it, and the
+roofline of a train step (`roofline`): its matmul FLOP from the shapes, its estimated
+memory traffic, and this machine's measured float32 matmul peak and memory bandwidth, the
+two floors they give and how close the step comes. `--seeds N` trains N seeds as one
+vmapped program (the sweeps' default) and, with `--compare_sequential`, also N seeds one
+after another.
 """
 
 import argparse
@@ -84,9 +88,10 @@ def build_task(cfg, args):
     return utils_dataset.Task(train, valid, valid)
 
 
-def time_epochs(cfg, tasks, n_epochs, steps=None):
+def time_epochs(cfg, tasks, n_epochs, steps=None, cpu=None):
     """Seconds of the first training epoch, of each further one, and of the validation
-    passes; the programs are the ones train_hsnn uses."""
+    passes; the programs are the ones train_hsnn uses. `cpu`, a list, receives each training
+    epoch's CPU seconds (all threads of the process)."""
     import jax
     import jax.numpy as jnp
     import training
@@ -99,11 +104,13 @@ def time_epochs(cfg, tasks, n_epochs, steps=None):
     keys = jnp.stack([r.key_dropout for r in runs])
     epochs, valids = [], []
     for epoch in range(n_epochs + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         params, opt_state, _ = training._train_epoch(steps, params, opt_state, tasks, cfgs, epoch, keys,
                                                      progress=False)
         jax.block_until_ready(params)
         epochs.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
         t0 = time.perf_counter()
         training.evaluate(steps, params, [t.valid for t in tasks], cfg)
         valids.append(time.perf_counter() - t0)
@@ -143,14 +150,87 @@ def time_first_layer_matmul(cfg, task):
             full.append(jnp.asarray(x))
         elif b == n - 1:
             last = jnp.asarray(x)
-    batches = [full[b % len(full)] for b in range(n - 1)] + [last]
-    for x in (full[0], last):
+    batches = [full[b % len(full)] for b in range(n - 1)] + [last]  # a one-batch set: the last alone
+    for x in full[:1] + [last]:
         jax.block_until_ready(fwd_and_grad(W, x))
     t0 = time.perf_counter()
     for x in batches:
         out = fwd_and_grad(W, x)
     jax.block_until_ready(out)
     return time.perf_counter() - t0
+
+
+# --- the roofline ------------------------------------------------------------------------------
+def step_flop(cfg) -> float:
+    """FLOP of the matrix products of one training step, from the shapes (2 per multiply-add):
+    each layer's input-current product (dense, or the convolution's K taps), recurrent product
+    and output product, forward and the two backward products (input and weight gradients),
+    but for the first layer's input gradient, which is never computed. Elementwise work (the
+    neuron loops, normalisation, dropout, the optimizer) is left out: it is small in FLOP and
+    shows in the memory traffic instead."""
+    from utils_initialization import conv_hierarchy, layer_sizes
+    rows = cfg.nb_steps * cfg.batch_size
+    kernels, _ = conv_hierarchy(cfg)
+    sizes, total = layer_sizes(cfg), 0.0
+    for i in range(cfg.n_layers):
+        taps = kernels[i] if cfg.convolution and i < cfg.n_layers - 1 else 1
+        products = 2 if i == 0 else 3  # forward, weight gradient (, input gradient)
+        total += products * 2 * rows * taps * sizes[i] * sizes[i + 1]
+        if cfg.recurrent and i < cfg.n_layers - 1:
+            total += 3 * 2 * rows * sizes[i + 1] ** 2
+    return total
+
+
+# passes over each hidden layer's [T, B, H] float32 arrays in a train step: the current and its
+# normalised form, the membrane and the spikes forward; their gradients and the normalisation's
+# reductions backward (about 12 reads or writes of an array of that size)
+HIDDEN_PASSES = 12
+
+
+def step_bytes(cfg) -> float:
+    """An estimate of the bytes a train step must move at least once: the float32 input batch
+    written into its buffer and read by the first layer's forward and weight-gradient products
+    (3 passes), and HIDDEN_PASSES passes over each hidden layer's [T, B, H] arrays."""
+    rows = cfg.nb_steps * cfg.batch_size
+    return 4 * rows * (3 * cfg.n_in + HIDDEN_PASSES * cfg.n_hid * (cfg.n_layers - 1))
+
+
+def machine_peaks(size=2048, repeats=5):
+    """(float32 matmul GFLOP/s, memory GB/s) of this machine, measured now with the jitted
+    programs the step is made of: a [size, size] x [size, size] product, and a copy of a
+    256 MiB array (read and write)."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    x = jnp.ones(64 * 2 ** 20, jnp.float32)
+    copy = jax.jit(lambda v: v * 1.0001)
+    best = {}
+    for name, fn, arg in (("matmul", matmul, a), ("copy", copy, x)):
+        jax.block_until_ready(fn(arg))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(arg))
+            times.append(time.perf_counter() - t0)
+        best[name] = min(times)
+    return 2 * size ** 3 / best["matmul"] / 1e9, 2 * x.size * 4 / best["copy"] / 1e9
+
+
+def roofline(cfg, step_seconds: float, n_seeds: int = 1) -> dict:
+    """The step against this machine's limits: achieved GFLOP/s and its fraction of the
+    measured matmul peak, and the step's time over each floor (compute: FLOP / peak; memory:
+    bytes / bandwidth)."""
+    flop, moved = n_seeds * step_flop(cfg), n_seeds * step_bytes(cfg)
+    peak, bandwidth = machine_peaks()
+    compute_floor, memory_floor = flop / (peak * 1e9), moved / (bandwidth * 1e9)
+    return dict(step_gflop=round(flop / 1e9, 4), step_mbytes=round(moved / 1e6, 1),
+                step_seconds=round(step_seconds, 5), achieved_gflops=round(flop / step_seconds / 1e9, 1),
+                peak_gflops=round(peak, 1), bandwidth_gbs=round(bandwidth, 1),
+                fraction_of_peak=round(flop / step_seconds / 1e9 / peak, 3),
+                compute_floor_seconds=round(compute_floor, 5), memory_floor_seconds=round(memory_floor, 5),
+                over_compute_floor=round(step_seconds / compute_floor, 2),
+                over_memory_floor=round(step_seconds / memory_floor, 2))
 
 
 def peak_rss_mb():
@@ -172,15 +252,17 @@ def main(argv=None):
         sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
     steps = training.make_steps(cfg, training.make_optimizer(cfg), task_mask(tasks[0]))
     compile_s = time_first_step(cfg, steps) if args.seeds == 1 else None
-    epochs, valids = time_epochs(cfg, tasks, args.epochs, steps)
+    cpu = []
+    epochs, valids = time_epochs(cfg, tasks, args.epochs, steps, cpu)
     steady = float(np.median(epochs[1:]))
     n_train = len(tasks[0].train)
+    n_steps = -(-n_train // cfg.batch_size)
     result = dict(
         config={k: v for k, v in cfg.to_dict().items()}, seeds=args.seeds, backend=jax.default_backend(),
         device=str(jax.devices()[0]), n_train=n_train,
         compile_seconds=None if compile_s is None else round(compile_s, 3),
         first_epoch_seconds=round(epochs[0], 3), epoch_seconds=round(steady, 4),
-        epoch_seconds_all=[round(e, 4) for e in epochs[1:]],
+        epoch_seconds_all=[round(e, 4) for e in epochs[1:]], epoch_cpu_seconds=round(float(np.median(cpu[1:])), 4),
         validation_seconds=round(float(np.median(valids[1:])), 4),
         samples_per_second=round(args.seeds * n_train / steady, 1))
     if args.dataset_name != "mts_xor" or cfg.n_in > 40:
@@ -190,6 +272,7 @@ def main(argv=None):
     if sequential is not None:
         seq = float(sum(np.median(e[1:]) for e in sequential))
         result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))
+    result["roofline"] = roofline(cfg, steady / n_steps, args.seeds)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     if args.out:

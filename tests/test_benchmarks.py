@@ -27,6 +27,34 @@ def test_benchmark_reports_every_figure_for_shd(tmp_path):
                 "peak_rss_mb", "first_layer_matmul_seconds", "epoch_to_first_layer_matmul"):
         assert result[key] > 0, key
     assert result["n_train"] == 300 and result["config"]["n_hid"] == 8
+    assert result["epoch_cpu_seconds"] > 0
+    roof = result["roofline"]
+    assert roof["step_gflop"] == pytest.approx(benchmark.step_flop(make_config("shd", **SMALL)) / 1e9, abs=1e-3)
+    assert roof["peak_gflops"] > 0 and roof["bandwidth_gbs"] > 0
+    assert roof["fraction_of_peak"] == pytest.approx(roof["achieved_gflops"] / roof["peak_gflops"], rel=0.02)
+
+
+SMALL = dict(n_layers=2, n_hid=8, nb_steps=20, batch_size=128)
+
+
+def test_a_train_steps_flop_from_its_shapes():
+    """2 per multiply-add: SHD, 3 hidden layers of 32: the first layer's product forward and
+    its weight gradient (no input gradient), the others' three products each."""
+    rows = 100 * 256
+    expected = 2 * 2 * rows * 700 * 32 + 3 * 2 * rows * (32 * 32 + 32 * 32 + 32 * 20)
+    assert benchmark.step_flop(make_config("shd", n_layers=4, n_hid=32)) == expected
+    recurrent = benchmark.step_flop(make_config("shd", n_layers=4, n_hid=32, recurrent=True))
+    assert recurrent - expected == 3 * 3 * 2 * rows * 32 * 32
+    conv = make_config("shd", convolution=True)  # main.py's: 3 hidden layers, kernels 3, 4 and 6
+    rows2 = 200 * 256
+    assert benchmark.step_flop(conv) == (2 * 2 * rows2 * 3 * 700 * 128
+                                         + 3 * 2 * rows2 * (4 * 128 * 128 + 6 * 128 * 128 + 128 * 20))
+
+
+def test_a_one_batch_training_set_is_benchmarked_too():
+    result = benchmark.main(["--dataset_name", "shd", "--n_layers", "2", "--n_hid", "8", "--nb_steps", "20",
+                             "--n_train", "100", "--batch_size", "128", "--epochs", "1"])
+    assert result["first_layer_matmul_seconds"] > 0
 
 
 def test_benchmark_compares_vmapped_and_sequential_seeds():

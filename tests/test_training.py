@@ -763,3 +763,53 @@ def test_progress_is_a_line_per_epoch_in_a_log_and_bars_only_on_a_terminal(tmp_p
     lines = out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["[seed=3] epoch 1/2", "[seed=3] epoch 2/2"]
     assert "\r" not in out + err and "it/s" not in err  # no progress-bar frames
+
+
+# --- the machine: glibc's allocator ----------------------------------------------------------------
+def test_the_heap_is_kept_on_glibc_unless_asked_not_to(monkeypatch):
+    import ctypes
+    import platform
+    calls = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("HSNN_MALLOC_DEFAULTS", raising=False)
+    assert runtime.keep_heap()
+    assert calls == [(-4, 0), (-1, 2 ** 31 - 1), (-8, 1)]  # M_MMAP_MAX, M_TRIM_THRESHOLD, M_ARENA_MAX
+    calls.clear()
+    monkeypatch.setenv("HSNN_MALLOC_DEFAULTS", "1")
+    assert not runtime.keep_heap() and calls == []
+    monkeypatch.delenv("HSNN_MALLOC_DEFAULTS")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl, say
+    assert not runtime.keep_heap() and calls == []
+    monkeypatch.setattr(runtime.sys, "platform", "darwin")
+    assert not runtime.keep_heap() and calls == []
+
+
+@pytest.mark.slow
+def test_the_kept_heap_changes_no_result(root, tmp_path):
+    """The same run with glibc's allocator kept and with its defaults: bitwise the same
+    parameters and metrics."""
+    import subprocess
+    import sys
+    params = {}
+    for defaults in ("0", "1"):
+        folder = tmp_path / f"defaults{defaults}"
+        result = subprocess.run([sys.executable, str(root / "main.py"), "--dataset_name", "mts_xor",
+                                 "--n_epochs", "2", "--n_hid", "8", "--results_dir", str(tmp_path), "--save_dir_name",
+                                 folder.name, "--progress", "false", "--compilation_cache", "false"],
+                                cwd=root, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "HSNN_MALLOC_DEFAULTS": defaults})
+        assert result.returncode == 0, result.stderr
+        with np.load(folder / "params.npz") as z:
+            params[defaults] = {k: z[k] for k in z.files}
+        metrics = json.loads((folder / "metrics.json").read_text())
+        params[defaults]["losses"] = np.array([e["loss"] for e in metrics["epochs"]])
+    for name in params["0"]:
+        np.testing.assert_array_equal(params["0"][name], params["1"][name], err_msg=name)
