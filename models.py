@@ -65,12 +65,13 @@ def make_spike_fn(surrogate: str):
 
 
 # --- layers ------------------------------------------------------------------------------
-def scan_in_place(step, state, xs, reverse=False):
+def scan_in_place(step, state, xs, reverse=False, unroll=1):
     """lax.scan(step, state, xs) -> (state, ys) for a `step` whose output y[t] has the
     shape of xs[0][t]; y[t] is written over xs[0][t] once that has been read. A scan's
     stacked outputs cost XLA's CPU backend a zero-filled [T, ...] buffer and a copy of it
     per loop; the loop here reuses a buffer that is dead afterwards (the currents, the
-    incoming gradient)."""
+    incoming gradient). `unroll`: time steps per iteration of the compiled loop (`--scan_unroll`:
+    on a GPU each iteration is a few kernel launches, so more steps per iteration can pay)."""
     buf, rest = xs[0], tuple(xs[1:])
     n = buf.shape[0]
 
@@ -81,7 +82,7 @@ def scan_in_place(step, state, xs, reverse=False):
         state, y = step(state, x[0] if not rest else tuple(x))
         return state, jax.lax.dynamic_update_index_in_dim(buf, y, t, 0)
 
-    return jax.lax.fori_loop(0, n, body, (state, buf))
+    return jax.lax.fori_loop(0, n, body, (state, buf), unroll=unroll)
 
 
 # --- neurons: the contract, the registry ------------------------------------------------------
@@ -234,7 +235,7 @@ def lif_update(v, s_prev, I_BH, a, v_thr):
     return a * v + I_BH - v_thr * s_prev
 
 
-def neuron_scan(neuron, I_TBH, p, W_rec=None, precision="default"):
+def neuron_scan(neuron, I_TBH, p, W_rec=None, precision="default", unroll=1):
     """A hidden layer of any neuron model: a plain lax.scan of its `step`, differentiated by
     JAX through the surrogate spike function; the recurrent current S[t-1] W_rec (diagonal
     masked) is added to the input current. Returns (spikes, membranes), each [T, B, H]."""
@@ -250,7 +251,7 @@ def neuron_scan(neuron, I_TBH, p, W_rec=None, precision="default"):
         s, state = neuron.step(state, I_BH, p)
         return (state, s), (s, state.v)
 
-    return jax.lax.scan(body, (neuron.init_state(I_TBH.shape[1:]), zeros), I_TBH)[1]
+    return jax.lax.scan(body, (neuron.init_state(I_TBH.shape[1:]), zeros), I_TBH, unroll=unroll)[1]
 
 
 def _lif_inputs(I_TBH, alpha, W_rec):
@@ -261,7 +262,7 @@ def _lif_inputs(I_TBH, alpha, W_rec):
     return a_H, W_rec
 
 
-def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
+def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default", unroll=1):
     """Leaky integrate-and-fire over time with subtractive reset (M2, M3); returns spikes [T, B, H].
 
     V[t] = a V[t-1] + I[t] + S[t-1] W_rec - v_thr S[t-1], S[t] = H(V[t] - v_thr), with
@@ -269,23 +270,23 @@ def lif_scan(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="de
     recurrent products (a key of PRECISIONS). The backward pass is hand-written (`_lif_bwd`):
     one reverse loop that stores only the membranes.
     """
-    return lif_layer(I_TBH, alpha, surrogate, v_thr, W_rec, precision)[0]
+    return lif_layer(I_TBH, alpha, surrogate, v_thr, W_rec, precision, unroll)[0]
 
 
-def lif_layer(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
+def lif_layer(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default", unroll=1):
     """`lif_scan`'s (spikes, membranes); the membranes carry no gradient (they feed measures)."""
     a_H, W_rec = _lif_inputs(I_TBH, alpha, W_rec)
-    return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate, precision)
+    return _lif(I_TBH, a_H, W_rec, float(v_thr), surrogate, precision, int(unroll))
 
 
-def lif_scan_reference(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default"):
+def lif_scan_reference(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, precision="default", unroll=1):
     """`lif_scan`'s layer as the plain scan of the LIF neuron's step (`neuron_scan`),
     differentiated by JAX (`--lif_impl reference`): slower and storing more for the backward
     pass, but what every other neuron model runs; the tests hold the fused layer to it."""
-    return neuron_scan(LIF(surrogate=surrogate, v_thr=v_thr), I_TBH, {"alpha": alpha}, W_rec, precision)[0]
+    return neuron_scan(LIF(surrogate=surrogate, v_thr=v_thr), I_TBH, {"alpha": alpha}, W_rec, precision, unroll)[0]
 
 
-def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision):
+def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision, unroll=1):
     """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
     def step(state, I_BH):
         if W_rec is not None:
@@ -295,20 +296,20 @@ def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision):
         return state, state.v
 
     zeros = jnp.zeros(I_TBH.shape[1:], I_TBH.dtype)
-    return scan_in_place(step, LIFState(zeros, zeros), (I_TBH,))[1]
+    return scan_in_place(step, LIFState(zeros, zeros), (I_TBH,), unroll=unroll)[1]
 
 
-def _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision):
-    V_TBH = _lif_forward(I_TBH, a_H, W_rec, v_thr, precision)
+def _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision, unroll):
+    V_TBH = _lif_forward(I_TBH, a_H, W_rec, v_thr, precision, unroll)
     return heaviside(V_TBH - v_thr), V_TBH
 
 
-def _lif_fwd(I_TBH, a_H, W_rec, v_thr, surrogate, precision):
-    S_TBH, V_TBH = _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision)
+def _lif_fwd(I_TBH, a_H, W_rec, v_thr, surrogate, precision, unroll):
+    S_TBH, V_TBH = _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision, unroll)
     return (S_TBH, V_TBH), (V_TBH, S_TBH if W_rec is not None else None, a_H, W_rec)
 
 
-def _lif_bwd(v_thr, surrogate, precision, residuals, cotangents):
+def _lif_bwd(v_thr, surrogate, precision, unroll, residuals, cotangents):
     """Backpropagation through time as one reverse scan; at step t, with dv = dV[t+1]:
     dS[t] = g[t] - v_thr dv + dv W_rec^T,  dV[t] = dS[t] H'(V[t]) + a dv,
     and da += sum_b dv V[t]. dI = dV; dW_rec = sum_t S[t-1]^T dV[t] outside the scan. The
@@ -326,7 +327,7 @@ def _lif_bwd(v_thr, surrogate, precision, residuals, cotangents):
         dv = ds * grad_fn(v_BH - v_thr) + a_H * dv_next
         return dv, dv
 
-    _, dV_TBH = scan_in_place(step, jnp.zeros_like(V_TBH[0]), (gS_TBH, V_TBH), reverse=True)
+    _, dV_TBH = scan_in_place(step, jnp.zeros_like(V_TBH[0]), (gS_TBH, V_TBH), reverse=True, unroll=unroll)
     da_H = sum_rows(dV_TBH[1:] * V_TBH[:-1])
     dW = None
     if W_rec is not None:
@@ -336,26 +337,29 @@ def _lif_bwd(v_thr, surrogate, precision, residuals, cotangents):
     return dV_TBH, da_H, dW
 
 
-_lif = jax.custom_vjp(_lif, nondiff_argnums=(3, 4, 5))
+_lif = jax.custom_vjp(_lif, nondiff_argnums=(3, 4, 5, 6))
 _lif.defvjp(_lif_fwd, _lif_bwd)
 
 
-@jax.custom_vjp
-def decay_scan(x_TBH, a_H):
+def decay_scan(x_TBH, a_H, unroll=1):
     """Linear recurrence y[t] = a y[t-1] + x[t] (y[-1] = 0)."""
+    return _decay_scan(x_TBH, a_H, int(unroll))
+
+
+def _decay_scan(x_TBH, a_H, unroll):
     def step(y, x):
         y = a_H * y + x
         return y, y
 
-    return scan_in_place(step, jnp.zeros_like(x_TBH[0]), (x_TBH,))[1]
+    return scan_in_place(step, jnp.zeros_like(x_TBH[0]), (x_TBH,), unroll=unroll)[1]
 
 
-def _decay_scan_fwd(x_TBH, a_H):
-    y_TBH = decay_scan(x_TBH, a_H)
+def _decay_scan_fwd(x_TBH, a_H, unroll):
+    y_TBH = _decay_scan(x_TBH, a_H, unroll)
     return y_TBH, (y_TBH, a_H)
 
 
-def _decay_scan_bwd(residuals, g_TBH):
+def _decay_scan_bwd(unroll, residuals, g_TBH):
     """dy[t] = g[t] + a dy[t+1], run backwards; da = sum_tb dy[t+1] y[t], accumulated."""
     y_TBH, a_H = residuals
 
@@ -363,21 +367,22 @@ def _decay_scan_bwd(residuals, g_TBH):
         dy = g_BH + a_H * dy_next
         return dy, dy
 
-    _, dy_TBH = scan_in_place(step, jnp.zeros_like(y_TBH[0]), (g_TBH,), reverse=True)
+    _, dy_TBH = scan_in_place(step, jnp.zeros_like(y_TBH[0]), (g_TBH,), reverse=True, unroll=unroll)
     da_H = sum_rows(dy_TBH[1:] * y_TBH[:-1])
     return dy_TBH, da_H
 
 
-decay_scan.defvjp(_decay_scan_fwd, _decay_scan_bwd)
+_decay_scan = jax.custom_vjp(_decay_scan, nondiff_argnums=(2,))
+_decay_scan.defvjp(_decay_scan_fwd, _decay_scan_bwd)
 
 
-def leaky_integrator_scan(I_TBO, alpha):
+def leaky_integrator_scan(I_TBO, alpha, unroll=1):
     """Non-spiking output membrane U[t] = a U[t-1] + (1 - a) I[t] (M4); returns U [T, B, O]."""
     a_O = jnp.broadcast_to(alpha, I_TBO.shape[-1:])
-    return decay_scan((1.0 - a_O) * I_TBO, a_O)
+    return decay_scan((1.0 - a_O) * I_TBO, a_O, unroll)
 
 
-def leaky_integrator_reference(I_TBO, alpha):
+def leaky_integrator_reference(I_TBO, alpha, unroll=1):
     """`leaky_integrator_scan` as a plain lax.scan, differentiated by JAX."""
     a_O = jnp.broadcast_to(alpha, I_TBO.shape[-1:])
 
@@ -385,7 +390,7 @@ def leaky_integrator_reference(I_TBO, alpha):
         u = a_O * u + (1.0 - a_O) * I_BO
         return u, u
 
-    return jax.lax.scan(step, jnp.zeros_like(I_TBO[0]), I_TBO)[1]
+    return jax.lax.scan(step, jnp.zeros_like(I_TBO[0]), I_TBO, unroll=unroll)[1]
 
 
 # --lif_impl: the LIF and output layers' loops with hand-written backward passes, or
@@ -506,9 +511,11 @@ def hidden_layer(layer, I_TBH, cfg: Config):
     fused layer with its hand-written adjoint (the fast path), for any other neuron model (or
     `--lif_impl reference`) the plain scan of its step (`neuron_scan`)."""
     if cfg.neuron == "lif" and cfg.lif_impl == "fused":
-        return lif_layer(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr, layer.get("W_rec"), cfg.matmul_precision)
+        return lif_layer(I_TBH, layer["alpha"], cfg.surrogate, cfg.v_thr, layer.get("W_rec"), cfg.matmul_precision,
+                         cfg.scan_unroll)
     neuron = neuron_of(cfg)
-    return neuron_scan(neuron, I_TBH, {k: layer[k] for k in neuron.params}, layer.get("W_rec"), cfg.matmul_precision)
+    return neuron_scan(neuron, I_TBH, {k: layer[k] for k in neuron.params}, layer.get("W_rec"), cfg.matmul_precision,
+                       cfg.scan_unroll)
 
 
 def forward_trace(params, x_TBI, cfg: Config, key=None, train=False):
@@ -527,8 +534,9 @@ def forward_trace(params, x_TBI, cfg: Config, key=None, train=False):
     out = params[-1]
     I_TBO = input_current(out, h_TBX, cfg)
     if cfg.decoder == "freq":  # spiking output layer (LIF, whatever the hidden neuron)
-        return hidden, lif(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr, precision=cfg.matmul_precision)
-    return hidden, leaky_integrator(I_TBO, out["alpha"])
+        return hidden, lif(I_TBO, out["alpha"], cfg.surrogate, cfg.v_thr, precision=cfg.matmul_precision,
+                           unroll=cfg.scan_unroll)
+    return hidden, leaky_integrator(I_TBO, out["alpha"], cfg.scan_unroll)
 
 
 def forward(params, x_TBI, cfg: Config, key=None, train=False):

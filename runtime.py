@@ -104,6 +104,15 @@ def use_compilation_cache(cache_dir):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def gpu_ids() -> list:
+    """The ids (as CUDA_VISIBLE_DEVICES names them) of the GPUs JAX sees; [] without GPUs."""
+    if jax.default_backend() != "gpu":
+        return []
+    count = len(jax.devices())
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+
+
 # Seeds trained together hold one batch per seed and the activations of every layer at once;
 # a group is split so that this stays under GROUP_MEMORY_BYTES.
 GROUP_MEMORY_BYTES = 2 ** 31

@@ -45,7 +45,7 @@ from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUI
                                Run, SweepError, append_line, changed_fields, conversion_notes, expand,
                                load_definitions, load_paper_numbers, make_run_config, parse_seeds, published_names,
                                read_lines, read_manifest, reduced, seeds_text, with_seeds)
-from runtime import BackendError, OutOfMemory, check_backend
+from runtime import BackendError, OutOfMemory, check_backend, gpu_ids
 from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, read_files, train_task
 from training import TrainingDiverged, final_scalars
 from utils_dataset import DataError, fetch_data
@@ -320,7 +320,7 @@ def run_sweep(sweep: Sweep, args):
     if pending and args.ray:
         run_on_ray(make_tasks(sweep, pending, args, ship=True), args, record)
     elif pending and args.jobs > 1:
-        run_in_processes(make_tasks(sweep, pending, args, ship=False), args.jobs, record)
+        run_in_processes(make_tasks(sweep, pending, args, ship=False), args.jobs, record, gpu_ids())
     else:
         for group, task in make_tasks(sweep, pending, args, ship=False):
             try:
@@ -504,6 +504,8 @@ def main(argv=None):
             return
         failed = None
         if not args.plot:
+            if args.jobs > 1 or args.ray:  # the driver trains nothing: it must not take a GPU's memory
+                os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
             check_backend()  # before the sweep's folder is written
             try:
                 fetch_sweep_data(sweep)

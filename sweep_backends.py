@@ -22,21 +22,52 @@ class WorkerDied(RuntimeError):
     """The process training a task ended without an answer (killed, out of memory)."""
 
 
-def run_in_processes(tasks: list, jobs: int, record):
+# Of each GPU's memory, the share JAX may use in all (CUDA and the driver keep the rest); the
+# workers that share a GPU split it.
+GPU_SHARE = 0.9
+
+
+def worker_env(lane: int, jobs: int, gpus: list) -> dict:
+    """The environment of the worker process of lane `lane` (of `jobs`), set before JAX starts
+    in it. On GPUs (`gpus`: the ids of CUDA_VISIBLE_DEVICES the driver sees), each worker may
+    grow to its share of a GPU's memory and no more (XLA_PYTHON_CLIENT_MEM_FRACTION, with
+    preallocation off, so that it holds what it uses), the lanes spread over the GPUs, and
+    with several GPUs each worker sees only its own (CUDA_VISIBLE_DEVICES). On the CPU:
+    nothing (the runs share the host's memory, which the memory guard reads)."""
+    if not gpus:
+        return {}
+    sharing = -(-jobs // len(gpus))  # lanes per GPU
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{GPU_SHARE / sharing:.3f}"}
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[lane % len(gpus)])
+    return env
+
+
+def ray_env(gpus_per_run: float) -> dict:
+    """A Ray task's environment: with `--gpus_per_run` f, JAX may use f of its GPU's share
+    (Ray itself sets CUDA_VISIBLE_DEVICES), preallocation off."""
+    if not gpus_per_run:
+        return {}
+    return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{GPU_SHARE * min(gpus_per_run, 1.0):.3f}"}
+
+
+def run_in_processes(tasks: list, jobs: int, record, gpus: list = ()):
     """`jobs` lanes, each a worker process of its own that trains one task after another;
     the driver writes every line. A worker that dies (the out-of-memory killer, say) takes
     only its own task with it: the task is tried once more in a fresh worker, and if that
-    dies too, its runs are recorded as failed and the lane goes on with a fresh worker."""
+    dies too, its runs are recorded as failed and the lane goes on with a fresh worker. Each
+    lane's workers get `worker_env` (their share of a GPU)."""
     queue, lock, pools = list(tasks), threading.Lock(), []
 
-    def new_pool():
-        pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_die_with_parent, initargs=(os.getpid(),))
+    def new_pool(lane_index):
+        pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                      initargs=(os.getpid(), worker_env(lane_index, jobs, list(gpus))))
         pools.append(pool)
         return pool
 
-    def lane():
-        pool = new_pool()
+    def lane(lane_index):
+        pool = new_pool(lane_index)
         while True:
             with lock:
                 if not queue:
@@ -47,7 +78,7 @@ def run_in_processes(tasks: list, jobs: int, record):
                     outcome = pool.submit(train_task, task).result()
                 except cf.process.BrokenProcessPool:
                     pool.shutdown(wait=False)
-                    pool = new_pool()
+                    pool = new_pool(lane_index)
                     outcome = WorkerDied(f"the worker process training it died ({'again, ' if attempt == 2 else ''}"
                                          "killed or out of memory)")
                     continue
@@ -58,7 +89,7 @@ def run_in_processes(tasks: list, jobs: int, record):
                 record.result(group, outcome)
         pool.shutdown(wait=True)
 
-    lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(tasks)))]
+    lanes = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(min(jobs, len(tasks)))]
     try:
         for t in lanes:
             t.start()
@@ -73,6 +104,13 @@ def run_in_processes(tasks: list, jobs: int, record):
                 for process in list(getattr(pool, "_processes", {}).values()):
                     process.kill()
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_worker(driver: int, env: dict):
+    """A worker's first act: die with the driver (`_die_with_parent`), then take its
+    environment (`worker_env`) before JAX starts."""
+    _die_with_parent(driver)
+    os.environ.update(env)
 
 
 def _die_with_parent(driver: int):
@@ -95,7 +133,7 @@ def run_on_ray(tasks: list, args, record):
         import ray
     except ImportError:
         raise SweepError("--ray needs Ray: pip install -r requirements/requirements_cluster.txt")
-    env_vars = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if args.gpus_per_run else {}
+    env_vars = ray_env(args.gpus_per_run)
     ray.init(address=args.ray, log_to_driver=False, runtime_env=dict(
         working_dir=str(ROOT), env_vars=env_vars,
         excludes=[".git", ".venv/", "results/", "datasets/", "tests/data/", "*.pyc"]))

@@ -130,6 +130,9 @@ class Config:
     matmul_dtype: str = _field("float32", "inputs of the input-current matmuls; state stays float32")
     lif_impl: str = _field("fused", "the neuron loops' backward pass: fused (hand-written, fast) or reference "
                                     "(a plain lax.scan differentiated by JAX; where a new neuron equation starts)")
+    scan_unroll: int = _field(1, "time steps per iteration of the compiled loops over time (1, the default, is "
+                                 "fastest on the CPU; a GPU may gain from 4 or 8; other values agree to float32 "
+                                 "rounding, not bitwise)", "steps")
     matmul_precision: str = _field("default", "float32 matmuls and convolutions: default (JAX's, "
                                               "as published: TF32 on NVIDIA GPUs from Ampere on) "
                                               "or highest (full float32 everywhere); CPUs: the same")
@@ -256,7 +259,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg, field) in options, field, "must be one of " + ", ".join(options))
     for field in ("n_in", "n_hid", "n_out", "nb_steps", "batch_size", "conv_kernel",
                   "conv_dilation", "lr_decay_every", "w_scale_n_in", "w_scale_n_hid",
-                  "w_scale_n_layers"):
+                  "w_scale_n_layers", "scan_unroll"):
         need(getattr(cfg, field) >= 1, field, "must be >= 1")
     need(cfg.n_layers >= 2, "n_layers", "must be >= 2 (it counts the output layer)")
     need(cfg.n_epochs >= 1, "n_epochs", "must be >= 1")

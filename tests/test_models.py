@@ -475,3 +475,25 @@ def test_the_neuron_registry_and_its_settings():
     assert {k for k, p in rules.items() if p.l2} == {"W", "W_rec", "norm_scale", "norm_bias"}
     assert {k for k, p in rules.items() if p.decay} == {"alpha", "rho"}
     assert {k for k, p in rules.items() if p.penalised} == {"alpha"}
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(recurrent=True, lif_impl="reference"), dict(neuron="alif"),
+                                dict(decoder="freq")])
+def test_unrolling_the_loops_over_time_changes_no_number(kw):
+    """--scan_unroll 4 (a GPU's choice): the same spikes as 1, outputs and gradients to float32
+    rounding (XLA may contract the unrolled steps' operations differently: not bitwise)."""
+    cfg = causal_config(**{"normalizer": "batch", **{k: v for k, v in kw.items() if k != "decoder"}})
+    cfg = cfg.replace(**{k: v for k, v in kw.items() if k == "decoder"})
+    params, x = active_params(cfg), spiky_input()
+
+    def loss(p, c):
+        hidden, out = forward(p, x, c)
+        return jnp.sum(jnp.sin(out)) + sum(jnp.sum(h * jnp.arange(h.size).reshape(h.shape) % 7) for h in hidden)
+
+    (h1, o1), (h4, o4) = forward(params, x, cfg), forward(params, x, cfg.replace(scan_unroll=4))
+    for a, b in zip(h1, h4):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(o1, o4, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params, cfg)),
+                    jax.tree_util.tree_leaves(jax.grad(loss)(params, cfg.replace(scan_unroll=4)))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))  # sums that cancel

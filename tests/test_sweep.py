@@ -861,3 +861,50 @@ def test_a_sweep_without_its_data_stops_before_any_run_in_one_line(tmp_path, cap
     assert code == 1 and len(err) == 1 and "shd_train.h5.gz: missing, and downloading it failed" in err[0], err
     assert "kept" not in err[0] and len(tries) == 1
     assert not (tmp_path / "results" / "tiny_shd").exists()
+
+
+# --- workers on GPUs: their share of the memory, their own device --------------------------------
+def test_each_worker_gets_its_share_of_a_gpu_and_its_own_device():
+    import sweep_backends as sb
+    assert sb.worker_env(0, 2, []) == {}  # the CPU: nothing
+    one = [sb.worker_env(lane, 2, ["0"]) for lane in range(2)]
+    assert one[0] == one[1] == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450"}
+    four_on_two = [sb.worker_env(lane, 4, ["2", "5"]) for lane in range(4)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in four_on_two] == ["2", "5", "2", "5"]
+    assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450" for e in four_on_two)  # two lanes per GPU
+    assert sb.worker_env(1, 3, ["0", "1", "2"])["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.900"
+    assert sb.ray_env(0) == {} and sb.ray_env(0.25)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
+    assert sb.ray_env(2)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.900"
+
+
+def test_worker_processes_start_with_their_lanes_environment(monkeypatch):
+    """What run_in_processes hands each worker process: its initializer applies the lane's
+    environment before anything else runs there (tried in this process on a copy of its
+    environment)."""
+    import concurrent.futures as cf
+    import sweep_backends as sb
+    started = []
+
+    class Pool:
+        def __init__(self, workers, mp_context, initializer, initargs):
+            started.append((initializer, initargs))
+
+        def submit(self, fn, task):
+            future = cf.Future()
+            future.set_result(task)
+            return future
+
+        def shutdown(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(sb.cf, "ProcessPoolExecutor", Pool)
+    recorded = []
+    sb.run_in_processes([("g1", "t1"), ("g2", "t2")], 2, type("R", (), {"result": lambda self, g, o: recorded.append(g)})(),
+                        gpus=["0", "1"])
+    assert sorted(recorded) == ["g1", "g2"]
+    envs = sorted(args[1]["CUDA_VISIBLE_DEVICES"] for _, args in started)
+    assert envs == ["0", "1"] and all(args[0] == os.getpid() for _, args in started)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    initializer, args = started[0]
+    initializer(os.getppid(), args[1])  # as the worker would run it, with the driver its parent
+    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.900" and os.environ["CUDA_VISIBLE_DEVICES"] in ("0", "1")
