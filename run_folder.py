@@ -19,6 +19,7 @@ is written atomically (utils_io), a finished run's leftover checkpoint and tempo
 are removed when the folder is next opened.
 """
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -367,19 +368,31 @@ def check_present(run_dir):
                              "run the same command again to train it anew")
 
 
+@contextlib.contextmanager
+def writing_into(run_dir):
+    """Writes into the run folder; the folder vanishing before or during them is one
+    RunFolderError line (`check_present`), not an OSError."""
+    check_present(run_dir)
+    try:
+        yield
+    except FileNotFoundError:
+        check_present(run_dir)
+        raise
+
+
 def save_checkpoint(run_dir, cfg, params, opt_state, best_params, metrics, data_md5=None):
     """Everything needed to continue after the last finished epoch, the configuration it
     belongs to and the fingerprint of the data it trained on (`data_md5`), in one atomic file."""
     import jax
-    check_present(run_dir)
     arrays = {f"opt_{i}": np.asarray(v) for i, v in enumerate(jax.tree_util.tree_leaves(opt_state))}
     arrays.update(named_arrays(params, "params/"), **named_arrays(best_params, "best/"))
     arrays["metrics_json"] = np.array(json.dumps(metrics))
     arrays["config_json"] = np.array(config_text(cfg))
     if data_md5 is not None:
         arrays["data_md5"] = np.array(data_md5)
-    atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
-    write_json(run_dir / METRICS, metrics)
+    with writing_into(run_dir):
+        atomic_write(run_dir / CHECKPOINT, lambda f: np.savez(f, **arrays))
+        write_json(run_dir / METRICS, metrics)
 
 
 def check_data(path: Path, state: Optional[dict], data_md5: Optional[str]):
@@ -430,13 +443,13 @@ def finish_run(run_dir, cfg: Config, best_params, metrics):
     the MD5 of params.npz (so that the three files are known to belong together:
     `finished_run_of`); the checkpoint has served its purpose, and an error.txt of an earlier,
     resumed failure no longer describes the run."""
-    check_present(run_dir)
     buffer = io.BytesIO()
     np.savez(buffer, **named_arrays(best_params))
     data = buffer.getvalue()
     metrics.update(config=cfg.to_dict(), params_md5=hashlib.md5(data).hexdigest())
-    atomic_write(run_dir / PARAMS, lambda f: f.write(data))
-    write_json(run_dir / METRICS, metrics)
+    with writing_into(run_dir):
+        atomic_write(run_dir / PARAMS, lambda f: f.write(data))
+        write_json(run_dir / METRICS, metrics)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     (run_dir / ERROR).unlink(missing_ok=True)
 

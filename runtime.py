@@ -113,20 +113,24 @@ def gpu_ids() -> list:
     return visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
 
 
-# Seeds trained together hold one batch per seed and the activations of every layer at once;
-# a group is split so that this stays under GROUP_MEMORY_BYTES.
-GROUP_MEMORY_BYTES = 2 ** 31
+# Of the accelerator's free memory, the share the runs of one vmapped program may fill (the
+# data sets and XLA's own buffers need the rest).
+GROUP_MEMORY_SHARE = 0.5
 
 
-def seeds_per_group(cfg: Config) -> int:
-    """How many seeds of `cfg` one vmapped program trains by default: on an accelerator as
-    many as a rough activation budget allows; on the CPU one, because there the vmapped
-    program is slower than the seeds one after another (docs/performance.md; measured with
-    benchmarks/benchmark.py --seeds 10 --compare_sequential)."""
+def seeds_per_group(cfg: Config, per_run_bytes: Optional[int] = None) -> int:
+    """How many runs of `cfg`'s program one vmapped program trains by default: on the CPU one,
+    because there the vmapped program is slower than the runs one after another
+    (docs/performance.md; measured with benchmarks/benchmark.py --seeds 10
+    --compare_sequential); on an accelerator as many as GROUP_MEMORY_SHARE of its free memory
+    holds, at `per_run_bytes` each (default: a rough estimate of one run's batch and
+    activations)."""
     if jax.default_backend() == "cpu":
         return 1
-    per_seed = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
-    return max(1, GROUP_MEMORY_BYTES // per_seed)
+    if per_run_bytes is None:
+        per_run_bytes = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)
+    free = available_memory() or 2 ** 31
+    return max(1, int(GROUP_MEMORY_SHARE * free) // per_run_bytes)
 
 
 class OutOfMemory(RuntimeError):

@@ -47,19 +47,21 @@ from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUI
                                read_lines, read_manifest, reduced, seeds_text, with_seeds)
 from runtime import BackendError, OutOfMemory, check_backend, gpu_ids
 from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, read_files, train_task
-from training import TrainingDiverged, final_scalars
+from training import TrainingDiverged, final_scalars, program_key
 from utils_dataset import DataError, fetch_data
 from utils_initialization import ConfigError
 from utils_io import FileError, atomic_folder, atomic_write, locked, read_json, write_json
 
 def groups_of(runs: list, seeds_per_task: int = 0) -> list:
-    """Runs that differ only in their seed, in sweep order; split into chunks of at most
-    `seeds_per_task` seeds when that is > 0."""
+    """Runs that share one compiled program (`training.program_key`: they differ only in
+    their seed, initial time constants, tanh settings or noise), in sweep order; split into
+    chunks of at most `seeds_per_task` runs when that is > 0. A group is one task of a
+    worker; on an accelerator its runs train as vmapped programs, on the CPU one by one."""
     if not runs:
         return []
     by_group = {}
     for run in runs:
-        by_group.setdefault(run.group, []).append(run)
+        by_group.setdefault(program_key(make_run_config(run.overrides, run.seed)), []).append(run)
     size = seeds_per_task or max(len(g) for g in by_group.values())
     return [g[i:i + size] for g in by_group.values() for i in range(0, len(g), size)]
 
@@ -218,9 +220,9 @@ def plan(sweep: Sweep, lines: dict):
 def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
     tasks = []
     for group in groups_of(pending, args.seeds_per_task):
-        cfg = make_run_config(group[0].overrides, group[0].seed)
+        cfgs = [make_run_config(r.overrides, r.seed).to_dict() for r in group]
         files = {r.key: read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None
-        tasks.append((group, dict(cfg=cfg.to_dict(), seeds=[r.seed for r in group],
+        tasks.append((group, dict(cfgs=cfgs,
                                   names=[r.key for r in group], files=files,
                                   runs_dir=None if ship else str(sweep.folder / "runs"),
                                   jax_cache=(args.jax_cache and NODE_CACHE) if ship else args.jax_cache,
@@ -428,7 +430,8 @@ def build_parser():
     p.add_argument("--results_dir", default="results", help="parent folder of sweep folders")
     p.add_argument("--jobs", type=int, default=1, help="seed groups trained at once on this machine")
     p.add_argument("--seeds_per_task", type=int, default=0,
-                   help="split seed groups into tasks of at most this many seeds (0: whole groups)")
+                   help="split the groups of runs that share a compiled program into tasks of at most this many "
+                        "runs (0: whole groups)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: 'auto' or its address")
     p.add_argument("--cpus_per_run", type=float, default=1, help="Ray: CPUs per task")
     p.add_argument("--gpus_per_run", type=float, default=0, help="Ray: GPUs per task (fractions share a GPU)")

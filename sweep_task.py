@@ -12,7 +12,7 @@ from pathlib import Path
 
 import run_folder
 from runtime import OutOfMemory, configure_jax
-from training import TrainingDiverged, train_seeds
+from training import TrainingDiverged, train_runs
 from utils_dataset import DataError
 from utils_initialization import Config
 from utils_io import FileError, locked
@@ -27,8 +27,9 @@ RUN_FAILURES = (TrainingDiverged, FileError, run_folder.RunFolderError)
 def train_task(task: dict) -> list:
     """Train one seed group (a local worker process, the driver itself, or a Ray task).
 
-    `task`: cfg (Config as a dict), seeds, names (run folder names), runs_dir (where the
-    run folders live; None on Ray: a temporary folder), files ({name: {file: bytes}} of
+    `task`: cfgs (each run's Config as a dict: they share one compiled program), names (run
+    folder names), runs_dir (where the run folders live; None on Ray: a temporary folder),
+    files ({name: {file: bytes}} of
     unfinished run folders to continue), jax_cache, progress. Returns, per run,
     (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
     None, so that the driver writes them: workers need no shared results folder."""
@@ -44,20 +45,18 @@ def train_task(task: dict) -> list:
         dirs = [runs_dir / name for name in task["names"]]
         for d in sorted(dirs):  # one trainer per run folder, even if two drivers meet
             stack.enter_context(locked(runs_dir / f".{d.name}.lock"))
-        cfg = Config(**task["cfg"])
-        for i, d in enumerate(dirs):  # damaged files, or another configuration (finished or not):
-            why = run_folder.problem(d, cfg.replace(seed=task["seeds"][i])) if d.exists() else None
+        cfgs = [Config(**values) for values in task["cfgs"]]
+        for d, cfg in zip(dirs, cfgs):  # damaged files, or another configuration (finished or not):
+            why = run_folder.problem(d, cfg) if d.exists() else None
             if why:  # moved aside (never deleted), the run trained again
                 aside = run_folder.move_aside(d)
                 print(f"warning: {why}; its files were moved to {aside}; training the run again",
                       file=sys.stderr, flush=True)
-        cfgs = [cfg.replace(seed=seed) for seed in task["seeds"]]
         todo = [i for i, d in enumerate(dirs) if run_folder.finished_run_of(d, cfgs[i]) is None]
         if todo:
             try:
-                train_seeds(cfg, [task["seeds"][i] for i in todo], [dirs[i] for i in todo],
-                            resume=True, progress=task.get("progress", False), force=task.get("force", False),
-                            label_runs=True)
+                train_runs([cfgs[i] for i in todo], [dirs[i] for i in todo], resume=True,
+                           progress=task.get("progress", False), force=task.get("force", False), label_runs=True)
             except SWEEP_STOPPERS:  # no run of the sweep can train: the sweep stops
                 raise
             except Exception as err:  # a run that failed has its error.txt; the others have finished

@@ -1,15 +1,18 @@
 """Training: loss, the published optimizer, one jitted train step, evaluation, and the run
 folder with its per-epoch checkpoint.
 
-`train_hsnn(cfg)` is main.py's entry point and `train_seeds(cfg, seeds)` sweep.py's: both
-train the seeds of one configuration in vmapped programs (a single run is a group of one;
+`train_hsnn(cfg)` is main.py's entry point and `train_runs(cfgs)` sweep.py's: both train
+runs that share one compiled program in vmapped programs (a single run is a group of one;
 on the CPU every seed is a group of its own, see `seeds_per_group`). Randomness is a pure
 function of (seed, epoch): the data order of epoch e comes from numpy's
 `default_rng([seed, e])` and the dropout keys from `fold_in(key_dropout, e)`, so a run
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
 """
 
+import concurrent.futures as cf
 import contextlib
+import copy
+import json
 import math
 import sys
 import time
@@ -329,12 +332,15 @@ def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
     orders = [utils_dataset.iterate_batches(sp, cfg.batch_size, rng if sp.reshuffle else None,
                                             time_major=False, augment=False)
               for sp, rng in zip(splits, rngs)]
-    tally, host = Tally(), runtime.HostBatches()
+    tally, host, pending = Tally(), runtime.HostBatches(), None
     for batches in zip(*orders):
         x, y = host.put([b[0] for b in batches]), _stack([b[1] for b in batches])
         out = steps.evaluate(params, Batch(x, y, jnp.int32(0)))
         host.fence(out)
-        tally.add(out, y.shape[1])
+        if pending is not None:  # read one batch behind: the device computes this one meanwhile
+            tally.add(*pending)
+        pending = (out, y.shape[1])
+    tally.add(*pending)
     return tally
 
 
@@ -415,24 +421,48 @@ def train_hsnn(cfg: Config, run_dir=None, resume: bool = False, progress: bool =
     return train_seeds(cfg, [cfg.seed], [run_dir], resume, progress, [task], restart=restart, force=force)[0]
 
 
+# Fields that change a run's initial parameters or data but not its compiled program: runs that
+# differ only in these (the seed, and the grid axes of Fig. 2a, 2b, S2a, S2e: the time
+# constants, the tanh settings, the noise) can train as one vmapped program.
+PROGRAM_FREE = ("seed", "tau_mem", "delta_tau", "hierarchy_tau", "tanh_center", "tanh_coef", "distrib_tau_sd",
+                "tau_out", "tau_adapt", "delta_tau_adapt", "noise_rate", "weight_init", "w_scale_n_in",
+                "w_scale_n_hid", "w_scale_n_layers")
+
+
+def program_key(cfg: Config) -> str:
+    """What a run's compiled train step depends on: its configuration but PROGRAM_FREE."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in PROGRAM_FREE}, sort_keys=True)
+
+
 def train_seeds(cfg: Config, seeds, run_dirs=None, resume: bool = False, progress=True,
                 tasks=None, group_size: Optional[int] = None, restart: bool = False,
                 force: bool = False, label_runs: bool = False) -> list:
-    """Train the runs `cfg.replace(seed=s)` for every seed in `seeds` as vmapped programs of
-    up to `group_size` seeds (default: `seeds_per_group`); returns their metrics in order,
-    equal (to float tolerance) to `train_hsnn` run seed by seed. `resume`: run folders that
-    exist are continued from their checkpoints; seeds whose checkpoints stand at different
-    epochs are trained in separate groups.
+    """`train_runs` of the runs `cfg.replace(seed=s)` for every seed in `seeds`."""
+    return train_runs([cfg.replace(seed=s) for s in seeds], run_dirs, resume, progress, tasks, group_size, restart,
+                      force, label_runs)
+
+
+def train_runs(cfgs: list, run_dirs=None, resume: bool = False, progress=True, tasks=None,
+               group_size: Optional[int] = None, restart: bool = False, force: bool = False,
+               label_runs: bool = False) -> list:
+    """Train the runs `cfgs`, which share one compiled program (`program_key`: they differ
+    only in PROGRAM_FREE fields), as vmapped programs of up to `group_size` runs (default:
+    `seeds_per_group`); returns their metrics in order, equal (to float tolerance) to
+    `train_hsnn` run by run. `resume`: run folders that exist are continued from their
+    checkpoints; runs whose checkpoints stand at different epochs are trained in separate
+    groups.
 
     The run folders are created (or locked) before the data is loaded, so that a second run
     on the same folder fails at once; a folder created here is removed again if the data
     cannot be loaded. A run that fails while training leaves error.txt in its folder.
     `progress`: see `progress_mode`; with `label_runs`, each epoch's line starts with the
     names of the run folders it reports (a sweep's run keys, which name the seed)."""
-    cfgs = [cfg.replace(seed=s) for s in seeds]
+    if len({program_key(c) for c in cfgs}) > 1:
+        raise ValueError("train_runs: the runs differ in more than their initial parameters or data")
+    cfg, seeds = cfgs[0], [c.seed for c in cfgs]
     progress = progress_mode(progress)
-    run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(seeds))]
-    for note in hierarchy_notes(cfg):
+    run_dirs = [Path(d) if d is not None else None for d in (run_dirs or [None] * len(cfgs))]
+    for note in dict.fromkeys(n for c in cfgs for n in hierarchy_notes(c)):
         print(note, file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
         folders, states = [], []
@@ -597,6 +627,34 @@ def save_epoch(run_dir, cfg: Config, state: TrainState, s: int, host: tuple, met
         run_folder.save_checkpoint(run_dir, cfg, host[0][s], host[1][s], state.best_params[s], metrics, data_md5)
 
 
+class Writer:
+    """Checkpoints written by one background thread, in order, while the next epoch trains;
+    each file still atomic (a kill leaves the previous checkpoint). A write that failed is
+    raised at the next `submit` or at `drain`, which waits for all of them (before the run's
+    final files, so that no late checkpoint lands after them)."""
+
+    def __init__(self):
+        self.pool, self.pending = cf.ThreadPoolExecutor(1, thread_name_prefix="hsnn-checkpoint"), []
+
+    def submit(self, fn, *args):
+        self._raise_failures(done_only=True)
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def drain(self):
+        self._raise_failures(done_only=False)
+
+    def close(self):
+        """Wait for the writes in flight, also when the run stopped: none outlives its group."""
+        self.pool.shutdown(wait=True)
+
+    def _raise_failures(self, done_only: bool):
+        for future in list(self.pending):
+            if done_only and not future.done():
+                continue
+            self.pending.remove(future)
+            future.result()
+
+
 def _host_seeds(tree, n: int) -> list:
     """Each of the n seeds' slices of a stacked pytree, as host arrays, in one transfer."""
     host = jax.device_get(tree)
@@ -620,29 +678,29 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
     # the training time of the run in all its parts: a resumed run adds to its checkpoint's
     # (durations from the monotonic clock: a step of the wall clock cannot make them negative)
     t_run, seconds_before = time.monotonic(), [r.get("seconds_total", 0.0) for r in records]
-    while state.epoch < cfg.n_epochs:
-        t0 = time.monotonic()
-        params, opt_state, train = _train_epoch(steps, state.params, state.opt_state, tasks, cfgs, state.epoch,
-                                                state.key_dropout, progress)
-        valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, state.epoch, "valid"))
-        host = (_host_seeds(params, n), _host_seeds(opt_state, n))  # params' buffers are donated
-        state = select_best(state._replace(params=params, opt_state=opt_state), valid.batch_acc / valid.batches,
-                            host[0])
-        for s, record in enumerate(records):
-            record["epochs"].append(epoch_record(cfg, state.epoch, train, valid, s, time.monotonic() - t0))
-            record.update(best_epoch=state.best_epoch[s], best_valid_acc=state.best_acc[s],
-                          seconds_total=seconds_before[s] + time.monotonic() - t_run)
-            save_epoch(run_dirs[s], cfgs[s], state, s, host, record, tasks[s].fingerprint)
-        state = state._replace(epoch=state.epoch + 1)
-        if progress:
-            names = ", ".join(d.name for d in run_dirs if d is not None) if label_runs else ""
-            line = (f"{f'[{names}] ' if names else ''}epoch {state.epoch}/{cfg.n_epochs}: loss "
-                    f"{_fmt(train.mean_loss(), '.4f')} train {_fmt(train.correct / train.scored, '.2%')} "
-                    f"valid {_fmt(valid.batch_acc / valid.batches, '.2%')} ({time.monotonic() - t0:.1f} s)")
-            if progress == "bars":
-                tqdm.write(line)  # above the bar
-            else:
-                print(line, flush=True)
+    writer = Writer()
+    try:
+        while state.epoch < cfg.n_epochs:
+            t0 = time.monotonic()
+            params, opt_state, train = _train_epoch(steps, state.params, state.opt_state, tasks, cfgs, state.epoch,
+                                                    state.key_dropout, progress)
+            valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, state.epoch, "valid"))
+            host = (_host_seeds(params, n), _host_seeds(opt_state, n))  # params' buffers are donated
+            state = select_best(state._replace(params=params, opt_state=opt_state), valid.batch_acc / valid.batches,
+                                host[0])
+            for s, record in enumerate(records):
+                record["epochs"].append(epoch_record(cfg, state.epoch, train, valid, s, time.monotonic() - t0))
+                record.update(best_epoch=state.best_epoch[s], best_valid_acc=state.best_acc[s],
+                              seconds_total=seconds_before[s] + time.monotonic() - t_run)
+                writer.submit(save_epoch, run_dirs[s], cfgs[s], state, s, host, copy.deepcopy(record),
+                              tasks[s].fingerprint)
+            state = state._replace(epoch=state.epoch + 1)
+            if progress:
+                names = ", ".join(d.name for d in run_dirs if d is not None) if label_runs else ""
+                print_epoch(progress, names, cfg, state.epoch, train, valid, time.monotonic() - t0)
+        writer.drain()  # every checkpoint written (or its failure raised) before the final files
+    finally:
+        writer.close()
     test = evaluate(steps, _stack(state.best_params), [t.test for t in tasks], cfg,
                     eval_rngs(cfgs, cfg.n_epochs, "test"))
     for s, (record, c) in enumerate(zip(records, cfgs)):
@@ -655,6 +713,17 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
         if run_dirs[s] is not None:
             run_folder.finish_run(run_dirs[s], c, best, record)
     return records
+
+
+def print_epoch(progress: str, names: str, cfg: Config, epoch: int, train: Tally, valid: Tally, seconds: float):
+    """The line of a finished epoch (above the progress bar, with bars), naming the runs."""
+    line = (f"{f'[{names}] ' if names else ''}epoch {epoch}/{cfg.n_epochs}: loss {_fmt(train.mean_loss(), '.4f')} "
+            f"train {_fmt(train.correct / train.scored, '.2%')} valid {_fmt(valid.batch_acc / valid.batches, '.2%')} "
+            f"({seconds:.1f} s)")
+    if progress == "bars":
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
 
 
 def _fmt(values, spec):

@@ -22,6 +22,7 @@ import pytest
 
 import panels
 import sweep
+import training
 import sweep_definitions
 from conftest import pause_at_epoch, training_hook, wait_for
 from utils_initialization import conv_hierarchy
@@ -95,8 +96,10 @@ def test_sweeps_expand_to_the_published_run_counts(definitions, name):
         assert cfg.seed == run.seed and cfg.dataset_name == definitions[name]["fixed"]["dataset_name"]
         for field, value in run.point.items():
             assert getattr(cfg, field) == value
-    for group in sweep.groups_of(runs):
-        assert [r.seed for r in group] == seeds and len({r.group for r in group}) == 1
+    for group in sweep.groups_of(runs):  # runs that share one compiled program
+        assert {r.seed for r in group} == set(seeds) and len(group) % len(seeds) == 0
+        cfgs = [sweep_definitions.make_run_config(r.overrides, r.seed) for r in group]
+        assert len({training.program_key(c) for c in cfgs}) == 1
 
 
 def test_grid_points_and_baseline(definitions):
@@ -181,7 +184,10 @@ def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
     opened = sweep.open_sweep(args, definitions)
     assert len(opened.runs) == 180 and opened.folder == tmp_path / "hSNN_Figure_2b"
     tasks = sweep.make_tasks(opened, opened.runs, args, ship=False)
-    assert len(tasks) == 18 and all(task["seeds"] == list(range(10)) for _, task in tasks)
+    # delta_tau changes only the initial time constants: one program per depth, 90 runs each
+    assert len(tasks) == 2 and [len(task["cfgs"]) for _, task in tasks] == [90, 90]
+    assert [{c["n_layers"] for c in task["cfgs"]} for _, task in tasks] == [{3}, {4}]
+    assert sorted(c["seed"] for c in tasks[0][1]["cfgs"]) == sorted(list(range(10)) * 9)
 
 
 def test_extra_seeds_run_apart_from_the_published_grid(tmp_path, definitions):

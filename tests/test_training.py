@@ -813,3 +813,30 @@ def test_the_kept_heap_changes_no_result(root, tmp_path):
         params[defaults]["losses"] = np.array([e["loss"] for e in metrics["epochs"]])
     for name in params["0"]:
         np.testing.assert_array_equal(params["0"][name], params["1"][name], err_msg=name)
+
+
+def test_runs_that_differ_only_in_their_initial_time_constants_share_a_program(tmp_path):
+    """Fig. 2b's runs at two delta_tau (same depth) train as one group: each gets what it
+    gets alone; runs of two depths are refused as one group."""
+    base = micro_config(n_epochs=1, hierarchy_tau="tanh", n_layers=3)
+    cfgs = [base.replace(delta_tau=0.1, seed=0), base.replace(delta_tau=-0.1, seed=1)]
+    assert training.program_key(cfgs[0]) == training.program_key(cfgs[1])
+    assert training.program_key(cfgs[0]) != training.program_key(cfgs[0].replace(n_layers=4))
+    together = training.train_runs(cfgs, progress=False, tasks=[micro_task()] * 2, group_size=2)
+    alone = [train_hsnn(c, progress=False, task=micro_task()) for c in cfgs]
+    for a, b in zip(together, alone):
+        assert a["median_tau_init"] == pytest.approx(b["median_tau_init"], rel=1e-6)
+        assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]], rel=1e-4)
+    assert together[0]["median_tau_init"] != pytest.approx(together[1]["median_tau_init"], rel=1e-3)
+    with pytest.raises(ValueError, match="differ in more than"):
+        training.train_runs([cfgs[0], cfgs[0].replace(n_layers=4)], progress=False, tasks=[micro_task()] * 2)
+
+
+def test_a_group_fills_the_accelerators_memory_and_the_cpu_trains_one_by_one(monkeypatch):
+    cfg = micro_config()
+    assert runtime.seeds_per_group(cfg) == 1  # the CPU
+    monkeypatch.setattr(runtime.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(runtime, "available_memory", lambda: 80 * 2 ** 30)
+    assert runtime.seeds_per_group(cfg, per_run_bytes=2 ** 30) == 40  # half of 80 GiB free, 1 GiB a run
+    monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 29)
+    assert runtime.seeds_per_group(cfg, per_run_bytes=2 ** 30) == 1
