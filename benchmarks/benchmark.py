@@ -68,13 +68,24 @@ def build_config(args):
 
 
 def synthetic_split(n, cfg, density, rng):
-    """Random spike counts in the real layout: uint8 [n, T, 700], labels in range."""
+    """Random spike counts held as SHD/SSC's are, as events (utils_dataset.SpikeCounts: the
+    batches are built from them as in training, frequency shift included when --set
+    freq_shift=...), about `density` of the [T, 700] bins of a sample non-zero; labels in
+    range."""
     import utils_dataset
-    X = np.empty((n, cfg.nb_steps, cfg.n_in), np.uint8)
-    for start in range(0, n, 512):  # in chunks: no float copy of the whole set
-        chunk = X[start:start + 512]
-        chunk[:] = rng.random(chunk.shape, dtype=np.float32) < density
-    return utils_dataset.Split(X, rng.integers(0, cfg.n_out, n))
+    cells = cfg.nb_steps * cfg.n_in
+    per_sample = rng.binomial(cells, density, n)
+    ptr = np.concatenate([[0], np.cumsum(per_sample)])
+    flat = np.empty(ptr[-1], np.uint32)
+    for i in range(n):  # distinct cells per sample, sorted as the binning writes them
+        flat[ptr[i]:ptr[i + 1]] = np.sort(rng.choice(cells, per_sample[i], replace=False))
+    counts = np.ones(ptr[-1], np.uint8)
+    augment = None
+    if cfg.freq_shift > 0:
+        import functools
+        augment = functools.partial(utils_dataset.frequency_shift, freq_shift=cfg.freq_shift)
+    return utils_dataset.Split(utils_dataset.SpikeCounts(ptr, flat, counts, (cfg.nb_steps, cfg.n_in)),
+                               rng.integers(0, cfg.n_out, n), augment)
 
 
 def build_task(cfg, args):
@@ -237,8 +248,16 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_peak_mb():
+    """The accelerator's peak memory in use [MB] (None on the CPU, where it is the host's)."""
+    import jax
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    return None if not stats or "peak_bytes_in_use" not in stats else stats["peak_bytes_in_use"] / 2 ** 20
+
+
 def main(argv=None):
     args = parse_args(argv)
+    started = time.time()
     import runtime
     import training
     runtime.configure_jax(compilation_cache=False)  # measure compilation, not the cache
@@ -274,6 +293,7 @@ def main(argv=None):
         result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))
     result["roofline"] = roofline(cfg, steady / n_steps, args.seeds)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result.update(device_peak_mb=device_peak_mb(), started=started, ended=time.time())
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -38,8 +38,11 @@ def step_times(cfg, n_steps, steps=None):
     params = init_params(jax.random.PRNGKey(0), cfg)
     params, opt_state = training._stack([params]), training._stack([optimizer.init(params)])  # one seed
     rng = np.random.default_rng(0)
-    # in memory already, as runtime.HostBatches hands the batches to the step
-    x = jnp.asarray(rng.random((1, cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05, jnp.float32)
+    # in the dtype runtime.HostBatches hands the step (float32 on the CPU, the stored uint8
+    # counts on an accelerator), so that the program timed is the one that trains
+    import runtime
+    dtype = runtime.HostBatches().dtype or np.uint8
+    x = jnp.asarray((rng.random((1, cfg.nb_steps, cfg.batch_size, cfg.n_in)) < 0.05).astype(dtype))
     y_shape = (1, cfg.batch_size, cfg.nb_steps) if cfg.decoder == "vmem_time" else (1, cfg.batch_size)
     y = rng.integers(0, cfg.n_out, y_shape).astype(np.int32)
     times = []
