@@ -654,10 +654,10 @@ def test_failed_data_loading_leaves_no_run_folder(tmp_path, monkeypatch):
 REGRESSION = Path(__file__).parent / "data" / "regression_mts_xor.json"
 # Bands for the whole run: XLA's CPU code rounds differently on different processors (an
 # Intel Xeon with AVX-512 and an AMD EPYC differ from the third epoch on, by 8.5e-4 in the
-# loss), since one spike that flips at its threshold changes the rest of the trajectory. On a
-# GPU (JAX_PLATFORMS=cuda) run it at HSNN_GOLDEN_PRECISION-independent full float32 and with
-# XLA_FLAGS="--xla_gpu_deterministic_ops=true --xla_gpu_autotune_level=0": autotuned kernels
-# differ in the last bits between compilations (docs/reproducing.md, Resume).
+# loss), since one spike that flips at its threshold changes the rest of the trajectory. The
+# bands are for CPUs: on a GPU, TF32 products and autotuned kernels (which can differ in the
+# last bits between two compilations) move the numbers further; docs/reproducing.md (Resume)
+# names the XLA flags of bitwise runs there.
 RUN_LOSS_BAND, RUN_ACC_BAND = 2e-2, 0.05
 STEP_RTOL = 1e-4  # the first steps: float32 keeps these on any processor
 
