@@ -455,6 +455,18 @@ def dropout(key, S_TBH, rate):
     return jnp.where(keep, S_TBH / (1.0 - rate), 0.0)
 
 
+def shift_channels(x_BTC, shift, up_B):
+    """The frequency shift of a batch inside the program (utils_dataset.FrequencyShift.apply,
+    for data held on the device): every sample's channels moved by `shift`, up (to higher
+    indices) where `up_B`, else down, zeros shifted in."""
+    n = x_BTC.shape[-1]
+    c = jnp.arange(n)
+    source = jnp.where(up_B[:, None], c - shift, c + shift)  # [B, C]: where each channel comes from
+    inside = (source >= 0) & (source < n)
+    moved = jnp.take_along_axis(x_BTC, jnp.clip(source, 0, n - 1)[:, None, :], axis=2)
+    return jnp.where(inside[:, None, :], moved, jnp.zeros((), x_BTC.dtype))
+
+
 # --- parameters ---------------------------------------------------------------------------
 def init_params(key, cfg: Config) -> list:
     """One dict per layer: W (dense [n_pre, n_post] or conv [k, n_pre, n_post]), optional

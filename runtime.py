@@ -133,6 +133,17 @@ def seeds_per_group(cfg: Config, per_run_bytes: Optional[int] = None) -> int:
     return max(1, int(GROUP_MEMORY_SHARE * free) // per_run_bytes)
 
 
+# Of the free memory (the accelerator's; on the CPU the host's), the share a group's data sets
+# may take when they are held on the device (`--data_placement auto`).
+DATA_SHARE = 0.3
+
+
+def data_fits(nbytes: int) -> bool:
+    """Whether data sets of `nbytes` may be held on the device (DATA_SHARE of its free memory)."""
+    free = available_memory()
+    return free is not None and nbytes <= DATA_SHARE * free
+
+
 class OutOfMemory(RuntimeError):
     """The train step would need more memory than the machine has available."""
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 import run_folder
 import runtime
 import utils_dataset
-from models import decode, forward_trace, init_params, param_rules
+from models import decode, forward_trace, init_params, param_rules, shift_channels
 from utils_initialization import Config, hierarchy_notes, tau_from_alpha
 from utils_io import FileError
 
@@ -241,9 +241,33 @@ class Metrics(NamedTuple):
 
 class Steps(NamedTuple):
     """Jitted steps over a group of seeds: params, optimizer state, batches and keys carry a
-    leading seed axis S (S = 1 for a single run)."""
+    leading seed axis S (S = 1 for a single run). With the data held on the device (`data`:
+    {split: DeviceSplit}), `train_on` and `evaluate_on` gather each batch inside the program
+    from the batch's sample positions (and the frequency shift's draws)."""
     train: callable     # (params, opt_state, Batch, key_epoch, epoch, lr) -> (params, opt_state, Metrics)
     evaluate: callable  # (params, Batch) -> Metrics
+    train_on: callable = None     # (params, opt_state, DeviceSplit, Picks, key_epoch, epoch, lr) -> same
+    evaluate_on: callable = None  # (params, DeviceSplit, Picks) -> Metrics
+    data: Optional[dict] = None   # {"train" | "valid" | "test": DeviceSplit}
+
+
+class DeviceSplit(NamedTuple):
+    """A split's data on the device: the input rows its samples come from ([N, T, I], held
+    once for every seed that shares them, e.g. SHD's splits of one file; else [S, N, T, I]),
+    each seed's sample positions among them [S, n] and labels [S, n] (or [S, n, T])."""
+    X: jax.Array
+    pos: jax.Array
+    Y: jax.Array
+
+
+class Picks(NamedTuple):
+    """What selects a batch from a DeviceSplit, per seed: positions in the split [S, B], the
+    frequency shift's size [S] and directions [S, B] (zeros without the augmentation), and
+    the batch's place in its epoch."""
+    idx: jax.Array
+    shift: jax.Array
+    up: jax.Array
+    index: jax.Array
 
 
 def make_step_fns(cfg: Config, optimizer, score_mask=None):
@@ -267,14 +291,72 @@ def make_step_fns(cfg: Config, optimizer, score_mask=None):
     return train_step, eval_step
 
 
-def make_steps(cfg: Config, optimizer, score_mask=None) -> Steps:
+def make_steps(cfg: Config, optimizer, score_mask=None, data: Optional[dict] = None) -> Steps:
     """Seeds vmapped into one program (purejaxrl style): per-seed parameters, batches and
-    dropout keys; shared batch index, epoch and learning rate."""
+    dropout keys; shared batch index, epoch and learning rate. With `data` (device_data), also
+    the steps that gather their batches on the device."""
     train_step, eval_step = make_step_fns(cfg, optimizer, score_mask)
     per_seed = Batch(0, 0, None)
     train = jax.vmap(train_step, in_axes=(0, 0, per_seed, 0, None, None))
     evaluate = jax.vmap(eval_step, in_axes=(0, per_seed))
-    return Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
+    steps = Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
+    if not data:
+        return steps
+    augment = cfg.freq_shift > 0
+
+    def gather(split: DeviceSplit, picks: Picks, shifted: bool):
+        x_BTI = split.X[split.pos[picks.idx]]
+        if shifted:
+            x_BTI = shift_channels(x_BTI, picks.shift, picks.up)
+        return Batch(x_BTI.transpose(1, 0, 2).astype(jnp.float32), split.Y[picks.idx], picks.index)
+
+    def train_on(params, opt_state, split, picks, key_epoch, epoch, lr):
+        return train_step(params, opt_state, gather(split, picks, augment), key_epoch, epoch, lr)
+
+    def evaluate_on(params, split, picks):
+        return eval_step(params, gather(split, picks, False))
+
+    def axes(split: DeviceSplit):  # rows shared by the seeds, or one set per seed
+        return DeviceSplit(None if split.X.ndim == 3 else 0, 0, 0)
+
+    picks = Picks(0, 0, 0, None)
+    return steps._replace(
+        train_on=jax.jit(jax.vmap(train_on, in_axes=(0, 0, axes(data["train"]), picks, 0, None, None)),
+                         donate_argnums=(0, 1)),
+        evaluate_on={name: jax.jit(jax.vmap(evaluate_on, in_axes=(0, axes(split), picks)))
+                     for name, split in data.items() if name != "train"},
+        data=data)
+
+
+def device_data(tasks, cfg: Config) -> Optional[dict]:
+    """The seeds' splits held on the device ({split: DeviceSplit}) when `data_placement` asks
+    for it, or when it is auto and the data fits runtime.DATA_SHARE of the free memory; else
+    None (the batches are built on the host). Rows of one source (SHD's file, say) are held
+    once for all seeds and splits that use them."""
+    if cfg.data_placement == "host":
+        return None
+    parts = {name: [utils_dataset.data_source(getattr(t, name).X) for t in tasks] for name in ("train", "valid", "test")}
+    sources = {key: rows for part in parts.values() for key, rows, _ in part}
+    per_seed = {name: len({key for key, _, _ in part}) > 1 for name, part in parts.items()}
+    sizes = {key: math.prod(rows.shape) * np.dtype(utils_dataset.dense(rows, [0]).dtype).itemsize
+             for key, rows in sources.items()}
+    if cfg.data_placement == "auto" and not runtime.data_fits(sum(sizes.values())):
+        return None
+    held = {key: jnp.asarray(utils_dataset.dense(rows)) for key, rows in sources.items()}
+    out = {}
+    for name, part in parts.items():
+        X = jnp.stack([held[key] for key, _, _ in part]) if per_seed[name] else held[part[0][0]]
+        out[name] = DeviceSplit(X, jnp.asarray(np.stack([pos for _, _, pos in part]).astype(np.int32)),
+                                jnp.asarray(_stack([getattr(t, name).Y for t in tasks])))
+    return out
+
+
+def picks_of(plans, index: int) -> tuple:
+    """(Picks, batch size) of one batch from each seed's batch_plan item (idx, draws)."""
+    idx = np.stack([p[0] for p in plans]).astype(np.int32)
+    shift = np.array([p[1][0] if p[1] is not None else 0 for p in plans], np.int32)
+    up = np.stack([p[1][1] if p[1] is not None else np.zeros(len(p[0]), bool) for p in plans])
+    return Picks(jnp.asarray(idx), jnp.asarray(shift), jnp.asarray(up), jnp.int32(index)), idx.shape[1]
 
 
 class Tally:
@@ -322,13 +404,16 @@ def _stack(items):
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *items)
 
 
-def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
+def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None, name: Optional[str] = None) -> Tally:
     """Per seed: the metrics over a whole split (the reported accuracy is the unweighted mean
     of the per-batch accuracies, as the published code reported it: a smaller last batch
     counts as much as a full one). A split marked `reshuffle` is evaluated in the order of
     that seed's generator in `rngs` (batch norm uses the evaluated batch's statistics, so the
-    batches' composition matters)."""
+    batches' composition matters). With the data on the device (`steps.data`, `name` the
+    split's), the batches are gathered there from the same orders."""
     rngs = rngs or [None] * len(splits)
+    if getattr(steps, "data", None) and name in steps.data:
+        return evaluate_on_device(steps, params, splits, cfg, rngs, name)
     orders = [utils_dataset.iterate_batches(sp, cfg.batch_size, rng if sp.reshuffle else None,
                                             time_major=False, augment=False)
               for sp, rng in zip(splits, rngs)]
@@ -340,6 +425,21 @@ def evaluate(steps: Steps, params, splits, cfg: Config, rngs=None) -> Tally:
         if pending is not None:  # read one batch behind: the device computes this one meanwhile
             tally.add(*pending)
         pending = (out, y.shape[1])
+    tally.add(*pending)
+    return tally
+
+
+def evaluate_on_device(steps: Steps, params, splits, cfg: Config, rngs, name: str) -> Tally:
+    """`evaluate` of a split held on the device: the same orders, each batch gathered there."""
+    plans = [utils_dataset.batch_plan(sp, cfg.batch_size, rng if sp.reshuffle else None, augment=False)
+             for sp, rng in zip(splits, rngs)]
+    tally, pending = Tally(), None
+    for batch in zip(*plans):
+        picks, size = picks_of(batch, 0)
+        out = steps.evaluate_on[name](params, steps.data[name], picks)
+        if pending is not None:  # read one batch behind
+            tally.add(*pending)
+        pending = (out, size)
     tally.add(*pending)
     return tally
 
@@ -672,7 +772,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
             run_folder.save_task_arrays(run_dir, task.extras)
     mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
     optimizer = make_optimizer(cfg)
-    steps = make_steps(cfg, optimizer, mask)
+    steps = make_steps(cfg, optimizer, mask, device_data(tasks, cfg))
     runtime.check_memory(cfg, lambda: step_memory(cfg, steps, optimizer, tasks), n, force)
     state, records = start_state(cfgs, optimizer, states, run_dirs)
     # the training time of the run in all its parts: a resumed run adds to its checkpoint's
@@ -684,7 +784,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
             t0 = time.monotonic()
             params, opt_state, train = _train_epoch(steps, state.params, state.opt_state, tasks, cfgs, state.epoch,
                                                     state.key_dropout, progress)
-            valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, state.epoch, "valid"))
+            valid = evaluate(steps, params, [t.valid for t in tasks], cfg, eval_rngs(cfgs, state.epoch, "valid"),
+                             "valid")
             host = (_host_seeds(params, n), _host_seeds(opt_state, n))  # params' buffers are donated
             state = select_best(state._replace(params=params, opt_state=opt_state), valid.batch_acc / valid.batches,
                                 host[0])
@@ -702,7 +803,7 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
     finally:
         writer.close()
     test = evaluate(steps, _stack(state.best_params), [t.test for t in tasks], cfg,
-                    eval_rngs(cfgs, cfg.n_epochs, "test"))
+                    eval_rngs(cfgs, cfg.n_epochs, "test"), "test")
     for s, (record, c) in enumerate(zip(records, cfgs)):
         best = state.best_params[s]
         record.update(test_loss=float(test.mean_loss()[s]), test_acc=float((test.batch_acc / test.batches)[s]),
@@ -753,20 +854,41 @@ def _train_epoch(steps, params, opt_state, tasks, cfgs, epoch, key_dropout, prog
         bar.update()
         bar.set_postfix(loss=_fmt(tally.mean_loss(), ".4f"), acc=_fmt(tally.correct / tally.scored, ".2%"))
 
-    iterators = [utils_dataset.iterate_batches(t.train, cfg.batch_size, rng, time_major=False)
-                 for t, rng in zip(tasks, rngs)]
-    host = runtime.HostBatches()
-    for b, batches in enumerate(zip(*iterators)):
-        x, y = host.put([bt[0] for bt in batches]), _stack([bt[1] for bt in batches])
-        params, opt_state, step_metrics = steps.train(params, opt_state, Batch(x, y, jnp.int32(b)),
-                                                      key_epoch, epoch_, lr)
-        host.fence(step_metrics)
+    for b, (size, step) in enumerate(batch_calls(steps, tasks, rngs, cfg.batch_size)):
+        params, opt_state, step_metrics = step(params, opt_state, key_epoch, epoch_, lr)
         if pending is not None:
             record(*pending)
-        pending = (b, y.shape[1], step_metrics)
+        pending = (b, size, step_metrics)
     record(*pending)
     bar.close()
     return params, opt_state, tally
+
+
+def batch_calls(steps: Steps, tasks, rngs, batch_size: int):
+    """Yield (batch size, step) for each training batch of the epoch: `step(params, opt_state,
+    key_epoch, epoch, lr)` trains on it. With the data on the device, only each batch's
+    positions and augmentation draws are sent; else the batch is built on the host
+    (runtime.HostBatches) and put beside the step's outputs (its buffer is reused after them)."""
+    if steps.data:
+        plans = [utils_dataset.batch_plan(t.train, batch_size, rng) for t, rng in zip(tasks, rngs)]
+        for b, batch in enumerate(zip(*plans)):
+            picks, size = picks_of(batch, b)
+
+            def on_device(params, opt_state, key_epoch, epoch, lr, picks=picks):
+                return steps.train_on(params, opt_state, steps.data["train"], picks, key_epoch, epoch, lr)
+            yield size, on_device
+        return
+    host = runtime.HostBatches()
+    iterators = [utils_dataset.iterate_batches(t.train, batch_size, rng, time_major=False)
+                 for t, rng in zip(tasks, rngs)]
+    for b, batches in enumerate(zip(*iterators)):
+        x, y = host.put([bt[0] for bt in batches]), _stack([bt[1] for bt in batches])
+
+        def step(params, opt_state, key_epoch, epoch, lr, batch=Batch(x, y, jnp.int32(b))):
+            out = steps.train(params, opt_state, batch, key_epoch, epoch, lr)
+            host.fence(out[2])
+            return out
+        yield y.shape[1], step
 
 
 def _new_metrics(cfg, params):

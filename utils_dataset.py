@@ -9,7 +9,6 @@ marks the time steps that count for accuracy when every step has a label (MTS-XO
 None otherwise.
 """
 
-import functools
 import gzip
 import hashlib
 import json
@@ -22,7 +21,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -41,8 +40,8 @@ class DataError(RuntimeError):
 class Split(NamedTuple):
     X: np.ndarray
     Y: np.ndarray
-    # optional per-batch augmentation (x_BTI, rng) -> x_BTI, applied to training batches
-    augment: Optional[Callable] = None
+    # optional per-batch augmentation of training batches (FrequencyShift: its draws, its shift)
+    augment: Optional["FrequencyShift"] = None
     # evaluated in a fresh random order at every pass, as the published loaders of the SHD
     # validation set and the SSC validation and test sets were (shuffle=True); batch norm uses
     # the evaluated batch's statistics, so the batches' composition matters
@@ -74,21 +73,55 @@ def fingerprint(*parts) -> str:
     return digest.hexdigest()
 
 
+def batch_plan(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None, augment: bool = True):
+    """Yield (idx, draws) per batch: the samples of the batch (positions in the split; shuffled
+    when `rng` is given, else in order) and the augmentation's draws for it (None without
+    one). The draws come from `rng` in the order the published loader drew them, whichever side
+    builds the batch: the host (`iterate_batches`) or the train step (device-resident data)."""
+    order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        draws = split.augment.draw(rng, len(idx)) if rng is not None and augment and split.augment else None
+        yield idx, draws
+
+
 def iterate_batches(split: Split, batch_size: int, rng: Optional[np.random.Generator] = None,
                     time_major: bool = True, augment: bool = True):
     """Yield (x, y) batches; shuffled (and augmented, if `augment`) when `rng` is given. The last batch may
     be smaller (at most one extra compiled shape). x is time-major float32 [T, B, I]; with
     `time_major` False it is the stored [B, T, I] array as it is (uint8 spike counts), for
     the training loop's `runtime.HostBatches`, which converts and transposes in one copy."""
-    order = rng.permutation(len(split)) if rng is not None else np.arange(len(split))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx, draws in batch_plan(split, batch_size, rng, augment):
         x_BTI = split.X[idx]
-        if rng is not None and augment and split.augment is not None:
-            x_BTI = split.augment(x_BTI, rng)
+        if draws is not None:
+            x_BTI = split.augment.apply(x_BTI, *draws)
         if time_major:
             x_BTI = np.ascontiguousarray(x_BTI.transpose(1, 0, 2), dtype=np.float32)
         yield x_BTI, split.Y[idx]
+
+
+def dense(X, rows=None, chunk: int = 1024) -> np.ndarray:
+    """The samples `rows` (default all) of a split's inputs as one array [N, T, I] (uint8 spike
+    counts, or float32 for sequential MNIST), built a chunk at a time from the stored form
+    (events, images): what a device holds when the data set fits it."""
+    rows = np.arange(len(X)) if rows is None else np.asarray(rows)
+    if isinstance(X, np.ndarray):
+        return X[rows]
+    first = X[rows[:1]]
+    out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = X[rows[start:start + chunk]]
+    return out
+
+
+def data_source(X):
+    """(key, [N, T, I] source rows, positions of X's samples among them): SHD/SSC splits of one
+    file share their file's rows (one key), so seeds of one program hold them once."""
+    if isinstance(X, SpikeCounts):  # one file, however often loaded: its row pointers tell
+        whole = SpikeCounts(X.ptr, X.flat, X.count, X.shape_TC)
+        key = fingerprint(np.asarray(X.ptr), np.asarray(X.flat[:4096]), np.asarray(X.flat[-4096:]))
+        return ("events", key, len(X.flat), X.shape_TC), whole, X.rows
+    return ("array", id(X)), X, np.arange(len(X))
 
 
 def n_batches(split: Split, batch_size: int) -> int:
@@ -190,18 +223,36 @@ class SpikeCounts:
         return x if np.ndim(rows) else x[0]
 
 
-def frequency_shift(x_BTC, rng: np.random.Generator, freq_shift: float):
+class FrequencyShift(NamedTuple):
     """Frequency-shift augmentation of one training batch, as the published code does it:
     one shift size for the whole batch, max(0, int(N(0,1) * 3 + freq_shift)) channels, and
     for every sample a direction, up (to higher channel indices) or down with probability
-    0.5 each; channels shifted in are zero."""
-    n_channels = x_BTC.shape[-1]
-    shift = min(max(0, int(rng.normal() * 3 + freq_shift)), n_channels)
-    up = rng.random(len(x_BTC)) >= 0.5
-    out = np.zeros_like(x_BTC)
-    out[up, :, shift:] = x_BTC[up, :, :n_channels - shift]
-    out[~up, :, :n_channels - shift] = x_BTC[~up, :, shift:]
-    return out
+    0.5 each; channels shifted in are zero. In two halves, so that the draws are the same
+    whichever side shifts the batch: `draw` (on the host, from the epoch's generator) and
+    `apply` (numpy here; `models.shift_channels` inside the train step)."""
+    freq_shift: float
+
+    def draw(self, rng: np.random.Generator, n: int):
+        """(shift size, up [n] bool)."""
+        shift = max(0, int(rng.normal() * 3 + self.freq_shift))
+        return shift, rng.random(n) >= 0.5
+
+    @staticmethod
+    def apply(x_BTC, shift: int, up):
+        n_channels = x_BTC.shape[-1]
+        shift = min(shift, n_channels)
+        out = np.zeros_like(x_BTC)
+        out[up, :, shift:] = x_BTC[up, :, :n_channels - shift]
+        out[~up, :, :n_channels - shift] = x_BTC[~up, :, shift:]
+        return out
+
+    def __call__(self, x_BTC, rng: np.random.Generator):
+        return self.apply(x_BTC, *self.draw(rng, len(x_BTC)))
+
+
+def frequency_shift(x_BTC, rng: np.random.Generator, freq_shift: float):
+    """`FrequencyShift(freq_shift)` of one batch (its draws from `rng`)."""
+    return FrequencyShift(freq_shift)(x_BTC, rng)
 
 
 def channel_stride(n_in: int) -> int:
@@ -612,7 +663,7 @@ def load_audiospikes(cfg: Config, base_url: Optional[str] = None) -> Task:
     files are downloaded from `base_url`, else $HSNN_AUDIO_URL, else zenkelab.org."""
     name, paths = cfg.dataset_name, audio_files(cfg, base_url)  # all present first
     data = {p: cached_counts(path, cfg, AUDIO_CLASSES[name]) for p, path in paths.items()}
-    augment = functools.partial(frequency_shift, freq_shift=cfg.freq_shift) if cfg.freq_shift > 0 else None
+    augment = FrequencyShift(cfg.freq_shift) if cfg.freq_shift > 0 else None
     X, Y = data["train"]
     test = Split(*data["test"], reshuffle=name == "ssc")
     if name == "ssc":

@@ -39,6 +39,7 @@ CHOICES = {
     "matmul_dtype": ("float32", "bfloat16"),
     "matmul_precision": ("default", "highest"),
     "lif_impl": ("fused", "reference"),
+    "data_placement": ("auto", "device", "host"),
 }
 
 
@@ -130,6 +131,10 @@ class Config:
     matmul_dtype: str = _field("float32", "inputs of the input-current matmuls; state stays float32")
     lif_impl: str = _field("fused", "the neuron loops' backward pass: fused (hand-written, fast) or reference "
                                     "(a plain lax.scan differentiated by JAX; where a new neuron equation starts)")
+    data_placement: str = _field("auto", "where the batches come from: device (the data set held in the "
+                                         "device's memory, each batch gathered in the step), host (built "
+                                         "on the host and sent every step), auto (device when the data set "
+                                         "fits); the same numbers either way")
     scan_unroll: int = _field(1, "time steps per iteration of the compiled loops over time (1, the default, is "
                                  "fastest on the CPU; a GPU may gain from 4 or 8; other values agree to float32 "
                                  "rounding, not bitwise)", "steps")

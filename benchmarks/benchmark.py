@@ -6,7 +6,7 @@
 SHD and SSC use synthetic spike counts of the real sizes (6,524 training samples for SHD
 after its 80/20 split, 75,466 for SSC; 700 channels; `--density` of the bins non-zero);
 MTS-XOR uses its generator. Prints and writes as JSON (`--out`): compile time (the first
-training step), steady-state seconds per training epoch and per validation pass (wall time
+training epoch over a steady one), steady-state seconds per training epoch and per validation pass (wall time
 and the process's CPU time: on a shared machine the CPU time is the steadier figure),
 samples per second, peak resident memory, the time of the first layer's dense matmul alone
 (forward and weight gradient, one epoch of batches) with the epoch's ratio to it, and the
@@ -28,7 +28,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep_step_times import step_times  # noqa: E402
 
 SIZES = {"shd": (6524, 1632), "ssc": (75466, 9981)}  # (train, validation) samples
 
@@ -80,10 +79,7 @@ def synthetic_split(n, cfg, density, rng):
     for i in range(n):  # distinct cells per sample, sorted as the binning writes them
         flat[ptr[i]:ptr[i + 1]] = np.sort(rng.choice(cells, per_sample[i], replace=False))
     counts = np.ones(ptr[-1], np.uint8)
-    augment = None
-    if cfg.freq_shift > 0:
-        import functools
-        augment = functools.partial(utils_dataset.frequency_shift, freq_shift=cfg.freq_shift)
+    augment = utils_dataset.FrequencyShift(cfg.freq_shift) if cfg.freq_shift > 0 else None
     return utils_dataset.Split(utils_dataset.SpikeCounts(ptr, flat, counts, (cfg.nb_steps, cfg.n_in)),
                                rng.integers(0, cfg.n_out, n), augment)
 
@@ -107,7 +103,7 @@ def time_epochs(cfg, tasks, n_epochs, steps=None, cpu=None):
     import jax.numpy as jnp
     import training
     optimizer = training.make_optimizer(cfg)
-    steps = steps or training.make_steps(cfg, optimizer, task_mask(tasks[0]))
+    steps = steps or training.make_steps(cfg, optimizer, task_mask(tasks[0]), training.device_data(tasks, cfg))
     cfgs = [cfg.replace(seed=s) for s in range(len(tasks))]
     runs = [training._init_run(c, optimizer, None, None) for c in cfgs]
     params = training._stack([r.params for r in runs])
@@ -123,7 +119,7 @@ def time_epochs(cfg, tasks, n_epochs, steps=None, cpu=None):
         if cpu is not None:
             cpu.append(time.process_time() - c0)
         t0 = time.perf_counter()
-        training.evaluate(steps, params, [t.valid for t in tasks], cfg)
+        training.evaluate(steps, params, [t.valid for t in tasks], cfg, name="valid")
         valids.append(time.perf_counter() - t0)
     return epochs, valids
 
@@ -131,12 +127,6 @@ def time_epochs(cfg, tasks, n_epochs, steps=None, cpu=None):
 def task_mask(task):
     import jax.numpy as jnp
     return None if task.score_mask is None else jnp.asarray(task.score_mask)
-
-
-def time_first_step(cfg, steps):
-    """Compile time: the first call of the train step minus a steady call."""
-    times = step_times(cfg, 2, steps)
-    return times[0] - min(times[1:])
 
 
 def time_first_layer_matmul(cfg, task):
@@ -269,17 +259,18 @@ def main(argv=None):
         # first, in a process that has run nothing else: after the large vmapped program the
         # same single-seed programs were measured up to 2x slower
         sequential = [time_epochs(cfg.replace(seed=s), [t], args.epochs)[0] for s, t in enumerate(tasks)]
-    steps = training.make_steps(cfg, training.make_optimizer(cfg), task_mask(tasks[0]))
-    compile_s = time_first_step(cfg, steps) if args.seeds == 1 else None
+    steps = training.make_steps(cfg, training.make_optimizer(cfg), task_mask(tasks[0]), training.device_data(tasks, cfg))
     cpu = []
     epochs, valids = time_epochs(cfg, tasks, args.epochs, steps, cpu)
     steady = float(np.median(epochs[1:]))
+    # the compilation of the programs training runs (first epoch over a steady one)
+    compile_s = epochs[0] - steady
     n_train = len(tasks[0].train)
     n_steps = -(-n_train // cfg.batch_size)
     result = dict(
         config={k: v for k, v in cfg.to_dict().items()}, seeds=args.seeds, backend=jax.default_backend(),
         device=str(jax.devices()[0]), n_train=n_train,
-        compile_seconds=None if compile_s is None else round(compile_s, 3),
+        compile_seconds=round(compile_s, 3),
         first_epoch_seconds=round(epochs[0], 3), epoch_seconds=round(steady, 4),
         epoch_seconds_all=[round(e, 4) for e in epochs[1:]], epoch_cpu_seconds=round(float(np.median(cpu[1:])), 4),
         validation_seconds=round(float(np.median(valids[1:])), 4),
@@ -291,6 +282,7 @@ def main(argv=None):
     if sequential is not None:
         seq = float(sum(np.median(e[1:]) for e in sequential))
         result.update(sequential_epoch_seconds=round(seq, 4), vmap_speedup=round(seq / steady, 2))
+    result["data_on_device"] = steps.data is not None
     result["roofline"] = roofline(cfg, steady / n_steps, args.seeds)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     result.update(device_peak_mb=device_peak_mb(), started=started, ended=time.time())

@@ -786,3 +786,37 @@ def test_errors_number_the_samples_of_the_file_from_zero(tmp_path):
         utils_dataset.bin_rows([np.array([0.1])], [np.array([700])], cfg, tmp_path / "f.h5")
     with pytest.raises(DataError, match="sample 12 has unit 700"):
         utils_dataset.bin_rows([np.array([0.1])], [np.array([700])], cfg, tmp_path / "f.h5", first=12)
+
+
+# --- the data on the device: the same batches, gathered in the step ------------------------------
+@pytest.mark.parametrize("freq_shift", [0, 10])
+def test_shd_held_on_the_device_trains_bitwise_as_batches_built_on_the_host(shd_dir, freq_shift):
+    """Two seeds in one vmapped program sharing the file's rows on the device (frequency shift
+    drawn on the host, applied in the step): the same losses, accuracies and parameters as
+    the same seeds with their batches built on the host."""
+    import training
+    cfg = cfg_for(shd_dir, n_hid=8, n_layers=3, nb_steps=30, batch_size=16, n_epochs=2, freq_shift=freq_shift)
+    runs = {}
+    for placement in ("host", "device"):
+        c = cfg.replace(data_placement=placement)
+        tasks = [utils_dataset.load_task(c.replace(seed=s)) for s in (0, 1)]
+        runs[placement] = training.train_seeds(c, [0, 1], progress=False, tasks=tasks, group_size=2)
+    for a, b in zip(runs["host"], runs["device"]):
+        assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
+        assert (a["test_acc"], a["best_valid_acc"]) == (b["test_acc"], b["best_valid_acc"])
+    data = training.device_data([utils_dataset.load_task(cfg.replace(seed=s, data_placement="device")) for s in (0, 1)],
+                                cfg.replace(data_placement="device"))
+    assert data["train"].X.ndim == 3 and data["train"].X is data["valid"].X  # one copy of the file's rows
+    assert data["train"].pos.shape == (2, 38) and data["test"].X.shape[0] == 16
+
+
+def test_auto_holds_the_data_on_the_device_only_when_it_fits(shd_dir, monkeypatch):
+    import runtime
+    import training
+    cfg = cfg_for(shd_dir, n_hid=8, nb_steps=30)
+    tasks = [utils_dataset.load_task(cfg)]
+    assert training.device_data(tasks, cfg) is not None  # 64 recordings of 30 x 700 bins fit
+    monkeypatch.setattr(runtime, "available_memory", lambda: 10 ** 6)
+    assert training.device_data(tasks, cfg) is None  # 1 MB free: built on the host
+    assert training.device_data(tasks, cfg.replace(data_placement="device")) is not None
+    assert training.device_data(tasks, cfg.replace(data_placement="host")) is None

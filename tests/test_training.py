@@ -283,8 +283,8 @@ def pinned_validation(monkeypatch, accuracies):
     real = training.evaluate
     calls = []
 
-    def pin(steps, params, splits, cfg, rngs=None):
-        tally = real(steps, params, splits, cfg, rngs)
+    def pin(steps, params, splits, cfg, rngs=None, name=None):
+        tally = real(steps, params, splits, cfg, rngs, name)
         purpose = "valid" if len(calls) < len(accuracies) else "test"
         if purpose == "valid":
             tally.batch_acc = np.full_like(np.asarray(tally.batch_acc), accuracies[len(calls)] * tally.batches)
@@ -344,8 +344,8 @@ def test_the_total_time_counts_the_test_pass(tmp_path, monkeypatch):
     """seconds_total runs to the end of the final test pass (here made to take 1000 s)."""
     real_time, real_evaluate, offset, calls = training.time.monotonic, training.evaluate, [0.0], []
 
-    def evaluate(steps, params, splits, cfg, rngs=None):
-        tally = real_evaluate(steps, params, splits, cfg, rngs)
+    def evaluate(steps, params, splits, cfg, rngs=None, name=None):
+        tally = real_evaluate(steps, params, splits, cfg, rngs, name)
         calls.append(1)
         if len(calls) == cfg.n_epochs + 1:  # the test pass, after each epoch's validation
             offset[0] += 1000.0
@@ -843,3 +843,13 @@ def test_a_group_fills_the_accelerators_memory_and_the_cpu_trains_one_by_one(mon
     assert runtime.seeds_per_group(cfg, per_run_bytes=2 ** 30) == 40  # half of 80 GiB free, 1 GiB a run
     monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 29)
     assert runtime.seeds_per_group(cfg, per_run_bytes=2 ** 30) == 1
+
+
+def test_mts_xor_held_on_the_device_trains_bitwise_as_on_the_host(tmp_path):
+    cfg = micro_config(n_epochs=2, dropout=0.2)
+    host = train_hsnn(cfg.replace(data_placement="host"), tmp_path / "host", progress=False, task=micro_task())
+    device = train_hsnn(cfg.replace(data_placement="device"), tmp_path / "device", progress=False, task=micro_task())
+    assert without_timings(host) | {"config": None} == without_timings(device) | {"config": None}
+    with np.load(tmp_path / "host" / "params.npz") as a, np.load(tmp_path / "device" / "params.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
