@@ -4,9 +4,10 @@
 
 BASE and HEAD (default: the working tree) are git revisions. Each is checked out into a
 temporary worktree once; then `benchmarks/benchmark.py` runs for MTS-XOR (4 layers) and SHD
-(3 hidden layers of 32) from each version in turn, `--rounds` times, so that a load that
-comes and goes on the machine hits both alike. Prints each version's median steady-state
-seconds per training epoch over the rounds, and HEAD's ratio to BASE.
+(3 hidden layers of 32 and of 128; `--cases` picks some) from each version in turn, `--rounds`
+times, so that a load that comes and goes on the machine hits both alike. Prints each
+version's median steady-state seconds per training epoch over the rounds, and HEAD's ratio to
+BASE.
 """
 
 import argparse
@@ -19,7 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"mts_xor_4layers": ["--dataset_name", "mts_xor", "--n_layers", "4", "--epochs", "4"],
-         "shd_3x32": ["--dataset_name", "shd", "--n_layers", "4", "--n_hid", "32", "--epochs", "3"]}
+         "shd_3x32": ["--dataset_name", "shd", "--n_layers", "4", "--n_hid", "32", "--epochs", "3"],
+         "shd_3x128": ["--dataset_name", "shd", "--n_layers", "4", "--n_hid", "128", "--epochs", "2"]}
 
 
 def worktree(rev: str, folder: Path) -> Path:
@@ -38,21 +40,22 @@ def main():
     parser.add_argument("base")
     parser.add_argument("--head", default=None, help="a revision (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hsnn-compare-") as tmp:
         trees = {"base": worktree(args.base, Path(tmp) / "base")}
         trees["head"] = worktree(args.head, Path(tmp) / "head") if args.head else ROOT
         try:
-            times = {(case, v): [] for case in CASES for v in trees}
+            times = {(case, v): [] for case in args.cases for v in trees}
             for r in range(args.rounds):
-                for case, case_args in CASES.items():
+                for case, case_args in ((c, CASES[c]) for c in args.cases):
                     for version, tree in trees.items():
                         t = epoch_seconds(tree, case_args, Path(tmp) / f"{case}_{version}_{r}.json")
                         times[case, version].append(t)
                         print(f"round {r + 1}: {case} {version} {t:.4f} s/epoch", flush=True)
             print(f"\n| configuration | {args.base} s/epoch | {args.head or 'working tree'} s/epoch | ratio |")
             print("|---|---|---|---|")
-            for case in CASES:
+            for case in args.cases:
                 b, h = (statistics.median(times[case, v]) for v in ("base", "head"))
                 print(f"| {case} | {b:.4f} | {h:.4f} | {h / b:.3f} |")
         finally:
