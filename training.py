@@ -85,7 +85,7 @@ def loss_fn(params, x_TBI, y, cfg: Config, key=None, train=False):
     hidden, out_TBO = forward_trace(params, x_TBI.astype(jnp.float32), cfg, key, train)
     yhat = decode(out_TBO, cfg.decoder)
     terms = {"ce": cross_entropy(yhat, y, cfg.n_out), **regularizers(params, hidden, cfg)}
-    return sum(terms.values()), (terms, measure(hidden, params, (x_TBI, y)), yhat)
+    return sum(terms.values()), (terms, measure(hidden, params, (x_TBI, y), train), yhat)
 
 
 def firing_rates(spikes_TBH) -> list:
@@ -103,10 +103,13 @@ class Measure(NamedTuple):
     compute: {what it reads: value} -> {name: value per batch} (under stop_gradient)
     reduce:  how the batches of an epoch combine (REDUCTIONS): "mean" (weighted by batch size),
              "max", "sum", or "fraction" (per unit counts summed over the whole data set,
-             then the fraction of units whose count is 0)"""
+             then the fraction of units whose count is 0)
+    train:   measured on the training batches too (a pass over what it reads in every train
+             step: on small networks a few % of the step), else on validation and test only"""
     reads: tuple
     compute: Callable
     reduce: str = "mean"
+    train: bool = True
 
 
 def per_layer(fn, arrays) -> dict:
@@ -119,9 +122,9 @@ MEASURES = {
     # spikes per neuron and sample, as the firing-rate loss counts them (after dropout, scaled)
     "rate": Measure(("passed",), lambda r: per_layer(lambda S: S.sum(0).mean(), r["passed"])),
     # the fraction of a layer's neurons that never spike over the whole data set
-    "silent": Measure(("spikes",), lambda r: per_layer(lambda S: S.sum((0, 1)), r["spikes"]), "fraction"),
+    "silent": Measure(("spikes",), lambda r: per_layer(lambda S: S.sum((0, 1)), r["spikes"]), "fraction", train=False),
     # the mean membrane potential (over time, samples and neurons)
-    "vmem": Measure(("membranes",), lambda r: per_layer(jnp.mean, r["membranes"])),
+    "vmem": Measure(("membranes",), lambda r: per_layer(jnp.mean, r["membranes"]), train=False),
 }
 
 
@@ -138,12 +141,13 @@ REDUCTIONS = {
 }
 
 
-def measure(hidden: list, params, batch) -> dict:
-    """{measure: {name: value}} of a batch, from what each measure reads."""
+def measure(hidden: list, params, batch, train: bool = False) -> dict:
+    """{measure: {name: value}} of a batch, from what each measure reads (of a training batch,
+    the measures declared `train`)."""
     inputs = dict(spikes=[h.spikes for h in hidden], passed=[h.passed for h in hidden],
                   membranes=[h.membranes for h in hidden], params=params, batch=batch)
     return {key: jax.lax.stop_gradient(m.compute({what: inputs[what] for what in m.reads}))
-            for key, m in MEASURES.items()}
+            for key, m in MEASURES.items() if m.train or not train}
 
 
 def correct_counts(yhat, y, score_mask_T=None):

@@ -192,12 +192,14 @@ def test_the_training_loop_writes_what_it_measured(micro_run):
     assert json.loads((folder / "metrics.json").read_text()) == metrics
     assert len(metrics["epochs"]) == 3 and [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
     every_measure = {f"{key}_L{i}" for key in training.MEASURES for i in (1, 2)}  # whatever MEASURES holds
+    train_measures = {f"{key}_L{i}" for key, m in training.MEASURES.items() if m.train for i in (1, 2)}
+    assert train_measures == {"rate_L1", "rate_L2"}  # silent and vmem: validation and test only
     for e in metrics["epochs"]:
         assert {"loss", "train_acc", "valid_acc", "valid_loss", "lr", "seconds", "terms", "measures",
                 "valid_terms", "valid_measures"} <= set(e)
         assert e["lr"] == 0.01 and 0 <= e["train_acc"] <= 1 and 0 <= e["valid_acc"] <= 1
         assert {"ce", "alpha_high", "alpha_sd"} <= set(e["terms"]) and set(e["terms"]) == set(e["valid_terms"])
-        assert set(e["measures"]) == set(e["valid_measures"]) == every_measure
+        assert set(e["measures"]) == train_measures and set(e["valid_measures"]) == every_measure
         for split, loss in (("terms", "loss"), ("valid_terms", "valid_loss")):  # the loss is the sum of its terms
             assert e[loss] == pytest.approx(sum(e[split].values()), rel=1e-5)
         assert all(e["measures"][f"rate_L{i}"] > 0 for i in (1, 2))
@@ -258,6 +260,8 @@ def test_the_shipped_measures_by_value():
     np.testing.assert_array_equal(m["silent"]["L1"], [2.0, 1.0, 0.0])
     assert float(m["vmem"]["L1"]) == pytest.approx(5.5)
     assert training.MEASURES["silent"].reduce == "fraction" and training.MEASURES["rate"].reduce == "mean"
+    on_training = training.measure([LayerTrace(S, 2 * S, V)], None, None, train=True)
+    assert set(on_training) == {"rate"} and float(on_training["rate"]["L1"]) == float(m["rate"]["L1"])
 
 
 def test_test_accuracy_is_the_mean_of_per_batch_accuracies(micro_run):
