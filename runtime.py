@@ -16,7 +16,8 @@ from utils_initialization import Config
 
 def configure_jax(compilation_cache: bool = True, cache_dir=None):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
-    JAX's first computation.
+    JAX's first computation (a RuntimeError otherwise: XLA reads its flags when its backend
+    starts, and a sweep that trained with other flags than main.py would round differently).
 
     - XLA's XNNPACK ("ynn") fusions slow down the narrow matmuls of small SNN layers on x86
       CPUs (docs/performance.md): they are switched off unless XLA_FLAGS already mentions them
@@ -28,6 +29,9 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
       every step (`keep_heap`; off with HSNN_MALLOC_DEFAULTS=1).
     """
     import jaxlib
+    if _backend_started():  # XLA reads its flags once: later settings would silently not apply
+        raise RuntimeError("configure_jax: JAX's backend has already started; call configure_jax before "
+                           "any JAX computation (check_backend included)")
     keep_heap()
     flags = os.environ.get("XLA_FLAGS", "")
     new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
@@ -36,6 +40,13 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
     if compilation_cache:
         use_compilation_cache(cache_dir or os.environ.get("HSNN_CACHE_DIR",
                                                           os.path.join(Path.home(), ".cache", "hsnn", "jax")))
+
+
+def _backend_started() -> bool:
+    """Whether JAX's backend has started (XLA_FLAGS are read then, once)."""
+    from jax._src import xla_bridge
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started and started())
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
+
 import figures
 import panels
 import report
@@ -46,22 +48,25 @@ from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUI
                                load_definitions, load_paper_numbers, make_run_config, parse_seeds, published_names,
                                read_lines, read_manifest, reduced, seeds_text, with_seeds)
 from runtime import BackendError, OutOfMemory, check_backend, gpu_ids
-from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, read_files, train_task
+from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, configure_runtime, read_files, train_task
 from training import TrainingDiverged, final_scalars, program_key
 from utils_dataset import DataError, fetch_data
 from utils_initialization import ConfigError
 from utils_io import FileError, atomic_folder, atomic_write, locked, read_json, write_json
 
-def groups_of(runs: list, seeds_per_task: int = 0) -> list:
-    """Runs that share one compiled program (`training.program_key`: they differ only in
-    their seed, initial time constants, tanh settings or noise), in sweep order; split into
-    chunks of at most `seeds_per_task` runs when that is > 0. A group is one task of a
-    worker; on an accelerator its runs train as vmapped programs, on the CPU one by one."""
+def groups_of(runs: list, seeds_per_task: int = 0, by_program: bool = True) -> list:
+    """The sweep's tasks, in sweep order. `by_program`: runs that share one compiled program
+    (`training.program_key`: they differ only in their seed, initial time constants, tanh
+    settings or noise) form one task, which an accelerator trains as vmapped programs; else
+    each grid point's seeds form one (the CPU, where each run trains alone anyway: more,
+    smaller tasks keep every `--jobs` lane busy and record finished runs sooner). Split into
+    chunks of at most `seeds_per_task` runs when that is > 0."""
     if not runs:
         return []
     by_group = {}
     for run in runs:
-        by_group.setdefault(program_key(make_run_config(run.overrides, run.seed)), []).append(run)
+        key = program_key(make_run_config(run.overrides, run.seed)) if by_program else run.group
+        by_group.setdefault(key, []).append(run)
     size = seeds_per_task or max(len(g) for g in by_group.values())
     return [g[i:i + size] for g in by_group.values() for i in range(0, len(g), size)]
 
@@ -219,7 +224,8 @@ def plan(sweep: Sweep, lines: dict):
 
 def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
     tasks = []
-    for group in groups_of(pending, args.seeds_per_task):
+    by_program = ship or jax.default_backend() != "cpu"  # Ray's workers may have what the driver lacks
+    for group in groups_of(pending, args.seeds_per_task, by_program):
         cfgs = [make_run_config(r.overrides, r.seed).to_dict() for r in group]
         files = {r.key: read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None
         tasks.append((group, dict(cfgs=cfgs,
@@ -430,8 +436,8 @@ def build_parser():
     p.add_argument("--results_dir", default="results", help="parent folder of sweep folders")
     p.add_argument("--jobs", type=int, default=1, help="seed groups trained at once on this machine")
     p.add_argument("--seeds_per_task", type=int, default=0,
-                   help="split the groups of runs that share a compiled program into tasks of at most this many "
-                        "runs (0: whole groups)")
+                   help="split tasks (on the CPU a grid point's seeds; on a GPU or Ray the runs that share a "
+                        "compiled program) into tasks of at most this many runs (0: whole tasks)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: 'auto' or its address")
     p.add_argument("--cpus_per_run", type=float, default=1, help="Ray: CPUs per task")
     p.add_argument("--gpus_per_run", type=float, default=0, help="Ray: GPUs per task (fractions share a GPU)")
@@ -509,6 +515,7 @@ def main(argv=None):
         if not args.plot:
             if args.jobs > 1 or args.ray:  # the driver trains nothing: it must not take a GPU's memory
                 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            configure_runtime(args.jax_cache)  # XLA's flags as main.py's, before its backend starts
             check_backend()  # before the sweep's folder is written
             try:
                 fetch_sweep_data(sweep)

@@ -17,6 +17,7 @@ from utils_dataset import DataError
 from utils_initialization import Config
 from utils_io import FileError, locked
 
+_CONFIGURED = False  # configure_runtime has run in this process
 NODE_CACHE = "node-local"  # a Ray worker's compilation cache: in its own temporary folder
 # errors that stop a whole sweep: no run of it can train (a missing data set, too little memory)
 SWEEP_STOPPERS = (DataError, OutOfMemory)
@@ -33,7 +34,7 @@ def train_task(task: dict) -> list:
     unfinished run folders to continue), jax_cache, progress. Returns, per run,
     (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
     None, so that the driver writes them: workers need no shared results folder."""
-    _use_compilation_cache(task.get("jax_cache"))
+    configure_runtime(task.get("jax_cache"))
     with contextlib.ExitStack() as stack:
         runs_dir = task["runs_dir"]
         if runs_dir is None:
@@ -67,10 +68,15 @@ def train_task(task: dict) -> list:
                 for d, c in zip(dirs, cfgs)]
 
 
-def _use_compilation_cache(path):
-    """The runtime settings of main.py, with JAX's persistent compilation cache in `path`:
-    the runs of a sweep compile the same programs (only the seed differs), so all but the
-    first load them from disk."""
+def configure_runtime(path):
+    """The runtime settings of main.py (runtime.configure_jax, once per process, before JAX's
+    backend starts), with JAX's persistent compilation cache in `path`: the runs of a sweep
+    compile the same programs (only the seed differs), so all but the first load them from
+    disk."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    _CONFIGURED = True
     if path == NODE_CACHE:
         path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
     configure_jax(compilation_cache=bool(path), cache_dir=path)

@@ -9,6 +9,7 @@ import csv
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -100,6 +101,10 @@ def test_sweeps_expand_to_the_published_run_counts(definitions, name):
         assert {r.seed for r in group} == set(seeds) and len(group) % len(seeds) == 0
         cfgs = [sweep_definitions.make_run_config(r.overrides, r.seed) for r in group]
         assert len({training.program_key(c) for c in cfgs}) == 1
+    points = sweep.groups_of(runs, by_program=False)  # the CPU's tasks: one grid point's seeds each
+    assert [[r.key for r in g] for g in points] == [[r.key for r in runs if r.group == g[0].group] for g in points]
+    assert len(points) == len({r.group for r in runs}) and sum(map(len, points)) == len(runs)
+    assert all(len(g) <= 3 for g in sweep.groups_of(runs, 3, by_program=False))
 
 
 def test_grid_points_and_baseline(definitions):
@@ -169,8 +174,10 @@ def test_shards_cover_every_run_once_with_whole_seed_groups(definitions):
 def test_list_and_unknown_names(root):
     listing = subprocess.run([sys.executable, "sweep.py", "--list"], cwd=root, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
-    for name, count in PUBLISHED_RUNS.items():
-        assert any(line.startswith(name + " ") and f" {count} runs" in line for line in listing.stdout.splitlines()), name
+    assert listing.stdout.splitlines()[0].split()[:2] == ["sweep", "runs"]
+    for name, count in PUBLISHED_RUNS.items():  # name, runs (quick runs), estimated hours, what
+        assert any(re.match(rf"{name} +{count} \( *\d+\) +(~\d+\.\d h|not measured)  \S", line)
+                   for line in listing.stdout.splitlines()), name
     unknown = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2x"], cwd=root,
                              capture_output=True, text=True)
     assert unknown.returncode == 2 and "hSNN_Figure_2b" in unknown.stderr and "Traceback" not in unknown.stderr
@@ -459,11 +466,12 @@ def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
     for name in ("figure.png", "figure.pdf"):
         assert (folder / name).stat().st_size > 10_000
     rows = list(csv.DictReader(open(folder / "summary.csv")))
-    assert len(rows) == 6 and {r["series"] for r in rows} == {"n_layers=3", "n_layers=4"}
+    assert len(rows) == 6 and {r["series"] for r in rows} == {"2 hidden layers", "3 hidden layers"}
     paper = json.loads(sweep_definitions.PAPER_FILE.read_text())["hSNN_Figure_2b"]
     for row in rows:
         assert row["stat"] == "median" and row["n_seeds"] == "2"
-        expected = paper["series"][row["series"]][paper["x_values"].index(float(row["x"]))]
+        published = f"n_layers={int(row['series'].split()[0]) + 1}"  # the flag counts the output layer
+        expected = paper["series"][published][paper["x_values"].index(float(row["x"]))]
         assert float(row["paper"]) == expected
         assert float(row["difference"]) == pytest.approx(float(row["ours"]) - expected, abs=0.01)
     manifest = json.loads((folder / "sweep.json").read_text())
@@ -580,13 +588,13 @@ KILL_SEED = """
 def patch(module):
     \"\"\"A sweep worker training seed {seed} dies as the out-of-memory killer would end it.\"\"\"
     import multiprocessing
-    real = module.train_seeds
+    real = module.train_runs
 
-    def train_seeds(cfg, seeds, *args, **kwargs):
-        if multiprocessing.parent_process() and {seed} in list(seeds):
+    def train_runs(cfgs, *args, **kwargs):
+        if multiprocessing.parent_process() and {seed} in [c.seed for c in cfgs]:
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(cfg, seeds, *args, **kwargs)
-    module.train_seeds = train_seeds
+        return real(cfgs, *args, **kwargs)
+    module.train_runs = train_runs
 """
 
 

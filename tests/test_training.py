@@ -799,6 +799,26 @@ def test_the_heap_is_kept_on_glibc_unless_asked_not_to(monkeypatch):
     assert not runtime.keep_heap() and calls == []
 
 
+def test_configure_jax_refuses_a_started_backend(root):
+    """XLA reads its flags when its backend starts: configure_jax afterwards would silently not
+    apply them (a sweep once trained with other XLA flags than main.py, rounding differently),
+    so it raises; before the backend starts it sets the flags."""
+    import subprocess
+    import sys
+    code = ("import os, runtime, jax\n"
+            "runtime.configure_jax(compilation_cache=False)\n"
+            "print('ynn' in os.environ.get('XLA_FLAGS', ''))\n"
+            "jax.devices()\n"
+            "try:\n"
+            "    runtime.configure_jax(compilation_cache=False)\n"
+            "except RuntimeError as err:\n"
+            "    print('refused', 'already started' in str(err))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HSNN_XLA_DEFAULTS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "refused", "True"]
+
+
 @pytest.mark.slow
 def test_the_kept_heap_changes_no_result(root, tmp_path):
     """The same run with glibc's allocator kept and with its defaults: bitwise the same
