@@ -123,7 +123,7 @@ def main(argv=None):
             return print(json.dumps(cfg.to_dict()))
         run_dir = Path(args.results_dir) / (args.save_dir_name or default_run_name(cfg))
         print(summary_line(cfg, run_dir), flush=True)
-        configure_jax(args.compilation_cache)
+        configure_jax(args.compilation_cache, cfgs=[cfg])
         check_backend()  # before the run folder is made
         metrics = train_hsnn(cfg, run_dir, resume=args.resume, progress=args.progress,
                              restart=args.restart, force=args.force)

@@ -14,7 +14,7 @@ import numpy as np
 from utils_initialization import Config
 
 
-def configure_jax(compilation_cache: bool = True, cache_dir=None):
+def configure_jax(compilation_cache: bool = True, cache_dir=None, cfgs=()):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
     JAX's first computation (a RuntimeError otherwise: XLA reads its flags when its backend
     starts, and a sweep that trained with other flags than main.py would round differently).
@@ -26,13 +26,15 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None):
       ~/.cache/hsnn/jax) lets a second run of the same configuration skip compilation.
       Cached programs are the programs XLA would compile again: results do not change.
     - glibc's allocator keeps XLA's temporaries instead of mapping and unmapping them at
-      every step (`keep_heap`; off with HSNN_MALLOC_DEFAULTS=1).
+      every step (`keep_heap`; off with HSNN_MALLOC_DEFAULTS=1), when the train step of one
+      of the configurations `cfgs` that this process will train is large (`large_step`).
     """
     import jaxlib
     if _backend_started():  # XLA reads its flags once: later settings would silently not apply
         raise RuntimeError("configure_jax: JAX's backend has already started; call configure_jax before "
                            "any JAX computation (check_backend included)")
-    keep_heap()
+    if any(large_step(c) for c in cfgs):
+        keep_heap()
     flags = os.environ.get("XLA_FLAGS", "")
     new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
     if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
@@ -47,6 +49,27 @@ def _backend_started() -> bool:
     from jax._src import xla_bridge
     started = getattr(xla_bridge, "backends_are_initialized", None)
     return bool(started and started())
+
+
+# glibc maps every block above this size (the largest its adaptive mmap threshold becomes)
+MMAP_THRESHOLD_MAX = 32 * 2 ** 20
+
+
+def step_bytes(cfg: Config) -> int:
+    """A stand-in for the size of a train step's temporaries [bytes]: one batch of inputs and
+    hidden activations in float32, 4 x nb_steps x batch_size x (n_in + every hidden neuron).
+    It separates what XLA reports (memory_analysis, 2 cores, jax 0.10): MTS-XOR 3 hidden
+    layers of 10: 14 MiB here, 26 MiB XLA; SHD 3 x 32: 78 and 36 MiB; SHD 3 x 128: 106 and
+    127 MiB."""
+    return 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + cfg.n_hid * cfg.n_hidden_layers)
+
+
+def large_step(cfg: Config) -> bool:
+    """Whether keep_heap pays for `cfg`: its step's temporaries (`step_bytes`) lie above glibc's
+    mmap threshold, so that without it every step maps and faults them in afresh (SHD, SSC,
+    MNIST's latency code). Below it (MTS-XOR, sequential MNIST) the one-arena setting costs
+    instead: an MTS-XOR step 5-30 % more CPU time (docs/performance.md)."""
+    return step_bytes(cfg) > MMAP_THRESHOLD_MAX
 
 
 # glibc's mallopt parameters (malloc.h)

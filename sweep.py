@@ -515,7 +515,8 @@ def main(argv=None):
         if not args.plot:
             if args.jobs > 1 or args.ray:  # the driver trains nothing: it must not take a GPU's memory
                 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-            configure_runtime(args.jax_cache)  # XLA's flags as main.py's, before its backend starts
+            configure_runtime(args.jax_cache,  # XLA's flags as main.py's, before its backend starts
+                              [] if args.jobs > 1 or args.ray else [make_run_config(r.overrides, r.seed) for r in sweep.runs])
             check_backend()  # before the sweep's folder is written
             try:
                 fetch_sweep_data(sweep)

@@ -34,7 +34,7 @@ def train_task(task: dict) -> list:
     unfinished run folders to continue), jax_cache, progress. Returns, per run,
     (name, metrics, files) where files holds the run folder's contents when `runs_dir` was
     None, so that the driver writes them: workers need no shared results folder."""
-    configure_runtime(task.get("jax_cache"))
+    configure_runtime(task.get("jax_cache"), [Config(**values) for values in task["cfgs"]])
     with contextlib.ExitStack() as stack:
         runs_dir = task["runs_dir"]
         if runs_dir is None:
@@ -68,18 +68,18 @@ def train_task(task: dict) -> list:
                 for d, c in zip(dirs, cfgs)]
 
 
-def configure_runtime(path):
-    """The runtime settings of main.py (runtime.configure_jax, once per process, before JAX's
-    backend starts), with JAX's persistent compilation cache in `path`: the runs of a sweep
-    compile the same programs (only the seed differs), so all but the first load them from
-    disk."""
+def configure_runtime(path, cfgs=()):
+    """The runtime settings of main.py for the runs `cfgs` (runtime.configure_jax, once per
+    process, before JAX's backend starts: a worker's first task decides), with JAX's
+    persistent compilation cache in `path`: the runs of a sweep compile the same programs
+    (only the seed differs), so all but the first load them from disk."""
     global _CONFIGURED
     if _CONFIGURED:
         return
     _CONFIGURED = True
     if path == NODE_CACHE:
         path = Path(tempfile.gettempdir()) / "hsnn-jax-cache"
-    configure_jax(compilation_cache=bool(path), cache_dir=path)
+    configure_jax(compilation_cache=bool(path), cache_dir=path, cfgs=cfgs)
 
 
 def read_files(folder: Path) -> dict:

@@ -250,9 +250,9 @@ def main(argv=None):
     started = time.time()
     import runtime
     import training
-    runtime.configure_jax(compilation_cache=False)  # measure compilation, not the cache
-    import jax
     cfg = build_config(args)
+    runtime.configure_jax(compilation_cache=False, cfgs=[cfg])  # measure compilation, not the cache
+    import jax
     tasks = [build_task(cfg.replace(seed=s), args) for s in range(args.seeds)]
     sequential = None
     if args.compare_sequential and args.seeds > 1:

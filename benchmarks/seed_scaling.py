@@ -90,9 +90,9 @@ def per_neuron_seconds(cfg, seeds, repeats):
 def main(argv=None):
     args = parse_args(argv)
     import runtime
-    runtime.configure_jax(compilation_cache=False)
-    import jax
     cfg = build_config(args)
+    runtime.configure_jax(compilation_cache=False, cfgs=[cfg])
+    import jax
     S, H, n_hidden = args.seeds, cfg.n_hid, cfg.n_hidden_layers
     groups = sorted({g for g in (1, 2, 3, 5) if g < S} | {S})
     # the step first: after the wide programs below, the same step ran up to 2x slower in

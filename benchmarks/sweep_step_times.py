@@ -76,10 +76,14 @@ def main():
     parser.add_argument("--out", help="also write the table as JSON to this file")
     args = parser.parse_args()
     table = {}
-    configure_jax(compilation_cache=False)
     definitions = sweep_definitions.load_definitions()
+    names = args.sweeps or list(definitions)
+    # the allocator as a sweep of these gets it (runtime.large_step); time MTS-XOR's sweeps and
+    # SHD's in separate calls (--sweeps) for each its own
+    configure_jax(compilation_cache=False, cfgs=[sweep_definitions.make_run_config(r.overrides, 0)
+                                                 for name in names for r in sweep_definitions.expand(definitions[name])])
     print("sweep | shape timed | s/step | s/epoch | runs x epochs | hours (1 process)")
-    for name in args.sweeps or definitions:
+    for name in names:
         runs = sweep_definitions.expand(definitions[name])
         widest = max(runs, key=lambda r: network_size(sweep_definitions.make_run_config(r.overrides, 0)))
         cfg = sweep_definitions.make_run_config(widest.overrides, 0)

@@ -773,6 +773,26 @@ def test_progress_is_a_line_per_epoch_in_a_log_and_bars_only_on_a_terminal(tmp_p
 
 
 # --- the machine: glibc's allocator ----------------------------------------------------------------
+def test_the_heap_is_kept_only_for_steps_above_glibcs_mmap_threshold(monkeypatch):
+    """step_bytes by hand: 4 bytes x T x batch x (inputs + hidden neurons); keep_heap only
+    when some configuration's step exceeds 32 MiB (SHD's, not MTS-XOR's)."""
+    shd, mts = make_config("shd", n_layers=4, n_hid=32), make_config("mts_xor")
+    assert runtime.step_bytes(shd) == 4 * 100 * 256 * (700 + 3 * 32)
+    assert runtime.step_bytes(mts) == 4 * 100 * 512 * (40 + 3 * 10)
+    assert runtime.MMAP_THRESHOLD_MAX == 32 * 2 ** 20
+    edge = mts.replace(n_hid=(2 ** 25 // (4 * 100 * 512) - 40) // 3)  # just at the threshold, then above
+    assert runtime.step_bytes(edge) <= 2 ** 25 < runtime.step_bytes(edge.replace(n_hid=edge.n_hid + 1))
+    assert not runtime.large_step(edge) and runtime.large_step(edge.replace(n_hid=edge.n_hid + 1))
+    kept = []
+    monkeypatch.setattr(runtime, "keep_heap", lambda: kept.append(True))
+    monkeypatch.setattr(runtime, "_backend_started", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    for cfgs, expected in (([], []), ([mts], []), ([mts, shd], [True])):
+        kept.clear()
+        runtime.configure_jax(compilation_cache=False, cfgs=cfgs)
+        assert kept == expected
+
+
 def test_the_heap_is_kept_on_glibc_unless_asked_not_to(monkeypatch):
     import ctypes
     import platform
@@ -822,14 +842,15 @@ def test_configure_jax_refuses_a_started_backend(root):
 @pytest.mark.slow
 def test_the_kept_heap_changes_no_result(root, tmp_path):
     """The same run with glibc's allocator kept and with its defaults: bitwise the same
-    parameters and metrics."""
+    parameters and metrics (96 neurons per layer: a step large enough to keep the heap)."""
+    assert runtime.large_step(make_config("mts_xor", n_hid=96))
     import subprocess
     import sys
     params = {}
     for defaults in ("0", "1"):
         folder = tmp_path / f"defaults{defaults}"
         result = subprocess.run([sys.executable, str(root / "main.py"), "--dataset_name", "mts_xor",
-                                 "--n_epochs", "2", "--n_hid", "8", "--results_dir", str(tmp_path), "--save_dir_name",
+                                 "--n_epochs", "2", "--n_hid", "96", "--results_dir", str(tmp_path), "--save_dir_name",
                                  folder.name, "--progress", "false", "--compilation_cache", "false"],
                                 cwd=root, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "HSNN_MALLOC_DEFAULTS": defaults})
