@@ -176,7 +176,7 @@ def test_list_and_unknown_names(root):
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.splitlines()[0].split()[:2] == ["sweep", "runs"]
     for name, count in PUBLISHED_RUNS.items():  # name, runs (quick runs), estimated hours, what
-        assert any(re.match(rf"{name} +{count} \( *\d+\) +(~\d+\.\d h|not measured)  \S", line)
+        assert any(re.match(rf"{name} +{count} \( *\d+\) +(~\d+\.\d h|~\d+ min|not measured)  \S", line)
                    for line in listing.stdout.splitlines()), name
     unknown = subprocess.run([sys.executable, "sweep.py", "--sweep_name", "hSNN_Figure_2x"], cwd=root,
                              capture_output=True, text=True)
