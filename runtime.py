@@ -16,8 +16,9 @@ from utils_initialization import Config
 
 def configure_jax(compilation_cache: bool = True, cache_dir=None, cfgs=()):
     """Runtime settings for the entry points (main.py, sweep.py, benchmarks); call before
-    JAX's first computation (a RuntimeError otherwise: XLA reads its flags when its backend
-    starts, and a sweep that trained with other flags than main.py would round differently).
+    JAX's first computation. XLA reads its flags when its backend starts: called later, when
+    XLA_FLAGS lacks a flag it would set, it raises a RuntimeError (a sweep that trained with
+    other flags than main.py would round differently).
 
     - XLA's XNNPACK ("ynn") fusions slow down the narrow matmuls of small SNN layers on x86
       CPUs (docs/performance.md): they are switched off unless XLA_FLAGS already mentions them
@@ -29,19 +30,28 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None, cfgs=()):
       every step (`keep_heap`; off with HSNN_MALLOC_DEFAULTS=1), when the train step of one
       of the configurations `cfgs` that this process will train is large (`large_step`).
     """
-    import jaxlib
-    if _backend_started():  # XLA reads its flags once: later settings would silently not apply
-        raise RuntimeError("configure_jax: JAX's backend has already started; call configure_jax before "
-                           "any JAX computation (check_backend included)")
+    flags = our_xla_flags()
+    if flags:
+        if _backend_started():  # XLA reads its flags once: these would silently not apply
+            raise RuntimeError("configure_jax: JAX's backend has already started without "
+                               f"{' '.join(flags)}; call configure_jax before any JAX computation "
+                               "(check_backend included)")
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
     if any(large_step(c) for c in cfgs):
         keep_heap()
-    flags = os.environ.get("XLA_FLAGS", "")
-    new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
-    if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
     if compilation_cache:
         use_compilation_cache(cache_dir or os.environ.get("HSNN_CACHE_DIR",
                                                           os.path.join(Path.home(), ".cache", "hsnn", "jax")))
+
+
+def our_xla_flags() -> list:
+    """The XLA flags configure_jax adds to XLA_FLAGS (none that it already mentions)."""
+    import jaxlib
+    flags = os.environ.get("XLA_FLAGS", "")
+    new_enough = tuple(int(v) for v in jaxlib.__version__.split(".")[:2]) >= (0, 10)
+    if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
+        return ["--xla_cpu_experimental_ynn_fusion_type="]
+    return []
 
 
 def _backend_started() -> bool:

@@ -11,6 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the XLA flags of main.py and sweep.py (runtime.configure_jax), before JAX starts here: the
+# tests' numbers are the entry points' numbers, and in-process calls of the entry points find
+# them set
+import runtime  # noqa: E402
+
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *runtime.our_xla_flags()]).strip()
 # SHD/SSC downloads of this process and of every main.py / sweep.py it starts go to a closed
 # local port: no test can reach the network (tests of the download pass their own local URL)
 os.environ["HSNN_AUDIO_URL"] = "http://127.0.0.1:9/"

@@ -191,10 +191,14 @@ def test_the_full_figure_2b_command_plans_180_runs(tmp_path, definitions):
     opened = sweep.open_sweep(args, definitions)
     assert len(opened.runs) == 180 and opened.folder == tmp_path / "hSNN_Figure_2b"
     tasks = sweep.make_tasks(opened, opened.runs, args, ship=False)
-    # delta_tau changes only the initial time constants: one program per depth, 90 runs each
-    assert len(tasks) == 2 and [len(task["cfgs"]) for _, task in tasks] == [90, 90]
-    assert [{c["n_layers"] for c in task["cfgs"]} for _, task in tasks] == [{3}, {4}]
-    assert sorted(c["seed"] for c in tasks[0][1]["cfgs"]) == sorted(list(range(10)) * 9)
+    # on the CPU one task per grid point (each run trains alone there): 18 of 10 seeds
+    assert len(tasks) == 18 and [len(task["cfgs"]) for _, task in tasks] == [10] * 18
+    # delta_tau changes only the initial time constants: on an accelerator (and Ray) one
+    # program per depth, 90 runs each
+    shipped = sweep.make_tasks(opened, opened.runs, args, ship=True)
+    assert [len(task["cfgs"]) for _, task in shipped] == [90, 90]
+    assert [{c["n_layers"] for c in task["cfgs"]} for _, task in shipped] == [{3}, {4}]
+    assert sorted(c["seed"] for c in shipped[0][1]["cfgs"]) == sorted(list(range(10)) * 9)
 
 
 def test_extra_seeds_run_apart_from_the_published_grid(tmp_path, definitions):
