@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,6 +117,10 @@ def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env)
     wait_for(marker, proc)
+    deadline = time.time() + 120  # the checkpoint writer's thread finishes epoch 1's files meanwhile
+    while time.time() < deadline and (not metrics_file.exists()
+                                      or len(json.loads(metrics_file.read_text())["epochs"]) < 2):
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(metrics_file.read_text())
