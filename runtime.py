@@ -31,12 +31,11 @@ def configure_jax(compilation_cache: bool = True, cache_dir=None, cfgs=()):
       of the configurations `cfgs` that this process will train is large (`large_step`).
     """
     flags = our_xla_flags()
-    if flags:
-        if _backend_started():  # XLA reads its flags once: these would silently not apply
-            raise RuntimeError("configure_jax: JAX's backend has already started without "
-                               f"{' '.join(flags)}; call configure_jax before any JAX computation "
-                               "(check_backend included)")
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+    if flags and _backend_started():  # XLA reads its flags once: these would silently not apply
+        raise RuntimeError("configure_jax: JAX's backend has already started without "
+                           f"{' '.join(flags)}; call configure_jax before any JAX computation "
+                           "(check_backend included)")
+    add_our_xla_flags()
     if any(large_step(c) for c in cfgs):
         keep_heap()
     if compilation_cache:
@@ -52,6 +51,18 @@ def our_xla_flags() -> list:
     if new_enough and os.environ.get("HSNN_XLA_DEFAULTS") != "1" and "ynn_fusion_type" not in flags:
         return ["--xla_cpu_experimental_ynn_fusion_type="]
     return []
+
+
+def add_our_xla_flags():
+    """Add our_xla_flags() to the environment's XLA_FLAGS (read when JAX's backend starts)."""
+    flags = our_xla_flags()
+    if flags:
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+
+
+def on_accelerator() -> bool:
+    """Whether JAX computes on an accelerator (GPU, TPU, Metal) rather than the CPU."""
+    return jax.default_backend() != "cpu"
 
 
 def _backend_started() -> bool:
@@ -169,7 +180,7 @@ def seeds_per_group(cfg: Config, per_run_bytes: Optional[int] = None) -> int:
     --compare_sequential); on an accelerator as many as GROUP_MEMORY_SHARE of its free memory
     holds, at `per_run_bytes` each (default: a rough estimate of one run's batch and
     activations)."""
-    if jax.default_backend() == "cpu":
+    if not on_accelerator():
         return 1
     if per_run_bytes is None:
         per_run_bytes = 4 * cfg.nb_steps * cfg.batch_size * (cfg.n_in + 6 * cfg.n_hid * cfg.n_hidden_layers)

@@ -34,8 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
-
 import figures
 import panels
 import report
@@ -47,7 +45,7 @@ from sweep_definitions import (EXPERIMENTS_DIR, LINES, MANIFEST, PAPER_FILE, QUI
                                Run, SweepError, append_line, changed_fields, conversion_notes, expand,
                                load_definitions, load_paper_numbers, make_run_config, parse_seeds, published_names,
                                read_lines, read_manifest, reduced, seeds_text, with_seeds)
-from runtime import BackendError, OutOfMemory, check_backend, gpu_ids
+from runtime import BackendError, OutOfMemory, check_backend, gpu_ids, on_accelerator
 from sweep_task import NODE_CACHE, RUN_FAILURES, SWEEP_STOPPERS, configure_runtime, read_files, train_task
 from training import TrainingDiverged, final_scalars, program_key
 from utils_dataset import DataError, fetch_data
@@ -224,7 +222,7 @@ def plan(sweep: Sweep, lines: dict):
 
 def make_tasks(sweep: Sweep, pending: list, args, ship: bool) -> list:
     tasks = []
-    by_program = ship or jax.default_backend() != "cpu"  # Ray's workers may have what the driver lacks
+    by_program = ship or on_accelerator()  # Ray's workers may have what the driver lacks
     for group in groups_of(pending, args.seeds_per_task, by_program):
         cfgs = [make_run_config(r.overrides, r.seed).to_dict() for r in group]
         files = {r.key: read_files(sweep.folder / "runs" / r.key) for r in group} if ship else None

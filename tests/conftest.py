@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # them set
 import runtime  # noqa: E402
 
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *runtime.our_xla_flags()]).strip()
+runtime.add_our_xla_flags()
 # SHD/SSC downloads of this process and of every main.py / sweep.py it starts go to a closed
 # local port: no test can reach the network (tests of the download pass their own local URL)
 os.environ["HSNN_AUDIO_URL"] = "http://127.0.0.1:9/"
