@@ -467,3 +467,219 @@ def test_a_sweep_knows_whether_any_of_its_runs_finished(tmp_path):
     assert not sweep.has_finished_runs(opened)
     sweep_definitions.append_line(tmp_path / "runs.jsonl", line({}, 1, 50.0) | {"key": "seed=1"})
     assert sweep.has_finished_runs(opened)
+
+
+# --- what a sample of mutants of the report's modules let through (docs/testing.md) ------------
+def test_an_added_experiment_draws_the_figure_its_definition_asks_for():
+    definition = {"what": "", "fixed": {}, "grid": {"neuron": ["lif", "alif"], "seed": [0]},
+                  "figure": {"kind": "table", "title": "LIF and ALIF"}}
+    spec = panels.layout("my_experiment", definition)
+    assert (spec["kind"], spec["title"], spec["x"]) == ("table", "LIF and ALIF", "neuron")
+    assert panels.layout("my_experiment", {**definition, "figure": None})["kind"] == "line"
+    # a published panel's layout wins over a definition's
+    assert panels.layout("hSNN_Figure_3b", definition)["kind"] == "tau"
+
+
+def test_a_panel_of_a_measure_plots_that_measure_in_its_own_unit():
+    lines = [line({"x": x}, s, 90.0, measures={"silent_fraction": 0.1 * x + 0.01 * s})
+             for x in (1, 2) for s in range(3)]
+    assert panels.values(lines[:3], "silent_fraction") == pytest.approx([0.1, 0.11, 0.12])
+    pts = panels.line_points({"grid": {"x": [1, 2]}}, lines, dict(x="x", measure="silent_fraction"), {}, {})
+    assert [p.ours for p in pts] == pytest.approx([0.11, 0.21])  # medians over the seeds
+    assert [p.unit for p in pts] == ["silent_fraction"] * 2
+    assert [p.unit for p in line_points("median")] == [panels.ACCURACY] * 4
+    lines[4].pop("measures")
+    with pytest.raises(panels.PanelError, match="the runs x=2__seed=1 record no measure 'silent_fraction'"):
+        panels.values(lines, "silent_fraction")
+
+
+def test_a_categorical_axis_keeps_the_grids_order():
+    definition = {"grid": {"hierarchy": ["tanh", "linear", "none"], "seed": [0, 1]}}
+    lines = [line({"hierarchy": h}, s, acc) for h, acc in (("none", 80.0), ("tanh", 90.0), ("linear", 85.0))
+             for s in range(2)]
+    pts = panels.line_points(definition, lines, dict(x="hierarchy", categorical=True), {}, {})
+    assert [p.x for p in pts] == ["tanh", "linear", "none"]  # not alphabetical
+    # an axis the grid does not list: the values' own order, unsorted
+    assert panels.x_order({"grid": {}}, dict(x="other", categorical=True), ["b", "a"]) == ["b", "a"]
+    assert panels.x_order({"grid": {}}, dict(x="other"), [2.0, 1.0]) == [1.0, 2.0]
+
+
+def test_a_paper_entry_without_x_values_has_no_value_at_any_x():
+    assert panels.paper_value({"series": {"a": [1.0]}}, "a", 0.5) == (None, None)
+    assert panels.paper_value({"series": {"a": [1.0, 2.0]}, "x_values": [0.1, 0.5],
+                               "std": {"a": [0.3, 0.4]}}, "a", 0.5) == (2.0, 0.4)
+
+
+def test_spectra_summarise_each_layer_over_the_runs():
+    lines = [line({}, s, 80.0) for s in range(3)]
+    for s, ln in enumerate(lines):  # 2 hidden layers of 3 neurons: the layers' count is not n's
+        ln["w_rec_abs_eigenvalues"] = {w: [[0.5 + s, 0.2, 0.1], [0.9, 0.3 * s, 0.0]] for w in panels.SPECTRA}
+    out = panels.spectra(lines)
+    assert [(s.which, s.layer) for s in out] == [("stored", 1), ("stored", 2), ("masked", 1), ("masked", 2)]
+    assert out[0].mean == pytest.approx([1.5, 0.2, 0.1]) and out[0].largest == pytest.approx([0.5, 1.5, 2.5])
+    assert out[1].mean == pytest.approx([0.9, 0.3, 0.0])
+    assert out[1].q25 == pytest.approx([0.9, 0.15, 0.0]) and out[1].q75 == pytest.approx([0.9, 0.45, 0.0])
+
+
+def test_the_accuracy_point_is_a_table_row_without_x(tmp_path):
+    p = panels.accuracy_point([line({}, 0, 98.0)], {})
+    assert (p.x_name, p.x) == ("", "")
+    figures.write_summary(tmp_path / "s.csv", [p], {})
+    row = list(csv.DictReader(open(tmp_path / "s.csv")))[0]
+    assert (row["x_name"], row["x"], row["ours"], row["paper_sd"]) == ("", "", "98", "")
+
+
+def test_summary_csv_gives_the_papers_spread(tmp_path):
+    figures.write_summary(tmp_path / "s.csv", [line_points("median")[0]._replace(paper_sd=1.25)], {})
+    row = list(csv.DictReader(open(tmp_path / "s.csv")))[0]
+    assert (row["paper"], row["paper_sd"]) == ("70", "1.25")
+
+
+def test_baseline_runs_are_no_part_of_a_rise():
+    lines = [line({"n_layers": n, "x": x}, s, acc, config={"n_layers": n})
+             for n, accs in ((3, {0: [70, 72, 90], 2: [80, 90, 91]}), (4, {0: [85, 86, 99], 2: [88, 89, 90]}))
+             for x, values in accs.items() for s, acc in enumerate(values)]
+    # a baseline run that matches n_layers 3 at x 2: counted, the median there would be 85, not 90
+    lines.append(line({"n_layers": 3, "x": 2}, 9, 0.0, baseline=True))
+    stats, text = report.stats_rises(lines, "x", more={"n_layers": 3}, less={"n_layers": 4})
+    assert stats[1].value == pytest.approx(15.0) and "rise 2 hidden layers: +18.00" in text
+    # the difference of the rises must be above 0, not above some margin
+    assert stats[1].threshold == 0.0 and stats[1].clears(0.5) and not stats[1].inclusive
+
+
+def test_above_compares_the_medians_of_two_values_of_a_field():
+    lines = [line({"neuron": n}, s, acc, config={"neuron": n})
+             for n, accs in (("alif", [90.0, 93.0, 99.0]), ("lif", [91.0, 95.0, 96.0])) for s, acc in enumerate(accs)]
+    stats, text = report.stats_above(lines, "neuron", "alif", "lif")
+    assert [(s.name, s.threshold, s.inclusive) for s in stats] == [("difference of the medians [points]", 0.0, False)]
+    assert stats[0].value == pytest.approx(-2.0)  # medians 93 and 95 (means would be 94 and 94)
+    assert text == "median test accuracy 93.00 with neuron = alif (3 runs), 95.00 with neuron = lif (3 runs)"
+    assert report.stats_above(lines[:3], "neuron", "alif", "lif") == (None, "no pair of runs to compare yet")
+    for ln, v in zip(lines, (1, 2, 3, 4, 5, 6)):
+        ln["measures"] = {"silent_fraction": v}
+    stats, text = report.stats_above(lines, "neuron", "alif", "lif", measure="silent_fraction")
+    assert stats[0].name == "difference of the medians" and stats[0].value == -3.0
+    assert text.startswith("median silent_fraction 2.00 with neuron = alif")
+
+
+def test_an_extension_is_drawn_as_its_sweeps_panel_and_laid_out_as_a_section():
+    definition = sweep_definitions.with_seeds({"what": "w", "fixed": {}, "grid": {"seed": [0]}}, [5, 6])
+    lines = [line({}, s, 90.0, provenance=[dict(commit="abcdef1234567", dirty=False)]) for s in (5, 6)]
+    lines[0]["median_tau_per_layer"], lines[1]["median_tau_per_layer"] = [0.05, 0.08], [0.07, 0.1]
+    ext = report.SweepResults("hSNN_Figure_3b", definition, lines, 2, folder="hSNN_Figure_3b_seeds5-6")
+    out = report.extension_lines(report.Section("t", ("hSNN_Figure_3b",), ""), ext, {}, [], {})
+    # Fig. 3b's panel (time constants per hidden layer), not a table of accuracies
+    assert out[6] == "| series | hidden layer | ours | spread | seeds | paper | paper sd | difference |"
+    assert out[8].startswith("| trained tau [ms], median of the runs' medians | 1 | 60.00 (median) |")
+    assert out[10:] == ["", "No published numbers to compare with.", "",
+                        "![hSNN_Figure_3b_seeds5-6](hSNN_Figure_3b_seeds5-6/figure.png)", "",
+                        "Provenance: commit abcdef1234; Python None, JAX None, jaxlib None, numpy None; "
+                        "None (None) on None.", ""]
+
+
+def test_an_added_experiments_section_and_its_claim():
+    definition = {"title": "ALIF against LIF", "what": "adaptive neurons against LIF", "fixed": {},
+                  "grid": {"seed": [0]}, "claim": {"text": "ALIF is better", "rule": "above",
+                                                   "args": {"field": "neuron", "better": "alif", "worse": "lif"}}}
+    sec = report.experiment_section("alif", definition)
+    assert sec == report.Section("ALIF against LIF", ("alif",), "adaptive neurons against LIF",
+                                 report.Claim("ALIF is better", "above", definition["claim"]["args"]))
+    assert report.experiment_section("x", {"what": "w"}) == report.Section("x", ("x",), "w", None)
+    assert report.claim_problem(definition) is None and report.claim_problem({"what": ""}) is None
+    wrong_args = {"claim": dict(definition["claim"], args=["neuron"])}
+    assert report.claim_problem(wrong_args).startswith("its claim must be an object with a 'text', a 'rule'")
+    assert report.claim_problem({"claim": dict(definition["claim"], rule="better")}).startswith("its claim must")
+    assert "do not fit the rule 'above'" in report.claim_problem({"claim": dict(definition["claim"], args={})})
+
+
+def test_a_damaged_sweep_manifest_says_how_to_go_on(tmp_path):
+    (tmp_path / sweep_definitions.MANIFEST).write_text("{torn")
+    with pytest.raises(sweep_definitions.SweepError, match=r"invalid JSON .*; move the folder aside$"):
+        sweep_definitions.read_manifest(tmp_path, "move the folder aside")
+
+
+def test_a_results_line_of_another_configuration_stops_the_sweep(tmp_path):
+    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
+                  "grid": {"seed": [0, 1]}}
+    runs = sweep_definitions.expand(definition)
+    opened = sweep.Sweep("s", tmp_path, definition, runs, runs, False, {}, definition)
+    config = sweep_definitions.make_run_config(runs[0].overrides, 0).to_dict()
+    assert [r.key for r in sweep.plan(opened, {"seed=0": {"config": config}})] == ["seed=1"]
+    with pytest.raises(sweep_definitions.SweepError, match="the line of seed=0 does not match this sweep: it was "
+                                                          "trained with other values of n_hid; use another"):
+        sweep.plan(opened, {"seed=0": {"config": dict(config, n_hid=3)}})
+
+
+def test_two_distinct_runs_are_enough_to_rank():
+    assert report.spearman([0.0, 1.0], [5.0, 7.0]) == pytest.approx(1.0)
+    assert report.spearman([0.0, 1.0], [7.0, 5.0]) == pytest.approx(-1.0)
+    assert np.isnan(report.spearman([0.0], [5.0])) and np.isnan(report.spearman([0.0, 1.0], [5.0, 5.0]))
+
+
+def test_the_paper_inside_our_interquartile_range_uses_the_quartiles():
+    p = line_points("median")[0]._replace(values=np.array([0.0, 1.0, 2.0, 3.0, 4.0]))  # quartiles 1 and 3
+    assert [report.in_iqr(p._replace(paper=v)) for v in (0.99, 1.0, 3.0, 3.02)] == [False, True, True, False]
+
+
+def test_a_panel_axis_names_its_value_before_the_series():
+    p = line_points("median")[0]._replace(panel=128)
+    assert report.series_name(p, dict(panel="n_hid")) == "n_hid=128,2 hidden layers"
+    assert report.series_name(p._replace(series="all"), dict(panel="n_hid")) == "n_hid=128"
+    assert report.series_name(p._replace(panel=None), dict(panel="n_hid")) == "2 hidden layers"
+
+
+def test_a_rule_on_a_measure_names_the_measure():
+    claim = report.Claim("", "above", {"field": "neuron", "better": "alif", "worse": "lif",
+                                       "measure": "silent_fraction"})
+    assert report.rule_text(claim) == "the median silent_fraction with neuron = alif is above the one with neuron = lif"
+    assert report.rule_text(claim._replace(args={"field": "neuron", "better": "alif", "worse": "lif"})).startswith(
+        "the median test accuracy with neuron = alif")
+
+
+def test_a_reduced_modified_sweep_says_both():
+    results = report.SweepResults("s", {"what": "", "fixed": {}, "grid": {"seed": [0]}}, [{}] * 2, 5,
+                                  reduced=True, changed={"n_hid": [4]})
+    assert report.status(results) == "reduced (--quick, modified: n_hid=4): 2 runs"
+    assert report.status(results._replace(changed={})) == "reduced (--quick): 2 runs"
+
+
+def test_provenance_gives_the_days_the_runs_finished():
+    lines = [dict(finished=f"2026-12-0{d}T10:00:00+00:00") for d in (5, 3, 4)]
+    assert report.provenance_summary(lines) == ["runs finished 2026-12-03 to 2026-12-05"]
+    assert report.provenance_summary(lines[:1]) == ["runs finished 2026-12-05"]
+    assert report.provenance_summary([{}]) == ["no provenance recorded"]
+
+
+def test_the_report_states_each_statistic_with_its_spread():
+    text = report.render({}, {})
+    assert ("our numbers are test accuracies in % (the paper's statistic over seeds: median with the "
+            "interquartile range, or mean with the standard deviation), the paper's are read off its figures "
+            "(+-0.3 points) or printed in its tables.") in " ".join(text.split())
+
+
+def test_a_sweeps_results_name_the_failures_of_its_runs(tmp_path):
+    definition = {"what": "", "fixed": {"dataset_name": "mts_xor"}, "grid": {"seed": [0, 1]}}
+    (tmp_path / "runs" / "seed=1").mkdir(parents=True)
+    (tmp_path / "runs" / "seed=1" / "error.txt").write_text("2026-12-06: training diverged (NaN loss)\nmore\n")
+    (tmp_path / "runs" / "seed=0").mkdir()
+    results = report.sweep_results(tmp_path, "s", definition, False)
+    assert results.errors == ("2026-12-06: training diverged (NaN loss)",) and results.lines == []
+    assert report.status(results) == "not run: failed (2026-12-06: training diverged (NaN loss))"
+
+
+def test_a_results_line_is_written_with_its_keys_sorted(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    sweep_definitions.append_line(path, {"key": "k", "b": 1, "a": {"z": 1, "y": 2}})
+    assert path.read_text() == '{"a": {"y": 2, "z": 1}, "b": 1, "key": "k"}\n'  # the same bytes for the same run
+
+
+def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_path):
+    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
+                  "grid": {"seed": [0]}}
+    run = sweep_definitions.expand(definition)[0]
+    config = sweep_definitions.make_run_config(run.overrides, 0).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, data_dir="/where/the/data/was")))
+    metrics = dict(best_valid_acc=0.9, test_acc=0.8, best_epoch=2, epochs=[{}, {}, {}], median_tau_per_layer=[0.1])
+    out = sweep.result_line(run, metrics, tmp_path)
+    assert out["config"] == dict(config, data_dir="/where/the/data/was")
+    assert (out["key"], out["test_acc"], out["valid_acc"], out["best_epoch"], out["n_epochs"]) == ("seed=0", 0.8, 0.9, 2, 3)

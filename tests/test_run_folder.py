@@ -6,6 +6,7 @@ Runs go through main.py as a subprocess, the way users run it (tiny MTS-XOR netw
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -491,3 +492,28 @@ def test_main_refuses_names_too_long_in_one_line(root, tmp_path, name, flag):
     args = ["--results_dir", str(results)] + (["--save_dir_name", name] if name else [])
     one_line_error(run_main(root, *TINY, *args), 2, flag, "bytes long")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the checks themselves, without a run (what a sample of their mutants let through) -------
+def test_a_stored_configuration_matches_field_by_field(tmp_path):
+    cfg = make_config("mts_xor", n_hid=4)
+    stored = cfg.to_dict()
+    older = {k: v for k, v in stored.items() if k not in ("lr", "neuron")}  # an older version's fields
+    (tmp_path / run_folder.CONFIG).write_text(json.dumps(older))
+    run_folder.check_config(tmp_path, cfg)  # the fields it lacks keep their defaults: it matches
+    (tmp_path / run_folder.CONFIG).write_text(json.dumps(dict(stored, n_hid=5, lr=1.0)))
+    with pytest.raises(run_folder.RunFolderError, match=r"its configuration differs in \['lr', 'n_hid'\]$"):
+        run_folder.check_config(tmp_path, cfg)
+    (tmp_path / run_folder.CONFIG).write_text("{torn")
+    with pytest.raises(run_folder.FileError, match="invalid JSON .*; add --restart to move the run's files aside"):
+        run_folder.check_config(tmp_path, cfg)
+
+
+def test_a_move_aside_is_named_by_its_utc_time(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / run_folder.LOCK).write_text("")
+    aside = run_folder.move_aside(tmp_path)
+    assert re.fullmatch(r"previous-\d{8}T\d{6}\.\d{6}Z", aside.name), aside.name
+    assert sorted(p.name for p in aside.iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run_folder.LOCK, aside.name])
+    assert run_folder.move_aside(tmp_path) is None  # nothing left to move
