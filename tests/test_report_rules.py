@@ -32,6 +32,12 @@ def grid(values: dict, other=None):
             for seed, acc in enumerate(accs)]
 
 
+def mts_xor_definition(grid: dict) -> dict:
+    """A sweep definition of MTS-XOR runs whose configurations can be resolved (make_run_config)."""
+    return {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
+            "grid": grid}
+
+
 DEFINITION = {"what": "", "fixed": {}, "grid": {"n_layers": [3, 4], "delta_tau": [-0.5, 0.5], "seed": [0, 1, 2]}}
 # accuracies chosen so that mean and median differ at every point
 ACCS = {(("n_layers", 3), ("delta_tau", -0.5)): [60.0, 70.0, 74.0],   # median 70, mean 68
@@ -181,10 +187,15 @@ def test_rises_needs_a_positive_rank_correlation_in_every_series():
     assert not zero.clears(0.0)  # a rank correlation of exactly 0 is no rise
 
 
+def rises_more_lines():
+    """Two series (n_layers 3 and 4) at x 0 and 2, three seeds each."""
+    return [line({"n_layers": n, "x": x}, s, acc, config={"n_layers": n})
+            for n, accs in ((3, {0: [70, 72, 90], 2: [80, 90, 91]}), (4, {0: [85, 86, 99], 2: [88, 89, 90]}))
+            for x, values in accs.items() for s, acc in enumerate(values)]
+
+
 def test_rises_more_compares_the_median_rises_of_two_series():
-    lines = [line({"n_layers": n, "x": x}, s, acc, config={"n_layers": n})
-             for n, accs in ((3, {0: [70, 72, 90], 2: [80, 90, 91]}), (4, {0: [85, 86, 99], 2: [88, 89, 90]}))
-             for x, values in accs.items() for s, acc in enumerate(values)]
+    lines = rises_more_lines()
     stats, text = report.stats_rises(lines, "x", more={"n_layers": 3}, less={"n_layers": 4})
     # medians: n_layers 3: 72 -> 90 (+18); n_layers 4: 86 -> 89 (+3); difference +15
     assert [s.name for s in stats] == ["smallest rank correlation", "difference of the rises [points]"]
@@ -355,8 +366,7 @@ def test_the_published_codes_column_is_its_statistic_at_the_same_point():
 
 
 def test_runs_that_differ_from_the_definition_are_named():
-    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
-                  "grid": {"delta_tau": [0.1, 0.2], "seed": [0, 1]}}
+    definition = mts_xor_definition({"delta_tau": [0.1, 0.2], "seed": [0, 1]})
     runs = sweep_definitions.expand(definition)
     lines = [dict(key=r.key, group=r.group, seed=r.seed,
                   config=sweep_definitions.make_run_config({**r.overrides, **({"n_hid": 4} if r.seed else {})},
@@ -414,8 +424,7 @@ def test_a_torn_line_is_cut_and_a_key_is_written_once(tmp_path):
 
 
 def test_a_line_stands_for_a_run_only_with_its_configuration():
-    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
-                  "grid": {"seed": [0]}}
+    definition = mts_xor_definition({"seed": [0]})
     run = sweep_definitions.expand(definition)[0]
     config = sweep_definitions.make_run_config(run.overrides, 0).to_dict()
     assert sweep.stale_line(run, {"config": config}) is None
@@ -536,9 +545,7 @@ def test_summary_csv_gives_the_papers_spread(tmp_path):
 
 
 def test_baseline_runs_are_no_part_of_a_rise():
-    lines = [line({"n_layers": n, "x": x}, s, acc, config={"n_layers": n})
-             for n, accs in ((3, {0: [70, 72, 90], 2: [80, 90, 91]}), (4, {0: [85, 86, 99], 2: [88, 89, 90]}))
-             for x, values in accs.items() for s, acc in enumerate(values)]
+    lines = rises_more_lines()
     # a baseline run that matches n_layers 3 at x 2: counted, the median there would be 85, not 90
     lines.append(line({"n_layers": 3, "x": 2}, 9, 0.0, baseline=True))
     stats, text = report.stats_rises(lines, "x", more={"n_layers": 3}, less={"n_layers": 4})
@@ -599,8 +606,7 @@ def test_a_damaged_sweep_manifest_says_how_to_go_on(tmp_path):
 
 
 def test_a_results_line_of_another_configuration_stops_the_sweep(tmp_path):
-    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
-                  "grid": {"seed": [0, 1]}}
+    definition = mts_xor_definition({"seed": [0, 1]})
     runs = sweep_definitions.expand(definition)
     opened = sweep.Sweep("s", tmp_path, definition, runs, runs, False, {}, definition)
     config = sweep_definitions.make_run_config(runs[0].overrides, 0).to_dict()
@@ -674,8 +680,7 @@ def test_a_results_line_is_written_with_its_keys_sorted(tmp_path):
 
 
 def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_path):
-    definition = {"what": "", "fixed": {"dataset_name": "mts_xor", "decoder": "vmem_time", "n_in": 40, "n_out": 2},
-                  "grid": {"seed": [0]}}
+    definition = mts_xor_definition({"seed": [0]})
     run = sweep_definitions.expand(definition)[0]
     config = sweep_definitions.make_run_config(run.overrides, 0).to_dict()
     (tmp_path / "config.json").write_text(json.dumps(dict(config, data_dir="/where/the/data/was")))
