@@ -178,7 +178,7 @@ def test_rises_needs_a_positive_rank_correlation_in_every_series():
     # x ranks 1.5, 1.5, 3.5, 3.5, 5.5, 5.5 (ties share their mean rank), accuracy ranks 1..6:
     # covariance sum 16, variance sums 16 and 17.5 -> rho = 16 / sqrt(16 * 17.5) = 0.956
     assert stats[0].value == pytest.approx(16 / np.sqrt(280))
-    assert text.startswith("rank correlation series='a': +0.96")
+    assert text == "rank correlation series='a': +0.96, series='b': +0.96"  # one entry per series
     stats, _ = report.stats_rises(rises_lines({"a": 5, "b": -5}), "x")
     assert stats[0].value < 0 and not stats[0].clears(stats[0].value)
     flat = [line({"x": x}, 0, 80.0) for x in (0, 1, 2)]  # constant accuracy: nothing to rank
@@ -244,6 +244,7 @@ def tau_lines(per_seed):
 def test_deeper_slower_ranks_depth_and_compares_the_medians_of_the_outer_layers():
     stats, text = report.stats_deeper_slower(tau_lines([[0.05, 0.06, 0.09], [0.04, 0.08, 0.07], [0.06, 0.07, 0.20]]))
     # first layer 50, 40, 60 ms -> median 50; deepest 90, 70, 200 -> median 90; +40 ms
+    assert [s.name for s in stats] == ["rank correlation", "deepest minus first hidden layer [ms]"]
     assert stats[1].value == pytest.approx(40.0) and "first hidden layer 50 ms, deepest 90 ms" in text
     assert "the deepest hidden layer is the slowest in 2 of 3 runs" in text
     # depth against the 9 values 50, 60, 90 | 40, 80, 70 | 60, 70, 200 [ms], ties sharing their
@@ -688,3 +689,12 @@ def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_pat
     out = sweep.result_line(run, metrics, tmp_path)
     assert out["config"] == dict(config, data_dir="/where/the/data/was")
     assert (out["key"], out["test_acc"], out["valid_acc"], out["best_epoch"], out["n_epochs"]) == ("seed=0", 0.8, 0.9, 2, 3)
+
+
+def test_the_top_table_names_the_sweep_only_in_a_section_of_several():
+    definition = {"what": "w", "fixed": {"dataset_name": "mts_xor"}, "grid": {"seed": [0, 1]}}
+    sweeps = {n: report.SweepResults(n, definition, [], 2) for n in ("a", "b")}
+    _, top = report.section(report.Section("one", ("a",), "tests"), sweeps, {})
+    assert top == ("one", "`a`", "not run", "", "no claim tested")
+    _, top = report.section(report.Section("two", ("a", "b"), "tests"), sweeps, {})
+    assert top[1:3] == ("`a`, `b`", "`a`: not run; `b`: not run")
