@@ -78,9 +78,9 @@ def scan_in_place(step, state, xs, reverse=False, unroll=1):
     def body(i, carry):
         state, buf = carry
         t = n - 1 - i if reverse else i
-        x = [jax.lax.dynamic_index_in_dim(a, t, keepdims=False) for a in (buf, *rest)]
+        x = [jax.lax.dynamic_index_in_dim(a, t, keepdims=False, allow_negative_indices=False) for a in (buf, *rest)]
         state, y = step(state, x[0] if not rest else tuple(x))
-        return state, jax.lax.dynamic_update_index_in_dim(buf, y, t, 0)
+        return state, jax.lax.dynamic_update_index_in_dim(buf, y, t, 0, allow_negative_indices=False)
 
     return jax.lax.fori_loop(0, n, body, (state, buf), unroll=unroll)
 
@@ -287,16 +287,18 @@ def lif_scan_reference(I_TBH, alpha, surrogate="box", v_thr=1.0, W_rec=None, pre
 
 
 def _lif_forward(I_TBH, a_H, W_rec, v_thr, precision, unroll=1):
-    """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr)."""
-    def step(state, I_BH):
+    """Returns the membranes V [T, B, H]; the spikes are H(V - v_thr). The loop carries only
+    the membrane: S[t-1] = H(V[t-1] - v_thr) is recomputed from it inside the step's one
+    kernel (V[-1] = 0 gives S[-1] = 0, as v_thr > 0), one kernel per time step fewer than
+    carrying the spikes."""
+    def step(v, I_BH):
+        s = heaviside(v - v_thr)
         if W_rec is not None:
-            I_BH = I_BH + jnp.dot(state.s, W_rec, precision=PRECISIONS[precision])
-        v = lif_update(state.v, state.s, I_BH, a_H, v_thr)
-        state = LIFState(v, heaviside(v - v_thr))
-        return state, state.v
+            I_BH = I_BH + jnp.dot(s, W_rec, precision=PRECISIONS[precision])
+        v = lif_update(v, s, I_BH, a_H, v_thr)
+        return v, v
 
-    zeros = jnp.zeros(I_TBH.shape[1:], I_TBH.dtype)
-    return scan_in_place(step, LIFState(zeros, zeros), (I_TBH,), unroll=unroll)[1]
+    return scan_in_place(step, jnp.zeros(I_TBH.shape[1:], I_TBH.dtype), (I_TBH,), unroll=unroll)[1]
 
 
 def _lif(I_TBH, a_H, W_rec, v_thr, surrogate, precision, unroll):
