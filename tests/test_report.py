@@ -79,6 +79,9 @@ def test_sections_statuses_and_numbers(results, definitions):
     fig2b = section_of(text, "Fig. 2b")
     # n_layers 4 at delta_tau 0.4: 85 + 5 * 0.4 + 0.1 * seed over seeds 0..9 -> median 87.45; paper 94.4
     assert "| 3 hidden layers | 0.4 | 87.45 (median) | 87.22-87.67 | 10 | 94.40 |  | -6.95 |" in fig2b
+    # the published code run here (paper/published_runs_here.json) at 2 hidden layers, delta_tau
+    # -0.2, seeds 0-9: the median of its ten accuracies, (77.9 + 80.7) / 2
+    assert "| 2 hidden layers | -0.2 | 81.45 (median) | 81.22-81.67 | 10 | 83.80 |  | -2.35 | 79.30 |" in fig2b
     assert "18 points compared" in fig2b and "![hSNN_Figure_2b](hSNN_Figure_2b/figure.png)" in fig2b
     assert "Provenance: commit 0123456789; Python 3.11.7, JAX 0.10.2" in fig2b
     assert "`python3 sweep.py --sweep_name hSNN_Figure_2b`" in fig2b

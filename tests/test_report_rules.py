@@ -6,6 +6,7 @@ run keys and the results table's repair. No JAX, no files but the test's own."""
 
 import csv
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -688,6 +689,7 @@ def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_pat
     metrics = dict(best_valid_acc=0.9, test_acc=0.8, best_epoch=2, epochs=[{}, {}, {}], median_tau_per_layer=[0.1])
     out = sweep.result_line(run, metrics, tmp_path)
     assert out["config"] == dict(config, data_dir="/where/the/data/was")
+    assert out["host"] == socket.gethostname()
     assert (out["key"], out["test_acc"], out["valid_acc"], out["best_epoch"], out["n_epochs"]) == ("seed=0", 0.8, 0.9, 2, 3)
 
 
@@ -698,3 +700,22 @@ def test_the_top_table_names_the_sweep_only_in_a_section_of_several():
     assert top == ("one", "`a`", "not run", "", "no claim tested")
     _, top = report.section(report.Section("two", ("a", "b"), "tests"), sweeps, {})
     assert top[1:3] == ("`a`, `b`", "`a`: not run; `b`: not run")
+
+
+def test_a_beats_rule_names_the_fields_of_its_comparisons():
+    claim = report.Claim("", "beats", {"field": "delta_tau", "better": 0.4, "worse": -0.4,
+                                       "by": ["noise_rate", "n_layers"]})
+    plain = ("the median test accuracy with delta_tau = 0.4 is above the one with delta_tau = -0.4 in at least "
+             "three quarters of the comparisons")
+    assert report.rule_text(claim) == plain + " (one comparison per value of noise_rate, n_layers)"
+    assert report.rule_text(claim._replace(args={k: v for k, v in claim.args.items() if k != "by"})) == plain
+
+
+def test_an_older_line_without_its_configuration_gets_the_one_of_its_overrides_and_seed(tmp_path):
+    definition = mts_xor_definition({"seed": [3]})
+    run = sweep_definitions.expand(definition)[0]
+    older = {k: v for k, v in line({}, 3, 80.0).items() if k != "config"}
+    older["overrides"] = run.overrides
+    (tmp_path / "runs.jsonl").write_text(json.dumps(older) + "\n")
+    config = sweep_definitions.read_lines(tmp_path)[older["key"]]["config"]
+    assert config == sweep_definitions.make_run_config(run.overrides, 3).to_dict() and config["seed"] == 3
