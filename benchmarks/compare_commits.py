@@ -6,8 +6,9 @@ BASE and HEAD (default: the working tree) are git revisions. Each is checked out
 temporary worktree once; then `benchmarks/benchmark.py` runs for MTS-XOR (4 layers) and SHD
 (3 hidden layers of 32 and of 128; `--cases` picks some) from each version in turn, `--rounds`
 times, so that a load that comes and goes on the machine hits both alike. Prints each
-version's median steady-state seconds per training epoch over the rounds, and HEAD's ratio to
-BASE.
+version's median steady-state seconds per training epoch over the rounds, HEAD's ratio to
+BASE, and the median over the rounds of the ratio within each round (the two versions measured
+next to each other: steadier when the machine's speed drifts during the comparison).
 """
 
 import argparse
@@ -35,6 +36,13 @@ def epoch_seconds(tree: Path, args: list, out: Path) -> float:
     return json.loads(out.read_text())["epoch_seconds"]
 
 
+def summary(base: list, head: list) -> tuple:
+    """(BASE's median, HEAD's median, their ratio, the median of HEAD / BASE within each round)
+    of the seconds per epoch of the rounds, in the order they ran."""
+    b, h = statistics.median(base), statistics.median(head)
+    return b, h, h / b, statistics.median(y / x for x, y in zip(base, head))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base")
@@ -53,11 +61,12 @@ def main():
                         t = epoch_seconds(tree, case_args, Path(tmp) / f"{case}_{version}_{r}.json")
                         times[case, version].append(t)
                         print(f"round {r + 1}: {case} {version} {t:.4f} s/epoch", flush=True)
-            print(f"\n| configuration | {args.base} s/epoch | {args.head or 'working tree'} s/epoch | ratio |")
-            print("|---|---|---|---|")
+            print(f"\n| configuration | {args.base} s/epoch | {args.head or 'working tree'} s/epoch | ratio "
+                  "| median ratio within a round |")
+            print("|---|---|---|---|---|")
             for case in args.cases:
-                b, h = (statistics.median(times[case, v]) for v in ("base", "head"))
-                print(f"| {case} | {b:.4f} | {h:.4f} | {h / b:.3f} |")
+                b, h, ratio, paired = summary(times[case, "base"], times[case, "head"])
+                print(f"| {case} | {b:.4f} | {h:.4f} | {ratio:.3f} | {paired:.3f} |")
         finally:
             for version, tree in trees.items():
                 if tree != ROOT:

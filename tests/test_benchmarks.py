@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import benchmark  # noqa: E402
+import compare_commits  # noqa: E402
 import seed_scaling  # noqa: E402
 import sweep_step_times  # noqa: E402
 from utils_initialization import make_config  # noqa: E402
@@ -83,3 +84,10 @@ def test_seed_scaling_bounds_the_batched_speedup(dataset, nb_steps, tmp_path):
         assert g["speedup_bound"] == pytest.approx(
             g["seeds_side_by_side"] * r["step_seconds"] / (2 * g["layer_seconds"]), rel=0.02)
     assert r["speedup_bound"] == max(g["speedup_bound"] for g in r["groups"])
+
+
+def test_compare_commits_pairs_the_versions_within_each_round():
+    # the machine slowed down in round 2: the medians' ratio (3.0 / 2.0) reads 1.5, while
+    # within each round HEAD took 0.9, 1.0 and 2.0 times BASE's time
+    b, h, ratio, paired = compare_commits.summary([2.0, 4.0, 1.0], [1.8, 4.0, 3.0])
+    assert (b, h) == (2.0, 3.0) and ratio == pytest.approx(1.5) and paired == pytest.approx(1.0)
