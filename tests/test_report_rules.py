@@ -694,8 +694,7 @@ def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_pat
 
 
 def test_the_top_table_names_the_sweep_only_in_a_section_of_several():
-    definition = {"what": "w", "fixed": {"dataset_name": "mts_xor"}, "grid": {"seed": [0, 1]}}
-    sweeps = {n: report.SweepResults(n, definition, [], 2) for n in ("a", "b")}
+    sweeps = {n: report.SweepResults(n, mts_xor_definition({"seed": [0, 1]}), [], 2) for n in ("a", "b")}
     _, top = report.section(report.Section("one", ("a",), "tests"), sweeps, {})
     assert top == ("one", "`a`", "not run", "", "no claim tested")
     _, top = report.section(report.Section("two", ("a", "b"), "tests"), sweeps, {})
