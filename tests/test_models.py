@@ -497,3 +497,34 @@ def test_unrolling_the_loops_over_time_changes_no_number(kw):
     for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params, cfg)),
                     jax.tree_util.tree_leaves(jax.grad(loss)(params, cfg.replace(scan_unroll=4)))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))  # sums that cancel
+
+
+def loop_unrolls(jaxpr, found=None) -> list:
+    """The `unroll` of every loop over time (scan, or an un-unrolled while) in a jaxpr, nested
+    ones included."""
+    found = [] if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("scan", "while"):
+            found.append(eqn.params.get("unroll", 1))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    loop_unrolls(inner, found)
+    return found
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(recurrent=True, lif_impl="reference"), dict(neuron="alif")])
+def test_scan_unroll_reaches_every_loop_forward_and_backward(kw):
+    """--scan_unroll is passed to each hidden layer's loop (fused LIF, plain scan of any neuron
+    model) and the readout's, in the forward pass and in the hand-written adjoints."""
+    cfg = causal_config(**{"normalizer": "batch", **kw})
+    params, x = active_params(cfg), spiky_input()
+
+    def unrolls(c):
+        grad = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(forward(p, x, c)[1])))(params)
+        return loop_unrolls(grad.jaxpr)
+
+    assert unrolls(cfg) and set(unrolls(cfg)) == {1}
+    assert len(unrolls(cfg.replace(scan_unroll=4))) == len(unrolls(cfg))
+    assert set(unrolls(cfg.replace(scan_unroll=4))) == {4}
