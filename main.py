@@ -82,13 +82,18 @@ def config_from_args(args) -> Config:
     return make_config(overrides.pop("dataset_name", "shd"), **overrides)
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def summary_line(cfg: Config, run_dir: Path) -> str:
     """What a run trains, in one short line; config.json in its folder holds every setting."""
     hierarchy = ("no hierarchy" if cfg.hierarchy_tau == "none" else
                  f"{cfg.hierarchy_tau} hierarchy delta_tau {cfg.delta_tau:g} s")
-    network = f"{cfg.n_hidden_layers} hidden layers x {cfg.n_hid} {cfg.neuron.upper()}"
+    network = f"{plural(cfg.n_hidden_layers, 'hidden layer')} x {cfg.n_hid} {cfg.neuron.upper()}"
     network += (" recurrent" if cfg.recurrent else "") + (" convolutional" if cfg.convolution else "")
-    return (f"training {cfg.dataset_name}: {network}, tau_mem {cfg.tau_mem:g} s, {hierarchy}, {cfg.n_epochs} epochs, "
+    return (f"training {cfg.dataset_name}: {network}, tau_mem {cfg.tau_mem:g} s, {hierarchy}, {plural(cfg.n_epochs, 'epoch')}, "
             f"seed {cfg.seed}; run folder {run_dir} (config.json: every setting)")
 
 

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import pause_at_epoch, wait_for
-from main import build_parser, config_from_args
+from main import build_parser, config_from_args, summary_line
+from utils_initialization import make_config
 
 
 def run_main(root, *args, timeout=300, env=None):
@@ -70,6 +71,15 @@ def test_invalid_flags_exit_2_with_one_line(root, args, flag):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_the_summary_line_counts_layers_and_epochs_in_words():
+    one = summary_line(make_config("mts_xor", n_layers=2, n_epochs=1), "results/x")
+    assert one.startswith("training mts_xor: 1 hidden layer x 10 LIF, tau_mem 0.3 s, no hierarchy, 1 epoch, seed 0;")
+    many = summary_line(make_config("shd", n_layers=4, n_hid=32, n_epochs=5, hierarchy_tau="tanh", delta_tau=0.15,
+                                    seed=3), "results/y")
+    assert many == ("training shd: 3 hidden layers x 32 LIF, tau_mem 0.1 s, tanh hierarchy delta_tau 0.15 s, "
+                    "5 epochs, seed 3; run folder results/y (config.json: every setting)")
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8",
@@ -79,7 +89,7 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     assert any(cache.iterdir()), "the compiled programs were not cached"
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
-    assert first.startswith("training mts_xor: 3 hidden layers x 8 LIF, tau_mem 0.3 s, no hierarchy, 1 epochs, seed 0;")
+    assert first.startswith("training mts_xor: 3 hidden layers x 8 LIF, tau_mem 0.3 s, no hierarchy, 1 epoch, seed 0;")
     folder = str(tmp_path / "smoke")
     assert len(first) - len(folder) < 160 and folder in first and "test accuracy" in result.stdout
     # the output is no terminal here: one line per epoch, no progress-bar frames
