@@ -469,6 +469,23 @@ def test_an_extension_says_what_it_changed_and_where_its_runs_come_from():
     assert "Provenance: commit abcdef1234;" in text
 
 
+def test_an_extensions_two_verdicts_each_end_a_paragraph(monkeypatch):
+    monkeypatch.setitem(report.STATISTICS, "rises", lambda lines, **_: (None, f"{len(lines)} lines"))
+    definition = sweep_definitions.with_seeds({"what": "w", "fixed": {}, "grid": {"seed": [0]}}, [5, 6])
+    ext = report.SweepResults("s", definition, [line({}, s, 90.0) for s in (5, 6)], 2, folder="s_seeds5-6")
+    out = report.extension_lines(report.Section("t", ("s",), "", report.Claim("", "rises")), ext, {},
+                                 [line({}, 0, 80.0)], {})
+    assert out[-4:] == ["**Verdict on the extension alone (2 runs):** not decided: 2 lines.", "",
+                        "**Verdict on the extension and the published grid's runs together (3 runs):** not decided: "
+                        "3 lines.", ""]
+
+
+def test_the_report_ends_with_one_newline_after_its_last_line():
+    text = report.render({}, {})
+    assert text.startswith("# Reproduction report\n\n") and text.endswith("\n") and not text.endswith("\n\n")
+    assert text.rstrip("\n").splitlines()[-1].strip() != ""
+
+
 def test_a_sweep_knows_whether_any_of_its_runs_finished(tmp_path):
     definition = {"what": "", "fixed": {}, "grid": {"seed": [0, 1]}}
     runs = sweep_definitions.expand(definition)
@@ -691,6 +708,8 @@ def test_a_results_line_records_the_configuration_its_run_folder_trained(tmp_pat
     assert out["config"] == dict(config, data_dir="/where/the/data/was")
     assert out["host"] == socket.gethostname()
     assert (out["key"], out["test_acc"], out["valid_acc"], out["best_epoch"], out["n_epochs"]) == ("seed=0", 0.8, 0.9, 2, 3)
+    assert out["seconds"] is None  # a run folder of a version that did not time its runs
+    assert sweep.result_line(run, dict(metrics, seconds_total=12.5), tmp_path)["seconds"] == 12.5
 
 
 def test_the_top_table_names_the_sweep_only_in_a_section_of_several():
