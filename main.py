@@ -93,8 +93,8 @@ def summary_line(cfg: Config, run_dir: Path) -> str:
                  f"{cfg.hierarchy_tau} hierarchy delta_tau {cfg.delta_tau:g} s")
     network = f"{plural(cfg.n_hidden_layers, 'hidden layer')} x {cfg.n_hid} {cfg.neuron.upper()}"
     network += (" recurrent" if cfg.recurrent else "") + (" convolutional" if cfg.convolution else "")
-    return (f"training {cfg.dataset_name}: {network}, tau_mem {cfg.tau_mem:g} s, {hierarchy}, {plural(cfg.n_epochs, 'epoch')}, "
-            f"seed {cfg.seed}; run folder {run_dir} (config.json: every setting)")
+    return (f"training {cfg.dataset_name}: {network}, tau_mem {cfg.tau_mem:g} s, {hierarchy}, "
+            f"{plural(cfg.n_epochs, 'epoch')}, seed {cfg.seed}; run folder {run_dir} (config.json: every setting)")
 
 
 def default_run_name(cfg: Config) -> str:
