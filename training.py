@@ -639,21 +639,30 @@ def _discard(folders):
 
 def step_memory(cfg: Config, steps: Steps, optimizer, tasks) -> int:
     """XLA's estimate of the train step's memory [bytes] for the seeds of `tasks`, from the
-    shapes of its parameters, optimizer state and first batch (runtime.compiled_memory)."""
+    shapes of its parameters, optimizer state and first batch (runtime.compiled_memory), for
+    the program that training calls: `train_on` when the data are held on the device (less the
+    data themselves, which are resident already), else `train`. JAX keeps the program it
+    compiles here, so that the first step neither traces nor compiles it again."""
     n = len(tasks)
     per_seed = lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype)  # noqa: E731
+    tree = lambda t: jax.tree_util.tree_map(per_seed, t)  # noqa: E731
     params = jax.eval_shape(lambda k: init_params(k, cfg), jax.random.PRNGKey(0))
-    opt_state = jax.eval_shape(optimizer.init, params)
+    params, opt_state = tree(params), tree(jax.eval_shape(optimizer.init, params))
+    b = min(cfg.batch_size, len(tasks[0].train))
+    keys = per_seed(jax.random.PRNGKey(0))
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+    epoch_lr = (scalar(jnp.int32), scalar(jnp.float32))
+    if steps.data:
+        split = steps.data["train"]
+        picks = Picks(jax.ShapeDtypeStruct((n, b), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32),
+                      jax.ShapeDtypeStruct((n, b), jnp.bool_), scalar(jnp.int32))
+        resident = sum(a.nbytes for a in split)
+        return runtime.compiled_memory(steps.train_on, params, opt_state, split, picks, keys, *epoch_lr) - resident
     x_BTI, y = tasks[0].train.X[np.arange(1)], tasks[0].train.Y[:1]
     dtype = runtime.HostBatches().dtype or x_BTI.dtype
-    b = min(cfg.batch_size, len(tasks[0].train))
     x = jax.ShapeDtypeStruct((n, x_BTI.shape[1], b, x_BTI.shape[2]), dtype)
     y = jax.ShapeDtypeStruct((n, b, *y.shape[1:]), y.dtype)
-    keys = jax.ShapeDtypeStruct((n, *jax.random.PRNGKey(0).shape), jax.random.PRNGKey(0).dtype)
-    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
-    tree = lambda t: jax.tree_util.tree_map(per_seed, t)  # noqa: E731
-    return runtime.compiled_memory(steps.train, tree(params), tree(opt_state), Batch(x, y, scalar(jnp.int32)), keys,
-                                   scalar(jnp.int32), scalar(jnp.float32))
+    return runtime.compiled_memory(steps.train, params, opt_state, Batch(x, y, scalar(jnp.int32)), keys, *epoch_lr)
 
 
 class RunState(NamedTuple):

@@ -897,6 +897,44 @@ def test_a_group_fills_the_accelerators_memory_and_the_cpu_trains_one_by_one(mon
     assert runtime.seeds_per_group(cfg, per_run_bytes=2 ** 30) == 1
 
 
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_the_memory_check_compiles_the_program_that_trains(monkeypatch, placement):
+    """The step's memory estimate is taken from the program training then calls (`train_on`
+    with the data on the device, else `train`), so the train step is traced once per run: the
+    first step reuses what the check compiled, where a first run used to compile twice."""
+    traces, real = [], training.make_step_fns
+
+    def counting(cfg, optimizer, score_mask=None):
+        train_step, eval_step = real(cfg, optimizer, score_mask)
+
+        def traced(*args):
+            traces.append(1)
+            return train_step(*args)
+        return traced, eval_step
+    monkeypatch.setattr(training, "make_step_fns", counting)
+    monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 40)  # known, so the check runs
+    cfg = micro_config(n_epochs=2, data_placement=placement)
+    assert len(micro_task().train) % cfg.batch_size == 0  # one batch size, one program
+    train_hsnn(cfg, progress=False, task=micro_task())
+    assert len(traces) == 1
+
+
+def test_the_step_estimate_leaves_out_the_data_already_held():
+    """With the data on the device the estimate is the step's own memory: the data, allocated
+    before the check and so already missing from the memory available, are not counted again;
+    a training set 100 times as large gives the same estimate."""
+    cfg = micro_config(data_placement="device")
+    optimizer = make_optimizer(cfg)
+
+    def estimate(n_train):
+        tasks = [tiny_mts_xor_task(n_train=n_train, n_eval=10, seed=5)]
+        steps = training.make_steps(cfg, optimizer, None, training.device_data(tasks, cfg))
+        return training.step_memory(cfg, steps, optimizer, tasks), steps.data["train"].X.nbytes
+
+    (small, small_data), (large, large_data) = estimate(12), estimate(1200)
+    assert large_data - small_data > 400_000 and small == large > 0
+
+
 def test_mts_xor_held_on_the_device_trains_bitwise_as_on_the_host(tmp_path):
     cfg = micro_config(n_epochs=2, dropout=0.2)
     host = train_hsnn(cfg.replace(data_placement="host"), tmp_path / "host", progress=False, task=micro_task())
