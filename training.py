@@ -251,7 +251,7 @@ class Steps(NamedTuple):
     train: callable     # (params, opt_state, Batch, key_epoch, epoch, lr) -> (params, opt_state, Metrics)
     evaluate: callable  # (params, Batch) -> Metrics
     train_on: callable = None     # (params, opt_state, DeviceSplit, Picks, key_epoch, epoch, lr) -> same
-    evaluate_on: callable = None  # (params, DeviceSplit, Picks) -> Metrics
+    evaluate_on: dict = None      # {split: (params, DeviceSplit, Picks) -> Metrics}
     data: Optional[dict] = None   # {"train" | "valid" | "test": DeviceSplit}
 
 
@@ -324,11 +324,17 @@ def make_steps(cfg: Config, optimizer, score_mask=None, data: Optional[dict] = N
         return DeviceSplit(None if split.X.ndim == 3 else 0, 0, 0)
 
     picks = Picks(0, 0, 0, None)
+    evaluators = {}  # one jitted program per way of holding a split: splits of one shape share its compilation
+
+    def evaluator(split: DeviceSplit):
+        key = axes(split)
+        if key not in evaluators:
+            evaluators[key] = jax.jit(jax.vmap(evaluate_on, in_axes=(0, key, picks)))
+        return evaluators[key]
     return steps._replace(
         train_on=jax.jit(jax.vmap(train_on, in_axes=(0, 0, axes(data["train"]), picks, 0, None, None)),
                          donate_argnums=(0, 1)),
-        evaluate_on={name: jax.jit(jax.vmap(evaluate_on, in_axes=(0, axes(split), picks)))
-                     for name, split in data.items() if name != "train"},
+        evaluate_on={name: evaluator(split) for name, split in data.items() if name != "train"},
         data=data)
 
 

@@ -82,7 +82,7 @@ def test_the_summary_line_counts_layers_and_epochs_in_words():
 
 @pytest.mark.slow
 def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
-    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8",
+    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "8", "--batch_size", "32",
             "--results_dir", str(tmp_path), "--save_dir_name", "smoke"]
     cache = tmp_path / "cache"
     result = run_main(root, *args, env={"HSNN_CACHE_DIR": str(cache)})
@@ -107,7 +107,7 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
 @pytest.mark.slow
 def test_compilation_cache_can_be_switched_off(root, tmp_path):
     cache = tmp_path / "cache"
-    result = run_main(root, "--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4",
+    result = run_main(root, "--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4", "--batch_size", "32",
                       "--results_dir", str(tmp_path), "--compilation_cache", "false",
                       env={"HSNN_CACHE_DIR": str(cache)})
     assert result.returncode == 0, result.stderr
@@ -116,7 +116,7 @@ def test_compilation_cache_can_be_switched_off(root, tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(root, tmp_path):
-    common = ["--dataset_name", "mts_xor", "--n_epochs", "5", "--n_hid", "8", "--dropout", "0.1",
+    common = ["--dataset_name", "mts_xor", "--n_epochs", "5", "--n_hid", "8", "--dropout", "0.1", "--batch_size", "32",
               "--results_dir", str(tmp_path), "--progress", "false"]
     straight = run_main(root, *common, "--save_dir_name", "straight")
     assert straight.returncode == 0, straight.stderr
@@ -187,8 +187,9 @@ def test_the_readme_commands_do_the_whole_set_up_and_ci_runs_the_test_command(ro
 def test_an_environment_jax_cannot_run_in_is_one_line_before_anything_is_written(root, tmp_path, env, says):
     """A platform that is not installed or misspelt, flags XLA does not know: one line, exit
     code 2, no run folder; the same command in a sound environment then trains."""
-    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4", "--results_dir", str(tmp_path),
-            "--save_dir_name", "run", "--compilation_cache", "false", "--progress", "false"]
+    args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4", "--batch_size", "32",
+            "--results_dir", str(tmp_path), "--save_dir_name", "run", "--compilation_cache", "false", "--progress",
+            "false"]
     result = run_main(root, *args, env=env)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr, \

@@ -21,7 +21,7 @@ from conftest import pause_at_epoch, wait_for
 from test_main import run_main
 from utils_initialization import make_config
 
-TINY = ["--dataset_name", "mts_xor", "--n_epochs", "2", "--n_hid", "4", "--progress", "false"]
+TINY = ["--dataset_name", "mts_xor", "--n_epochs", "2", "--n_hid", "4", "--batch_size", "32", "--progress", "false"]
 
 
 def one_line_error(result, code, *parts):

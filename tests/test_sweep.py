@@ -40,7 +40,7 @@ PUBLISHED_RUNS = {  # the grids of paper/sweeps.json, counted by hand
 # a sweep starts from the published SimArgs() defaults, so the task's sizes are given here,
 # as the published MTS-XOR sweeps gave them
 TINY_FIXED = {"dataset_name": "mts_xor", "n_in": 40, "n_out": 2, "decoder": "vmem_time", "time_max": 1.0,
-              "timestep": 0.01, "batch_size": 512, "n_hid": 4, "n_layers": 3, "tau_mem": 0.3,
+              "timestep": 0.01, "batch_size": 32, "n_hid": 4, "n_layers": 3, "tau_mem": 0.3,
               "hierarchy_tau": "tanh", "n_epochs": 2}
 
 
@@ -463,7 +463,7 @@ def test_shards_append_to_one_table_and_plot_merges(root, tmp_path, jax_cache):
 @pytest.mark.slow
 def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
     result = run_sweep(root, jax_cache, "--sweep_name", "hSNN_Figure_2b", "--quick", "--set", "n_epochs=1",
-                       "--set", "n_hid=4", "--results_dir", str(tmp_path), "--jobs", "2")
+                       "--set", "n_hid=4", "--set", "batch_size=32", "--results_dir", str(tmp_path), "--jobs", "2")
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "hSNN_Figure_2b_quick"
     assert len(lines_of(folder / "runs.jsonl")) == 12
@@ -479,7 +479,7 @@ def test_quick_figure_2b_writes_figure_and_summary(root, tmp_path, jax_cache):
         assert float(row["paper"]) == expected
         assert float(row["difference"]) == pytest.approx(float(row["ours"]) - expected, abs=0.01)
     manifest = json.loads((folder / "sweep.json").read_text())
-    assert manifest["quick"] and manifest["set"] == {"n_epochs": 1, "n_hid": 4}
+    assert manifest["quick"] and manifest["set"] == {"n_epochs": 1, "n_hid": 4, "batch_size": 32}
 
 
 @pytest.mark.slow
@@ -851,7 +851,7 @@ def test_the_added_experiment_runs_at_its_smallest_size_into_its_figure_and_repo
     smallest size (--quick, one epoch) trains both neurons, draws its categorical figure and
     gets its own report section with its claim's verdict."""
     args = ["--sweep_name", "ALIF_vs_LIF_mts_xor", "--quick", "--set", "n_epochs=1", "--set", "n_hid=4",
-            "--results_dir", str(tmp_path)]
+            "--set", "batch_size=32", "--results_dir", str(tmp_path)]
     result = run_sweep(root, jax_cache, *args)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "ALIF_vs_LIF_mts_xor_quick"

@@ -849,7 +849,8 @@ def test_configure_jax_refuses_a_started_backend(root):
 @pytest.mark.slow
 def test_the_kept_heap_changes_no_result(root, tmp_path):
     """The same run with glibc's allocator kept and with its defaults: bitwise the same
-    parameters and metrics (96 neurons per layer: a step large enough to keep the heap)."""
+    parameters and metrics (96 neurons per layer: a step large enough to keep the heap; one
+    epoch is 20 steps, each reusing the heap its predecessor left)."""
     assert runtime.large_step(make_config("mts_xor", n_hid=96))
     import subprocess
     import sys
@@ -857,7 +858,7 @@ def test_the_kept_heap_changes_no_result(root, tmp_path):
     for defaults in ("0", "1"):
         folder = tmp_path / f"defaults{defaults}"
         result = subprocess.run([sys.executable, str(root / "main.py"), "--dataset_name", "mts_xor",
-                                 "--n_epochs", "2", "--n_hid", "96", "--results_dir", str(tmp_path), "--save_dir_name",
+                                 "--n_epochs", "1", "--n_hid", "96", "--results_dir", str(tmp_path), "--save_dir_name",
                                  folder.name, "--progress", "false", "--compilation_cache", "false"],
                                 cwd=root, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "HSNN_MALLOC_DEFAULTS": defaults})
@@ -898,25 +899,31 @@ def test_a_group_fills_the_accelerators_memory_and_the_cpu_trains_one_by_one(mon
 
 
 @pytest.mark.parametrize("placement", ["device", "host"])
-def test_the_memory_check_compiles_the_program_that_trains(monkeypatch, placement):
+def test_each_program_is_traced_once_per_run(monkeypatch, placement):
     """The step's memory estimate is taken from the program training then calls (`train_on`
-    with the data on the device, else `train`), so the train step is traced once per run: the
-    first step reuses what the check compiled, where a first run used to compile twice."""
-    traces, real = [], training.make_step_fns
+    with the data on the device, else `train`), so the train step is traced once: the first
+    step reuses what the check compiled, where a first run used to compile it twice. The
+    validation and test splits share their evaluation program: one trace per batch size."""
+    traces, real = {"train": 0, "eval": 0}, training.make_step_fns
 
     def counting(cfg, optimizer, score_mask=None):
         train_step, eval_step = real(cfg, optimizer, score_mask)
 
-        def traced(*args):
-            traces.append(1)
+        def traced_train(*args):
+            traces["train"] += 1
             return train_step(*args)
-        return traced, eval_step
+
+        def traced_eval(*args):
+            traces["eval"] += 1
+            return eval_step(*args)
+        return traced_train, traced_eval
     monkeypatch.setattr(training, "make_step_fns", counting)
     monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 40)  # known, so the check runs
-    cfg = micro_config(n_epochs=2, data_placement=placement)
-    assert len(micro_task().train) % cfg.batch_size == 0  # one batch size, one program
-    train_hsnn(cfg, progress=False, task=micro_task())
-    assert len(traces) == 1
+    cfg, task = micro_config(n_epochs=2, data_placement=placement), micro_task()
+    assert len(task.train) % cfg.batch_size == 0  # one training batch size
+    assert len(task.valid) == len(task.test) == 10  # batches of 4, 4 and 2 in each
+    train_hsnn(cfg, progress=False, task=task)
+    assert traces == {"train": 1, "eval": 2}
 
 
 def test_the_step_estimate_leaves_out_the_data_already_held():
