@@ -59,7 +59,7 @@ def test_a_one_batch_training_set_is_benchmarked_too():
 
 
 def test_benchmark_compares_vmapped_and_sequential_seeds():
-    result = benchmark.main(["--dataset_name", "mts_xor", "--n_layers", "2", "--seeds", "2",
+    result = benchmark.main(["--dataset_name", "mts_xor", "--n_layers", "2", "--seeds", "2", "--batch_size", "32",
                              "--epochs", "1", "--compare_sequential"])
     assert result["seeds"] == 2 and result["sequential_epoch_seconds"] > 0
     assert result["vmap_speedup"] == pytest.approx(result["sequential_epoch_seconds"] / result["epoch_seconds"], rel=0.02)
