@@ -226,8 +226,8 @@ def available_memory() -> Optional[int]:
 def compiled_memory(jitted, *abstract_args) -> int:
     """XLA's estimate of the memory [bytes] of `jitted` on arguments of these shapes
     (jax.ShapeDtypeStruct): arguments, outputs not aliased to them, and temporaries. Compiled
-    from shapes alone, nothing allocated; the persistent compilation cache hands the program
-    to the first real call."""
+    from shapes alone, nothing allocated; JAX keeps the compiled program for the first call of
+    `jitted` on arguments of these shapes, which neither traces nor compiles it again."""
     m = jitted.lower(*abstract_args).compile().memory_analysis()
     if m is None:
         return 0
