@@ -660,8 +660,7 @@ def step_memory(cfg: Config, steps: Steps, optimizer, tasks) -> int:
     epoch_lr = (scalar(jnp.int32), scalar(jnp.float32))
     if steps.data:
         split = steps.data["train"]
-        picks = Picks(jax.ShapeDtypeStruct((n, b), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.int32),
-                      jax.ShapeDtypeStruct((n, b), jnp.bool_), scalar(jnp.int32))
+        picks, _ = picks_of([(np.zeros(b, np.int32), None)] * n, 0)  # a first batch's shapes and dtypes
         resident = sum(a.nbytes for a in split)
         return runtime.compiled_memory(steps.train_on, params, opt_state, split, picks, keys, *epoch_lr) - resident
     x_BTI, y = tasks[0].train.X[np.arange(1)], tasks[0].train.Y[:1]
