@@ -39,10 +39,16 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """One persistent compilation cache per session (empty at its start, so nothing carries
-    over between sessions): tests that build the same program again (the training-loop tests
-    train the same tiny network many times) compile it once."""
+    over between sessions), shared by pytest-xdist's workers and, through $HSNN_CACHE_DIR, by
+    every main.py and sweep.py they start: tests that build the same program again (the
+    training-loop tests train the same tiny network many times) compile it once, and no test
+    writes to the user's own cache."""
     import runtime
-    runtime.use_compilation_cache(tmp_path_factory.mktemp("xla_cache"))
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["HSNN_CACHE_DIR"] = str(cache)
+    runtime.use_compilation_cache(cache)
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,12 @@ def test_smoke_run_writes_a_run_folder_and_refuses_a_second(root, tmp_path):
     again = run_main(root, *args)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr
+    # a second run of the same network reads every program back from the cache, the small
+    # programs of the eager parameter initialisation included
+    warm = run_main(root, *args[:-1], "smoke2", env={"HSNN_CACHE_DIR": str(cache), "JAX_LOG_COMPILES": "1"})
+    assert warm.returncode == 0, warm.stderr
+    compiled, hits = (warm.stderr.count(text) for text in ("Finished XLA compilation", "compilation cache hit"))
+    assert compiled > 20 and hits == compiled, (compiled, hits)
 
 
 @pytest.mark.slow
