@@ -194,8 +194,7 @@ def test_an_environment_jax_cannot_run_in_is_one_line_before_anything_is_written
     """A platform that is not installed or misspelt, flags XLA does not know: one line, exit
     code 2, no run folder; the same command in a sound environment then trains."""
     args = ["--dataset_name", "mts_xor", "--n_epochs", "1", "--n_hid", "4", "--batch_size", "32",
-            "--results_dir", str(tmp_path), "--save_dir_name", "run", "--compilation_cache", "false", "--progress",
-            "false"]
+            "--results_dir", str(tmp_path), "--save_dir_name", "run", "--progress", "false"]
     result = run_main(root, *args, env=env)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr, \

@@ -859,7 +859,7 @@ def test_the_kept_heap_changes_no_result(root, tmp_path):
         folder = tmp_path / f"defaults{defaults}"
         result = subprocess.run([sys.executable, str(root / "main.py"), "--dataset_name", "mts_xor",
                                  "--n_epochs", "1", "--n_hid", "96", "--results_dir", str(tmp_path), "--save_dir_name",
-                                 folder.name, "--progress", "false", "--compilation_cache", "false"],
+                                 folder.name, "--progress", "false"],
                                 cwd=root, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "HSNN_MALLOC_DEFAULTS": defaults})
         assert result.returncode == 0, result.stderr
