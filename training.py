@@ -9,6 +9,7 @@ function of (seed, epoch): the data order of epoch e comes from numpy's
 resumed from the checkpoint of epoch e continues exactly as an uninterrupted run.
 """
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import copy
@@ -299,13 +300,19 @@ def make_steps(cfg: Config, optimizer, score_mask=None, data: Optional[dict] = N
     """Seeds vmapped into one program (purejaxrl style): per-seed parameters, batches and
     dropout keys; shared batch index, epoch and learning rate. With `data` (device_data), also
     the steps that gather their batches on the device."""
+    return step_programs(cfg, optimizer, score_mask)(data)
+
+
+def step_programs(cfg: Config, optimizer, score_mask=None):
+    """`steps(data)`: make_steps for any data of this network, from one set of jitted
+    programs. Data held alike (rows shared by the seeds or one set per seed) share a program,
+    so a program is traced and compiled once for all data of its shapes: the validation and
+    test splits', and those of later groups (`programs_of`)."""
     train_step, eval_step = make_step_fns(cfg, optimizer, score_mask)
     per_seed = Batch(0, 0, None)
     train = jax.vmap(train_step, in_axes=(0, 0, per_seed, 0, None, None))
     evaluate = jax.vmap(eval_step, in_axes=(0, per_seed))
-    steps = Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
-    if not data:
-        return steps
+    on_host = Steps(jax.jit(train, donate_argnums=(0, 1)), jax.jit(evaluate))
     augment = cfg.freq_shift > 0
 
     def gather(split: DeviceSplit, picks: Picks, shifted: bool):
@@ -320,22 +327,46 @@ def make_steps(cfg: Config, optimizer, score_mask=None, data: Optional[dict] = N
     def evaluate_on(params, split, picks):
         return eval_step(params, gather(split, picks, False))
 
-    def axes(split: DeviceSplit):  # rows shared by the seeds, or one set per seed
-        return DeviceSplit(None if split.X.ndim == 3 else 0, 0, 0)
-
     picks = Picks(0, 0, 0, None)
-    evaluators = {}  # one jitted program per way of holding a split: splits of one shape share its compilation
+    programs = {}  # (train or evaluate, how the split is held): its jitted program
 
-    def evaluator(split: DeviceSplit):
-        key = axes(split)
-        if key not in evaluators:
-            evaluators[key] = jax.jit(jax.vmap(evaluate_on, in_axes=(0, key, picks)))
-        return evaluators[key]
-    return steps._replace(
-        train_on=jax.jit(jax.vmap(train_on, in_axes=(0, 0, axes(data["train"]), picks, 0, None, None)),
-                         donate_argnums=(0, 1)),
-        evaluate_on={name: evaluator(split) for name, split in data.items() if name != "train"},
-        data=data)
+    def program(kind: str, split: DeviceSplit):
+        held = DeviceSplit(None if split.X.ndim == 3 else 0, 0, 0)  # rows shared by the seeds, or one set per seed
+        if (kind, held) not in programs:
+            programs[kind, held] = (
+                jax.jit(jax.vmap(train_on, in_axes=(0, 0, held, picks, 0, None, None)), donate_argnums=(0, 1))
+                if kind == "train" else jax.jit(jax.vmap(evaluate_on, in_axes=(0, held, picks))))
+        return programs[kind, held]
+
+    def steps(data: Optional[dict] = None) -> Steps:
+        if not data:
+            return on_host
+        return on_host._replace(train_on=program("train", data["train"]),
+                                evaluate_on={name: program("evaluate", split) for name, split in data.items()
+                                             if name != "train"},
+                                data=data)
+    return steps
+
+
+PROGRAMS_KEPT = 4  # networks whose programs a process keeps (programs_of), the most recent
+_programs = collections.OrderedDict()  # {(program_key, score mask): (optimizer, step_programs)}
+
+
+def programs_of(cfg: Config, score_mask=None) -> tuple:
+    """(optimizer, step_programs) of `cfg`'s network (program_key) and score mask, kept for
+    the process: the groups that train one after another in it (a grid point's seeds on the
+    CPU, a sweep's points that differ only in their initial parameters) neither trace nor
+    compile their programs again. The PROGRAMS_KEPT most recent networks are kept."""
+    mask = None if score_mask is None else np.asarray(score_mask)
+    key = (program_key(cfg), None if mask is None else (mask.dtype.str, mask.shape, mask.tobytes()))
+    if key in _programs:
+        _programs.move_to_end(key)
+    else:
+        optimizer = make_optimizer(cfg)
+        _programs[key] = (optimizer, step_programs(cfg, optimizer, None if mask is None else jnp.asarray(mask)))
+        while len(_programs) > PROGRAMS_KEPT:
+            _programs.popitem(last=False)
+    return _programs[key]
 
 
 def device_data(tasks, cfg: Config) -> Optional[dict]:
@@ -788,9 +819,8 @@ def _train_group(cfgs, run_dirs, states, tasks, progress, force, label_runs=Fals
     for run_dir, task in zip(run_dirs, tasks):
         if run_dir is not None and task.extras:
             run_folder.save_task_arrays(run_dir, task.extras)
-    mask = None if tasks[0].score_mask is None else jnp.asarray(tasks[0].score_mask)
-    optimizer = make_optimizer(cfg)
-    steps = make_steps(cfg, optimizer, mask, device_data(tasks, cfg))
+    optimizer, programs = programs_of(cfg, tasks[0].score_mask)
+    steps = programs(device_data(tasks, cfg))
     runtime.check_memory(cfg, lambda: step_memory(cfg, steps, optimizer, tasks), n, force)
     state, records = start_state(cfgs, optimizer, states, run_dirs)
     # the training time of the run in all its parts: a resumed run adds to its checkpoint's

@@ -138,3 +138,13 @@ def wait_for(path, proc, timeout=300):
         assert proc.poll() is None, "the process ended before it got there"
         assert time.time() < deadline, f"{path} never appeared"
         time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fresh_programs():
+    """Each test builds its own jitted programs: a program kept by an earlier test
+    (training.programs_of) would not see what this one patches."""
+    import training
+    training._programs.clear()
+    yield
+    training._programs.clear()

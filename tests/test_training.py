@@ -904,6 +904,17 @@ def test_each_program_is_traced_once_per_run(monkeypatch, placement):
     with the data on the device, else `train`), so the train step is traced once: the first
     step reuses what the check compiled, where a first run used to compile it twice. The
     validation and test splits share their evaluation program: one trace per batch size."""
+    traces = counting_traces(monkeypatch)
+    monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 40)  # known, so the check runs
+    cfg, task = micro_config(n_epochs=2, data_placement=placement), micro_task()
+    assert len(task.train) % cfg.batch_size == 0  # one training batch size
+    assert len(task.valid) == len(task.test) == 10  # batches of 4, 4 and 2 in each
+    train_hsnn(cfg, progress=False, task=task)
+    assert traces == {"train": 1, "eval": 2}
+
+
+def counting_traces(monkeypatch) -> dict:
+    """{train: n, eval: n}: how often the train and evaluation steps are traced from now on."""
     traces, real = {"train": 0, "eval": 0}, training.make_step_fns
 
     def counting(cfg, optimizer, score_mask=None):
@@ -918,12 +929,29 @@ def test_each_program_is_traced_once_per_run(monkeypatch, placement):
             return eval_step(*args)
         return traced_train, traced_eval
     monkeypatch.setattr(training, "make_step_fns", counting)
-    monkeypatch.setattr(runtime, "available_memory", lambda: 2 ** 40)  # known, so the check runs
-    cfg, task = micro_config(n_epochs=2, data_placement=placement), micro_task()
-    assert len(task.train) % cfg.batch_size == 0  # one training batch size
-    assert len(task.valid) == len(task.test) == 10  # batches of 4, 4 and 2 in each
-    train_hsnn(cfg, progress=False, task=task)
-    assert traces == {"train": 1, "eval": 2}
+    return traces
+
+
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_groups_of_one_network_in_one_process_share_its_programs(monkeypatch, placement):
+    """Runs trained one after another in a process (a grid point's seeds on the CPU, a sweep's
+    points that differ only in their initial time constants) reuse the programs the first
+    traced and compiled, and get exactly what they get with programs of their own; another
+    network gets its own programs, and only the PROGRAMS_KEPT most recent are kept."""
+    traces = counting_traces(monkeypatch)
+    base = micro_config(n_epochs=1, hierarchy_tau="tanh", n_layers=3, data_placement=placement)
+    cfgs = [base.replace(delta_tau=0.1, seed=0), base.replace(delta_tau=-0.1, seed=1)]
+    shared = training.train_runs(cfgs, progress=False, tasks=[micro_task()] * 2, group_size=1)
+    assert traces == {"train": 1, "eval": 2} and len(training._programs) == 1
+    training._programs.clear()
+    alone = train_hsnn(cfgs[1], progress=False, task=micro_task())
+    assert traces == {"train": 2, "eval": 4}
+    assert without_timings(shared[1]) == without_timings(alone)
+    monkeypatch.setattr(training, "PROGRAMS_KEPT", 1)
+    deeper = base.replace(n_layers=4)
+    train_hsnn(deeper, progress=False, task=micro_task())
+    assert traces == {"train": 3, "eval": 6}
+    assert [key for key, _ in training._programs] == [training.program_key(deeper)]
 
 
 def test_the_step_estimate_leaves_out_the_data_already_held():
