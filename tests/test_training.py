@@ -932,14 +932,13 @@ def counting_traces(monkeypatch) -> dict:
     return traces
 
 
-@pytest.mark.parametrize("placement", ["device", "host"])
-def test_groups_of_one_network_in_one_process_share_its_programs(monkeypatch, placement):
+def test_groups_of_one_network_in_one_process_share_its_programs(monkeypatch):
     """Runs trained one after another in a process (a grid point's seeds on the CPU, a sweep's
     points that differ only in their initial time constants) reuse the programs the first
     traced and compiled, and get exactly what they get with programs of their own; another
     network gets its own programs, and only the PROGRAMS_KEPT most recent are kept."""
     traces = counting_traces(monkeypatch)
-    base = micro_config(n_epochs=1, hierarchy_tau="tanh", n_layers=3, data_placement=placement)
+    base = micro_config(n_epochs=1, hierarchy_tau="tanh", n_layers=3)
     cfgs = [base.replace(delta_tau=0.1, seed=0), base.replace(delta_tau=-0.1, seed=1)]
     shared = training.train_runs(cfgs, progress=False, tasks=[micro_task()] * 2, group_size=1)
     assert traces == {"train": 1, "eval": 2} and len(training._programs) == 1
