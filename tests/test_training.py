@@ -953,6 +953,22 @@ def test_groups_of_one_network_in_one_process_share_its_programs(monkeypatch):
     assert [key for key, _ in training._programs] == [training.program_key(deeper)]
 
 
+def test_a_process_keeps_the_programs_of_its_most_recent_networks(monkeypatch):
+    """programs_of: one entry per network (program_key) and score mask; fields that only set
+    initial parameters share it; the least recently asked-for network goes first."""
+    monkeypatch.setattr(training, "PROGRAMS_KEPT", 2)
+    a, b, c = (micro_config(n_layers=k) for k in (2, 3, 4))
+    first = training.programs_of(a)
+    assert training.programs_of(b) is not first
+    assert training.programs_of(a) is first  # kept, and now the most recent
+    assert training.programs_of(a.replace(seed=7, delta_tau=0.3, hierarchy_tau="tanh")) is first
+    training.programs_of(c)
+    assert [key for key, _ in training._programs] == [training.program_key(a), training.program_key(c)]
+    mask = np.arange(100) % 2 == 0
+    assert training.programs_of(a, mask) is not first and training.programs_of(a, mask.copy()) is not first
+    assert training.programs_of(a, mask) is training.programs_of(a, mask.copy())
+
+
 def test_the_step_estimate_leaves_out_the_data_already_held():
     """With the data on the device the estimate is the step's own memory: the data, allocated
     before the check and so already missing from the memory available, are not counted again;
