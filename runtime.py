@@ -151,11 +151,18 @@ def check_backend():
                            "requirements/requirements_gpu.txt)") from None
 
 
+CACHE_MAX_BYTES = 4 * 2 ** 30  # JAX's persistent compilation cache: least recently used entries go beyond
+
+
 def use_compilation_cache(cache_dir):
     """JAX's persistent compilation cache in `cache_dir`, for every program, however short
     its compilation: a run's eager start (parameter initialisation, about 60 small programs of
-    some 20 ms each) is then read back too, about 1 s of every start on a 2-core CPU."""
+    some 20 ms each) is then read back too, about 1 s of every start on a 2-core CPU. With a
+    size limit (CACHE_MAX_BYTES) JAX also locks the folder while it reads or writes an entry:
+    processes that start together (a sweep's workers, the tests) never read an entry another
+    is still writing, which without the lock cost a warning and a compilation."""
     jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

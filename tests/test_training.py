@@ -819,6 +819,21 @@ def test_the_heap_is_kept_on_glibc_unless_asked_not_to(monkeypatch):
     assert not runtime.keep_heap() and calls == []
 
 
+def test_the_compilation_cache_keeps_every_program_in_a_locked_bounded_folder():
+    """The session's cache is set as main.py sets its own (runtime.use_compilation_cache): a
+    program of a few milliseconds is kept too, and the folder has a size limit, under which JAX
+    locks it for each read and write (processes that start together read no half-written entry)."""
+    cache = Path(os.environ["HSNN_CACHE_DIR"])
+    assert jax.config.jax_compilation_cache_dir == str(cache)
+    assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES > 0
+    def a_program_of_this_test_only(x):  # its name names its cache entry
+        return x * 3.0 + 0.1234567
+
+    jax.jit(a_program_of_this_test_only)(np.arange(7, dtype=np.float32)).block_until_ready()
+    assert len(list(cache.glob("jit_a_program_of_this_test_only-*-cache"))) == 1
+    assert (cache / ".lockfile").exists()
+
+
 def test_configure_jax_refuses_a_started_backend(root):
     """XLA reads its flags when its backend starts: configure_jax after it, with a flag still to
     set, would silently not apply it (a sweep once trained with other XLA flags than main.py,
