@@ -826,6 +826,7 @@ def test_the_compilation_cache_keeps_every_program_and_a_torn_entry_is_compiled_
     import warnings
     cache = Path(os.environ["HSNN_CACHE_DIR"])
     assert jax.config.jax_compilation_cache_dir == str(cache)
+    runtime.use_compilation_cache(cache)  # again: pytest restores the warning filters after each test
 
     def a_program_of_this_test_only(x):  # its name names its cache entry
         return x * 3.0 + 0.1234567
