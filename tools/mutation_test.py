@@ -38,16 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 FORMULAS = {
     "models": None,  # every function
     "utils_normalization": None,
-    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "firing_rates", "measure", "correct_counts",
-                 "learning_rate", "scale_by_epoch_adam", "make_optimizer", "_alpha_grad_scales", "alpha_grad_rule",
-                 "freeze_fixed_decays", "make_step_fns", "make_steps", "Tally", "evaluate", "eval_rngs",
-                 "median_tau_per_layer", "recurrent_spectra", "_init_run", "_train_group", "_train_epoch", "_new_metrics"],
+    "training": ["safe_norm", "cross_entropy", "regularizers", "loss_fn", "firing_rates", "per_layer", "measure",
+                 "correct_counts", "learning_rate", "scale_by_epoch_adam", "make_optimizer", "decay_grad_scales",
+                 "decay_grad_rule", "freeze_fixed_decays", "make_step_fns", "make_steps", "step_programs",
+                 "device_data", "picks_of", "Tally", "evaluate", "evaluate_on_device", "eval_rngs",
+                 "median_tau_per_layer", "tau_per_neuron", "final_scalars", "recurrent_spectra", "_init_run",
+                 "epoch_record", "is_better", "select_best", "_train_group", "_train_epoch", "batch_calls",
+                 "_new_metrics"],
     "utils_initialization": ["tau_hierarchy", "conv_hierarchy", "layer_sizes", "tau_from_alpha",
                              "weight_scales", "uniform", "tau_layers", "draw_decays"],
-    "utils_dataset": ["iterate_batches", "mts_xor_score_mask", "generate_mts_xor", "load_mts_xor", "SpikeCounts",
-                      "frequency_shift", "channel_stride", "_spikes", "bin_rows", "shd_validation_rows",
-                      "load_audiospikes", "latency_steps", "LatencyCoded", "PixelSequence", "mnist_images",
-                      "mnist_seeds", "pixel_permutation", "load_ps_mnist"],
+    "utils_dataset": ["batch_plan", "iterate_batches", "dense", "n_batches", "mts_xor_score_mask", "generate_mts_xor",
+                      "load_mts_xor", "SpikeCounts", "FrequencyShift", "frequency_shift", "channel_stride", "_spikes",
+                      "bin_rows", "shd_validation_rows", "load_audiospikes", "latency_steps", "LatencyCoded",
+                      "PixelSequence", "mnist_images", "mnist_seeds", "pixel_permutation", "load_ps_mnist"],
 }
 # The report's modules: every number a reviewer reads (each panel's statistic, the verdicts and
 # their bootstrap, summary.csv, the report's tables), run keys, the results table and its repair,
@@ -96,6 +99,38 @@ do_not_mutate_patterns =
 """
 
 
+def top_level_names(path: Path) -> set:
+    """The functions and classes defined at the top of the module `path`."""
+    return {n.name for n in ast.parse(path.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def unknown_names(root: Path, modules: list) -> list:
+    """'module.name' for each function or class listed in MODULES that the module under `root`
+    does not define: a list gone stale after a rename would leave that code unmutated, unnoticed."""
+    return [f"{m}.{name}" for m in modules for name in MODULES[m] or ()
+            if name not in top_level_names(root / f"{m}.py")]
+
+
+SEP = "\u01c1"  # mutmut's separator of a class and its method in a mutant's name
+
+
+def function_of(key: str) -> str:
+    """The function (or class) a mutant belongs to: 'training.x_loss_fn__mutmut_3' -> 'loss_fn',
+    'utils_dataset.x' SEP 'SpikeCounts' SEP '__len____mutmut_1' -> 'SpikeCounts'."""
+    name = key.partition(".")[2].rpartition("__mutmut_")[0]
+    return name.split(SEP)[1] if name.startswith("x" + SEP) else name[2:]
+
+
+def first_mutants(modules: list, offset: int, functions=None) -> list:
+    """mutmut's patterns for the sample's first mutants: those numbered `offset` of the first
+    module's functions, or of the first of `functions` (a function's or a class's)."""
+    if not functions:
+        return [f"{modules[0]}.x_*__mutmut_{offset}"]
+    name = functions[0]
+    module = next(m for m in modules if name in (MODULES[m] or top_level_names(ROOT / f"{m}.py")))
+    return [f"{module}.x_{name}__mutmut_{offset}", f"{module}.x{SEP}{name}{SEP}*__mutmut_{offset}"]
+
+
 def exclude_non_formulas(path: Path, keep):
     """Wrap every top-level function or class not in `keep` (None: keep all) in
     `# pragma: no mutate start` / `end`."""
@@ -110,10 +145,19 @@ def exclude_non_formulas(path: Path, keep):
     path.write_text("\n".join(lines) + "\n")
 
 
+def fail(message: str):
+    print(f"mutation_test.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def prepare(rev: str, work: Path, modules: list):
     work.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    unknown = unknown_names(work, modules)
+    if unknown:
+        fail(f"{rev} defines no {', '.join(unknown)}: bring the lists (FORMULAS, REPORT) up to date "
+             f"(and remove {work})")
     for name in modules:
         exclude_non_formulas(work / f"{name}.py", MODULES[name])
     sources = sorted(p.name for p in work.glob("*.py"))  # every module of that revision
@@ -121,14 +165,15 @@ def prepare(rev: str, work: Path, modules: list):
                                                   modules="\n".join(f"    {m}.py" for m in modules)))
 
 
-def sample(work: Path, modules: list, every: int, offset: int = 1) -> list:
-    """Every `every`-th mutant of each function, by mutmut's numbering, from the `offset`-th."""
+def sample(work: Path, modules: list, every: int, offset: int = 1, functions=None) -> list:
+    """Every `every`-th mutant of each function, by mutmut's numbering, from the `offset`-th;
+    with `functions`, of those functions (and classes) only."""
     names = []
     for name in modules:
         keys = json.loads((work / "mutants" / f"{name}.py.meta").read_text())["exit_code_by_key"]
         for key in keys:
             _, _, number = key.rpartition("__mutmut_")
-            if int(number) % every == offset % every:
+            if int(number) % every == offset % every and (not functions or function_of(key) in functions):
                 names.append(key)
     return sorted(names)
 
@@ -171,22 +216,28 @@ def main():
     parser.add_argument("--sample", type=int, default=1, metavar="K", help="every K-th mutant of each function")
     parser.add_argument("--offset", type=int, default=1, metavar="R",
                         help="with --sample K: the mutants numbered R, R + K, ... (another sample of the same size)")
+    parser.add_argument("--functions", nargs="+", default=None, metavar="NAME",
+                        help="only the mutants of these listed functions or classes (with --sample 1: all of them)")
     parser.add_argument("--jobs", type=int, default=None, help="mutants checked at once (default: the CPU count)")
     parser.add_argument("--report", action="store_true", help="only print the results of an earlier run")
     args = parser.parse_args()
     if args.report_modules:
         args.modules = list(REPORT)
+    listed = {name for m in args.modules for name in MODULES[m] or top_level_names(ROOT / f"{m}.py")}
+    for name in args.functions or ():
+        if name not in listed:
+            fail(f"--functions {name}: not a listed function or class of {', '.join(args.modules)}")
     work = Path(args.work)
     jobs = ["--max-children", str(args.jobs)] if args.jobs else []
     chosen = None
     if not (work / "setup.cfg").exists():
         prepare(args.rev, work, args.modules)
-    if args.sample > 1 and not (work / "mutants" / f"{args.modules[0]}.py.meta").exists():
+    if (args.sample > 1 or args.functions) and not (work / "mutants" / f"{args.modules[0]}.py.meta").exists():
         # generates every mutant and the test statistics, and checks the sample's first ones
-        subprocess.run(["mutmut", "run", *jobs, f"{args.modules[0]}.x_*__mutmut_{args.offset}"], cwd=work,
+        subprocess.run(["mutmut", "run", *jobs, *first_mutants(args.modules, args.offset, args.functions)], cwd=work,
                        check=False)
-    if args.sample > 1:
-        chosen = sample(work, args.modules, args.sample, args.offset)
+    if args.sample > 1 or args.functions:
+        chosen = sample(work, args.modules, args.sample, args.offset, args.functions)
     if not args.report:
         subprocess.run(["mutmut", "run", *jobs, *(chosen or [])], cwd=work, check=False)
     report(work, args.modules, set(chosen) if chosen else None)
