@@ -232,6 +232,25 @@ def test_a_measure_added_once_reaches_every_reduction_metrics_json_and_runs_json
     assert final["test_acc"] == metrics["test_acc"] and final["best_epoch"] == 0
 
 
+def test_a_runs_final_numbers_by_name():
+    """runs.jsonl's numbers of a run: its own, its test terms and measures, and the best
+    epoch's (not the last epoch's) training and validation measures, each under its prefix."""
+    epoch = lambda r: dict(measures={"rate_L1": r}, valid_measures={"rate_L1": 2 * r, "silent_L1": 0.5},  # noqa: E731
+                           terms={"ce": 9.0}, valid_terms={"ce": 8.0})
+    metrics = dict(test_acc=0.75, test_loss=0.6, best_valid_acc=0.8, best_epoch=1, seconds_total=12.5,
+                   median_tau_init=[0.1], epochs=[epoch(0.1), epoch(0.2), epoch(0.3)],
+                   test_terms={"ce": 0.5, "firing_rate": 0.1}, test_measures={"rate_L1": 0.25, "vmem_L1": -0.5})
+    assert training.final_scalars(metrics) == dict(
+        test_acc=0.75, test_loss=0.6, best_valid_acc=0.8, best_epoch=1, seconds_total=12.5,
+        test_ce=0.5, test_firing_rate=0.1, test_rate_L1=0.25, test_vmem_L1=-0.5,
+        train_rate_L1=0.2, valid_rate_L1=0.4, valid_silent_L1=0.5)
+    # a run that has not finished: no test numbers, and what is not a number is left out
+    unfinished = dict(metrics, test_acc=None, test_terms=None, test_measures=None, seconds_total="12.5")
+    assert training.final_scalars(unfinished) == dict(
+        test_loss=0.6, best_valid_acc=0.8, best_epoch=1, train_rate_L1=0.2, valid_rate_L1=0.4, valid_silent_L1=0.5)
+    assert training.final_scalars(dict(test_acc=0.5, epochs=[])) == dict(test_acc=0.5)
+
+
 @pytest.mark.parametrize("reduce,batches,sizes,expected", [
     ("mean", [2.0, 4.0, 10.0], [4, 4, 2], (2 * 4 + 4 * 4 + 10 * 2) / 10),   # weighted by batch size
     ("sum", [2.0, 4.0, 10.0], [4, 4, 2], 16.0),
