@@ -1,6 +1,7 @@
 """Training loop: optimizer, schedule, determinism, run folder, resume, NaN guard."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -249,6 +250,23 @@ def test_a_runs_final_numbers_by_name():
     assert training.final_scalars(unfinished) == dict(
         test_loss=0.6, best_valid_acc=0.8, best_epoch=1, train_rate_L1=0.2, valid_rate_L1=0.4, valid_silent_L1=0.5)
     assert training.final_scalars(dict(test_acc=0.5, epochs=[])) == dict(test_acc=0.5)
+
+
+def test_every_hidden_neurons_time_constant_when_they_are_trained():
+    """Fig. 3's distributions: per hidden layer (the output layer is not one), every neuron's
+    tau = -dt / ln(alpha), alpha clipped as the model uses it; nothing when they are fixed."""
+    cfg = micro_config(train_alpha=True, timestep=0.002)
+    params = [{"alpha": np.array([0.9, 0.99, 0.5], np.float32)}, {"alpha": np.array([1e-7], np.float32)},
+              {"alpha": np.array([0.8, 0.8], np.float32)}]  # the last is the output layer
+    taus = training.tau_per_neuron(params, cfg)
+    # 0.99 and 1e-7 clipped to 0.98 and 1e-5, in float32 as the parameters are
+    expected = [[-0.002 / math.log(a) for a in np.float32([0.9, 0.98, 0.5])], [-0.002 / math.log(np.float32(1e-5))]]
+    assert len(taus) == 2 and all(isinstance(t, list) for t in taus)
+    for got, want in zip(taus, expected):
+        assert got == pytest.approx(want, rel=1e-12)
+    assert training.tau_per_neuron([{"alpha": np.float32(0.9)}, params[-1]], cfg) == [
+        pytest.approx([-0.002 / math.log(np.float32(0.9))])]  # a layer-wide decay: one value
+    assert training.tau_per_neuron(params, cfg.replace(train_alpha=False)) is None
 
 
 @pytest.mark.parametrize("reduce,batches,sizes,expected", [
