@@ -646,6 +646,8 @@ def train_runs(cfgs: list, run_dirs=None, resume: bool = False, progress=True, t
                         _record_failure(run_dirs[group[0]], err)
                         failures[group[0]] = err
                         continue
+                    print(f"a group of {len(group)} runs failed ({type(err).__name__}: {err}); training them "
+                          "one at a time from their last checkpoints", file=sys.stderr, flush=True)
                     for i in group:  # each seed alone, from its last checkpoint: only the failing one fails
                         state = run_folder.load_checkpoint(run_dirs[i], cfgs[i]) if run_dirs[i] else None
                         try:

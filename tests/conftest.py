@@ -70,6 +70,21 @@ def tiny_task():
     return tiny_mts_xor_task()
 
 
+@pytest.fixture
+def trained_groups(monkeypatch) -> list:
+    """The sizes of the groups that training.train_runs trains, in order. A group that fails is
+    trained seed by seed instead, so a test of a vmapped group checks this list as well as the
+    numbers, which the fallback would make equal."""
+    import training
+    groups, real = [], training._train_group
+
+    def recorded(cfgs, *args):
+        groups.append(len(cfgs))
+        return real(cfgs, *args)
+    monkeypatch.setattr(training, "_train_group", recorded)
+    return groups
+
+
 # --- a patch of training.py inside the processes a test starts ------------------------------
 # `training_hook(folder, patch_source)` writes a sitecustomize.py that applies `patch(module)`
 # to the module `training` as soon as any process started with the returned environment

@@ -790,7 +790,7 @@ def test_errors_number_the_samples_of_the_file_from_zero(tmp_path):
 
 # --- the data on the device: the same batches, gathered in the step ------------------------------
 @pytest.mark.parametrize("freq_shift", [0, 10])
-def test_shd_held_on_the_device_trains_bitwise_as_batches_built_on_the_host(shd_dir, freq_shift):
+def test_shd_held_on_the_device_trains_bitwise_as_batches_built_on_the_host(shd_dir, freq_shift, trained_groups):
     """Two seeds in one vmapped program sharing the file's rows on the device (frequency shift
     drawn on the host, applied in the step): the same losses, accuracies and parameters as
     the same seeds with their batches built on the host."""
@@ -801,6 +801,7 @@ def test_shd_held_on_the_device_trains_bitwise_as_batches_built_on_the_host(shd_
         c = cfg.replace(data_placement=placement)
         tasks = [utils_dataset.load_task(c.replace(seed=s)) for s in (0, 1)]
         runs[placement] = training.train_seeds(c, [0, 1], progress=False, tasks=tasks, group_size=2)
+    assert trained_groups == [2, 2]  # each as one vmapped group
     for a, b in zip(runs["host"], runs["device"]):
         assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
         assert (a["test_acc"], a["best_valid_acc"]) == (b["test_acc"], b["best_valid_acc"])

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import models
 import run_folder
 import runtime
 import training
@@ -108,9 +109,9 @@ def test_firing_rate_loss_counts_the_spikes_after_dropout():
 
 
 @pytest.mark.parametrize("group_size", [1, 3])
-def test_a_failing_seed_stops_only_itself(tmp_path, monkeypatch, group_size):
+def test_a_failing_seed_stops_only_itself(tmp_path, monkeypatch, capsys, group_size):
     """A seed that fails records error.txt; the other seeds of its call (and of its vmapped
-    group, retried one by one) train to the end; the failure is raised afterwards."""
+    group, retried one by one, which is said) train to the end; the failure is raised afterwards."""
     real = training._train_group
 
     def seed_1_diverges(cfgs, *args, **kwargs):
@@ -129,6 +130,10 @@ def test_a_failing_seed_stops_only_itself(tmp_path, monkeypatch, group_size):
     first, *rest = (dirs[1] / run_folder.ERROR).read_text().splitlines()
     assert "TrainingDiverged: the loss became nan" in first and "Traceback" in rest[0]
     assert run_folder.read_error(dirs[1]) == first
+    retried = [line for line in capsys.readouterr().err.splitlines() if "one at a time" in line]
+    assert retried == ([] if group_size == 1 else [
+        "a group of 3 runs failed (TrainingDiverged: the loss became nan at epoch 1, batch 1); "
+        "training them one at a time from their last checkpoints"])
 
 
 def test_a_bug_in_training_shows_its_traceback(tmp_path, monkeypatch):
@@ -635,14 +640,18 @@ def test_jit_and_eager_train_steps_agree(tiny_task):
 
 
 @pytest.mark.slow
-def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
+def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path, trained_groups):
     """Runs that differ only in their seed, vmapped into one program, give the numbers of
-    the same seeds trained one by one (per-seed data, initialisation, order and dropout)."""
+    the same seeds trained one by one (per-seed data, held on the device, initialisation,
+    order and dropout). The group really trains as one: a group that fails is trained seed by
+    seed instead, which would hide a broken vmapped program behind equal numbers."""
     cfg = tiny_config(n_epochs=2, dropout=0.1)
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
     together = training.train_seeds(cfg, seeds, [tmp_path / f"s{s}" for s in seeds],
                                     progress=False, tasks=tasks, group_size=3)
+    assert trained_groups == [3]
+    assert training.device_data(tasks, cfg)["train"].X.ndim == 4  # one data set per seed, on the device
     alone = [train_hsnn(cfg.replace(seed=s), progress=False, task=t) for s, t in zip(seeds, tasks)]
     for a, b in zip(together, alone):
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
@@ -655,8 +664,9 @@ def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
-    """Groups smaller than the seed list give the same numbers; interrupted runs continue."""
+def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch, trained_groups):
+    """Groups smaller than the seed list give the same numbers; interrupted runs continue, in
+    groups of the runs whose checkpoints stand at the same epoch."""
     cfg = tiny_config(n_epochs=3)
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
@@ -677,6 +687,7 @@ def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch):
     assert [(d / run_folder.CHECKPOINT).exists() for d in dirs] == [True, True, False]
     assert all((d / "config.json").exists() for d in dirs)
     resumed = training.train_seeds(cfg, seeds, dirs, resume=True, progress=False, tasks=tasks, group_size=2)
+    assert trained_groups == [3, 2, 1, 2]  # whole; interrupted; resumed: seed 2 from the start, then 0 and 1
     for a, b in zip(whole, resumed):
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2e-3)
         assert [e["loss"] for e in a["epochs"]] == pytest.approx([e["loss"] for e in b["epochs"]], rel=1e-4)
@@ -931,7 +942,7 @@ def test_the_kept_heap_changes_no_result(root, tmp_path):
         np.testing.assert_array_equal(params["0"][name], params["1"][name], err_msg=name)
 
 
-def test_runs_that_differ_only_in_their_initial_time_constants_share_a_program(tmp_path):
+def test_runs_that_differ_only_in_their_initial_time_constants_share_a_program(tmp_path, trained_groups):
     """Fig. 2b's runs at two delta_tau (same depth) train as one group: each gets what it
     gets alone; runs of two depths are refused as one group."""
     base = micro_config(n_epochs=1, hierarchy_tau="tanh", n_layers=3)
@@ -939,6 +950,7 @@ def test_runs_that_differ_only_in_their_initial_time_constants_share_a_program(t
     assert training.program_key(cfgs[0]) == training.program_key(cfgs[1])
     assert training.program_key(cfgs[0]) != training.program_key(cfgs[0].replace(n_layers=4))
     together = training.train_runs(cfgs, progress=False, tasks=[micro_task()] * 2, group_size=2)
+    assert trained_groups == [2]
     alone = [train_hsnn(c, progress=False, task=micro_task()) for c in cfgs]
     for a, b in zip(together, alone):
         assert a["median_tau_init"] == pytest.approx(b["median_tau_init"], rel=1e-6)
@@ -1053,3 +1065,37 @@ def test_mts_xor_held_on_the_device_trains_bitwise_as_on_the_host(tmp_path):
     with np.load(tmp_path / "host" / "params.npz") as a, np.load(tmp_path / "device" / "params.npz") as b:
         for name in a.files:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_a_train_step_reuses_the_memory_of_the_state_it_replaces(placement):
+    """The parameters and optimizer state a step is given are donated to its outputs (no second
+    copy of them per step): after the step, the arrays it was given are gone."""
+    cfg, task = micro_config(data_placement=placement), micro_task()
+    optimizer = make_optimizer(cfg)
+    steps = training.make_steps(cfg, optimizer, None, training.device_data([task], cfg))
+    assert bool(steps.data) == (placement == "device")
+    state = training._init_run(cfg, optimizer, None, None)
+    params, opt_state = training._stack([state.params]), training._stack([state.opt_state])
+    _, step = next(training.batch_calls(steps, [task], [np.random.default_rng(0)], cfg.batch_size))
+    out = step(params, opt_state, jnp.stack([state.key_dropout]), jnp.int32(0), jnp.float32(0.01))
+    jax.block_until_ready(out)
+    given = jax.tree_util.tree_leaves((params, opt_state))
+    assert given and all(leaf.is_deleted() for leaf in given)
+
+
+def test_evaluation_on_the_device_never_shifts_its_batches():
+    """Only training batches are augmented: the evaluation program gathers a batch as it is
+    stored, whatever shift its picks carry."""
+    cfg = micro_config(data_placement="device", freq_shift=5)
+    optimizer = make_optimizer(cfg)
+    steps = training.make_steps(cfg, optimizer, None, training.device_data([micro_task()], cfg))
+    state = training._init_run(cfg, optimizer, None, None)
+    params, opt_state = training._stack([state.params]), training._stack([state.opt_state])
+    idx = jnp.arange(4, dtype=jnp.int32)[None]
+    picks = lambda shift: training.Picks(idx, jnp.array([shift], jnp.int32), jnp.ones((1, 4), bool),  # noqa: E731
+                                         jnp.int32(0))
+    plain, shifted = (steps.evaluate_on["valid"](params, steps.data["valid"], picks(s)) for s in (0, 3))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), plain, shifted))
+    x = steps.data["valid"].X[steps.data["valid"].pos[0, :4]]
+    assert not jnp.array_equal(models.shift_channels(x, 3, jnp.ones(4, bool)), x)  # the shift would change it
