@@ -73,3 +73,13 @@ def test_a_function_that_is_not_mutated_is_refused_in_one_line(tmp_path, args, m
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("mutation_test.py: " + message) and done.stderr.count("\n") == 1
     assert not (tmp_path / "work").exists()
+
+
+def test_a_revision_without_a_listed_function_is_refused_before_mutmut_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(mutation_test.MODULES, "training", [*mutation_test.MODULES["training"], "gone_rule"])
+    with pytest.raises(SystemExit) as stop:
+        mutation_test.prepare("HEAD", tmp_path / "work", ["training", "utils_dataset"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("mutation_test.py: HEAD defines no training.gone_rule: bring the lists "
+                                       "(FORMULAS, REPORT) up to date\n")
+    assert not (tmp_path / "work" / "setup.cfg").exists()  # so that the next run prepares the copy again

@@ -156,8 +156,7 @@ def prepare(rev: str, work: Path, modules: list):
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     unknown = unknown_names(work, modules)
     if unknown:
-        fail(f"{rev} defines no {', '.join(unknown)}: bring the lists (FORMULAS, REPORT) up to date "
-             f"(and remove {work})")
+        fail(f"{rev} defines no {', '.join(unknown)}: bring the lists (FORMULAS, REPORT) up to date")
     for name in modules:
         exclude_non_formulas(work / f"{name}.py", MODULES[name])
     sources = sorted(p.name for p in work.glob("*.py"))  # every module of that revision
