@@ -1084,6 +1084,19 @@ def test_a_train_step_reuses_the_memory_of_the_state_it_replaces(placement):
     assert given and all(leaf.is_deleted() for leaf in given)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_auto_placement_weighs_the_bytes_the_data_sets_take(monkeypatch, dtype):
+    """`auto` asks whether the data sets' dense bytes fit (uint8 spike counts; float32 for
+    sequential MNIST's pixels): the three splits of one seed, each counted once."""
+    asked = []
+    monkeypatch.setattr(runtime, "data_fits", lambda nbytes: asked.append(nbytes) or False)
+    task = micro_task()
+    task = task._replace(**{name: utils_dataset.Split(split.X.astype(dtype), split.Y)
+                            for name, split in (("train", task.train), ("valid", task.valid), ("test", task.test))})
+    assert training.device_data([task], micro_config(data_placement="auto")) is None
+    assert asked == [(12 + 10 + 10) * 100 * 40 * np.dtype(dtype).itemsize]
+
+
 def test_evaluation_on_the_device_never_shifts_its_batches():
     """Only training batches are augmented: the evaluation program gathers a batch as it is
     stored, whatever shift its picks carry."""
