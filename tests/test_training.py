@@ -1067,16 +1067,22 @@ def test_mts_xor_held_on_the_device_trains_bitwise_as_on_the_host(tmp_path):
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def one_seed_steps(cfg, task):
+    """(steps, initial run state, its parameters and optimizer state stacked as one seed) of `cfg`
+    on `task`, the data held as `cfg.data_placement` says."""
+    optimizer = make_optimizer(cfg)
+    steps = training.make_steps(cfg, optimizer, None, training.device_data([task], cfg))
+    state = training._init_run(cfg, optimizer, None, None)
+    return steps, state, training._stack([state.params]), training._stack([state.opt_state])
+
+
 @pytest.mark.parametrize("placement", ["device", "host"])
 def test_a_train_step_reuses_the_memory_of_the_state_it_replaces(placement):
     """The parameters and optimizer state a step is given are donated to its outputs (no second
     copy of them per step): after the step, the arrays it was given are gone."""
     cfg, task = micro_config(data_placement=placement), micro_task()
-    optimizer = make_optimizer(cfg)
-    steps = training.make_steps(cfg, optimizer, None, training.device_data([task], cfg))
+    steps, state, params, opt_state = one_seed_steps(cfg, task)
     assert bool(steps.data) == (placement == "device")
-    state = training._init_run(cfg, optimizer, None, None)
-    params, opt_state = training._stack([state.params]), training._stack([state.opt_state])
     _, step = next(training.batch_calls(steps, [task], [np.random.default_rng(0)], cfg.batch_size))
     out = step(params, opt_state, jnp.stack([state.key_dropout]), jnp.int32(0), jnp.float32(0.01))
     jax.block_until_ready(out)
@@ -1100,11 +1106,7 @@ def test_auto_placement_weighs_the_bytes_the_data_sets_take(monkeypatch, dtype):
 def test_evaluation_on_the_device_never_shifts_its_batches():
     """Only training batches are augmented: the evaluation program gathers a batch as it is
     stored, whatever shift its picks carry."""
-    cfg = micro_config(data_placement="device", freq_shift=5)
-    optimizer = make_optimizer(cfg)
-    steps = training.make_steps(cfg, optimizer, None, training.device_data([micro_task()], cfg))
-    state = training._init_run(cfg, optimizer, None, None)
-    params, opt_state = training._stack([state.params]), training._stack([state.opt_state])
+    steps, _, params, _ = one_seed_steps(micro_config(data_placement="device", freq_shift=5), micro_task())
     idx = jnp.arange(4, dtype=jnp.int32)[None]
     picks = lambda shift: training.Picks(idx, jnp.array([shift], jnp.int32), jnp.ones((1, 4), bool),  # noqa: E731
                                          jnp.int32(0))

@@ -107,8 +107,17 @@ def top_level_names(path: Path) -> set:
 def unknown_names(root: Path, modules: list) -> list:
     """'module.name' for each function or class listed in MODULES that the module under `root`
     does not define: a list gone stale after a rename would leave that code unmutated, unnoticed."""
-    return [f"{m}.{name}" for m in modules for name in MODULES[m] or ()
-            if name not in top_level_names(root / f"{m}.py")]
+    unknown = []
+    for m in modules:
+        if MODULES[m]:
+            defined = top_level_names(root / f"{m}.py")
+            unknown += [f"{m}.{name}" for name in MODULES[m] if name not in defined]
+    return unknown
+
+
+def mutated_names(module: str) -> set:
+    """The functions and classes of `module` that a run mutates (all, where MODULES lists none)."""
+    return set(MODULES[module] or top_level_names(ROOT / f"{module}.py"))
 
 
 SEP = "\u01c1"  # mutmut's separator of a class and its method in a mutant's name
@@ -127,7 +136,7 @@ def first_mutants(modules: list, offset: int, functions=None) -> list:
     if not functions:
         return [f"{modules[0]}.x_*__mutmut_{offset}"]
     name = functions[0]
-    module = next(m for m in modules if name in (MODULES[m] or top_level_names(ROOT / f"{m}.py")))
+    module = next(m for m in modules if name in mutated_names(m))
     return [f"{module}.x_{name}__mutmut_{offset}", f"{module}.x{SEP}{name}{SEP}*__mutmut_{offset}"]
 
 
@@ -222,7 +231,7 @@ def main():
     args = parser.parse_args()
     if args.report_modules:
         args.modules = list(REPORT)
-    listed = {name for m in args.modules for name in MODULES[m] or top_level_names(ROOT / f"{m}.py")}
+    listed = set().union(*(mutated_names(m) for m in args.modules))
     for name in args.functions or ():
         if name not in listed:
             fail(f"--functions {name}: not a listed function or class of {', '.join(args.modules)}")
