@@ -371,10 +371,15 @@ def programs_of(cfg: Config, score_mask=None) -> tuple:
 
 def device_data(tasks, cfg: Config) -> Optional[dict]:
     """The seeds' splits held on the device ({split: DeviceSplit}) when `data_placement` asks
-    for it, or when it is auto and the data fits runtime.DATA_SHARE of the free memory; else
-    None (the batches are built on the host). Rows of one source (SHD's file, say) are held
-    once for all seeds and splits that use them."""
+    for it, or when it is auto, the data fits runtime.DATA_SHARE of the free memory and the
+    device is an accelerator or the step is large (runtime.large_step); else None (the
+    batches are built on the host). On the CPU a small step's next batch is built by numpy
+    while the step runs, on a core its loops over time leave idle, so it costs the step
+    nothing, where gathering it inside the step does (docs/performance.md). Rows of one
+    source (SHD's file, say) are held once for all seeds and splits that use them."""
     if cfg.data_placement == "host":
+        return None
+    if cfg.data_placement == "auto" and not (runtime.on_accelerator() or runtime.large_step(cfg)):
         return None
     parts = {name: [utils_dataset.data_source(getattr(t, name).X) for t in tasks] for name in ("train", "valid", "test")}
     sources = {key: rows for part in parts.values() for key, rows, _ in part}

@@ -134,7 +134,8 @@ class Config:
     data_placement: str = _field("auto", "where the batches come from: device (the data set held in the "
                                          "device's memory, each batch gathered in the step), host (built "
                                          "on the host and sent every step), auto (device when the data set "
-                                         "fits); the same numbers either way")
+                                         "fits, on the CPU only for large steps such as SHD's); the same "
+                                         "numbers either way")
     scan_unroll: int = _field(1, "time steps per iteration of the compiled loops over time (1, the default, is "
                                  "fastest on the CPU; a GPU may gain from 4 or 8; other values agree to float32 "
                                  "rounding, not bitwise)", "steps")

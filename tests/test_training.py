@@ -1096,11 +1096,26 @@ def test_auto_placement_weighs_the_bytes_the_data_sets_take(monkeypatch, dtype):
     sequential MNIST's pixels): the three splits of one seed, each counted once."""
     asked = []
     monkeypatch.setattr(runtime, "data_fits", lambda nbytes: asked.append(nbytes) or False)
+    monkeypatch.setattr(runtime, "large_step", lambda cfg: True)
     task = micro_task()
     task = task._replace(**{name: utils_dataset.Split(split.X.astype(dtype), split.Y)
                             for name, split in (("train", task.train), ("valid", task.valid), ("test", task.test))})
     assert training.device_data([task], micro_config(data_placement="auto")) is None
     assert asked == [(12 + 10 + 10) * 100 * 40 * np.dtype(dtype).itemsize]
+
+
+@pytest.mark.parametrize("accelerator, large, held", [(False, False, False), (False, True, True),
+                                                      (True, False, True), (True, True, True)])
+def test_auto_placement_holds_small_steps_data_on_the_host_of_a_cpu(monkeypatch, accelerator, large, held):
+    """`auto` holds data that fit on an accelerator, and on the CPU only for large steps: a
+    small step's batches are built on the host while the step before runs. `device` holds
+    them whatever the step."""
+    monkeypatch.setattr(runtime, "data_fits", lambda nbytes: True)
+    monkeypatch.setattr(runtime, "on_accelerator", lambda: accelerator)
+    monkeypatch.setattr(runtime, "large_step", lambda cfg: large)
+    assert (training.device_data([micro_task()], micro_config(data_placement="auto")) is not None) == held
+    assert training.device_data([micro_task()], micro_config(data_placement="device")) is not None
+
 
 
 def test_evaluation_on_the_device_never_shifts_its_batches():
