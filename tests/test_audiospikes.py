@@ -816,6 +816,7 @@ def test_auto_holds_the_data_on_the_device_only_when_it_fits(shd_dir, monkeypatc
     import training
     cfg = cfg_for(shd_dir, n_hid=8, nb_steps=30)
     tasks = [utils_dataset.load_task(cfg)]
+    monkeypatch.setattr(runtime, "large_step", lambda c: True)  # as SHD's real step (30 time steps here)
     assert training.device_data(tasks, cfg) is not None  # 64 recordings of 30 x 700 bins fit
     monkeypatch.setattr(runtime, "available_memory", lambda: 10 ** 6)
     assert training.device_data(tasks, cfg) is None  # 1 MB free: built on the host
