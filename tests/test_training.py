@@ -645,7 +645,7 @@ def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path, trained_groups)
     the same seeds trained one by one (per-seed data, held on the device, initialisation,
     order and dropout). The group really trains as one: a group that fails is trained seed by
     seed instead, which would hide a broken vmapped program behind equal numbers."""
-    cfg = tiny_config(n_epochs=2, dropout=0.1)
+    cfg = tiny_config(n_epochs=2, dropout=0.1, data_placement="device")  # as auto on an accelerator
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
     together = training.train_seeds(cfg, seeds, [tmp_path / f"s{s}" for s in seeds],
@@ -666,8 +666,9 @@ def test_seeds_trained_together_equal_seeds_one_by_one(tmp_path, trained_groups)
 @pytest.mark.slow
 def test_train_seeds_groups_and_resumes(tmp_path, monkeypatch, trained_groups):
     """Groups smaller than the seed list give the same numbers; interrupted runs continue, in
-    groups of the runs whose checkpoints stand at the same epoch."""
-    cfg = tiny_config(n_epochs=3)
+    groups of the runs whose checkpoints stand at the same epoch (the data on the device, as
+    auto holds them on an accelerator, where groups train)."""
+    cfg = tiny_config(n_epochs=3, data_placement="device")
     seeds = [0, 1, 2]
     tasks = [tiny_mts_xor_task(seed=s) for s in seeds]
     whole = training.train_seeds(cfg, seeds, progress=False, tasks=tasks, group_size=3)
