@@ -55,8 +55,8 @@ def test_a_train_steps_flop_from_its_shapes():
 
 def test_the_memory_pass_writes_over_its_input():
     """The bandwidth pass allocates nothing: its input is donated (a fresh 256 MiB output at
-    each call was faulted in page by page where glibc's heap is not kept, and the roofline's
-    bandwidth came out at a fifth of the copy speed for MTS-XOR), and it scales every element."""
+    each call was faulted in page by page where glibc's heap is not kept: MTS-XOR's roofline
+    measured 5.4 GB/s where SHD's measured 32 GB/s), and it scales every element."""
     import jax.numpy as jnp
     x = jnp.arange(8, dtype=jnp.float32)
     y = benchmark.memory_pass()(x)

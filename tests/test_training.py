@@ -1118,7 +1118,6 @@ def test_auto_placement_holds_small_steps_data_on_the_host_of_a_cpu(monkeypatch,
     assert training.device_data([micro_task()], micro_config(data_placement="device")) is not None
 
 
-
 def test_evaluation_on_the_device_never_shifts_its_batches():
     """Only training batches are augmented: the evaluation program gathers a batch as it is
     stored, whatever shift its picks carry."""
