@@ -9,6 +9,7 @@ marks the time steps that count for accuracy when every step has a label (MTS-XO
 None otherwise.
 """
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -37,7 +38,11 @@ class DataError(RuntimeError):
         super().__init__(" ".join(str(message).split()))
 
 
-class Split(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A split's samples: X (rows or an object that builds them) and labels Y; `len` is the
+    number of samples. (A dataclass, not a NamedTuple: a NamedTuple whose len() is not its
+    number of fields breaks its own _replace; use dataclasses.replace.)"""
     X: np.ndarray
     Y: np.ndarray
     # optional per-batch augmentation of training batches (FrequencyShift: its draws, its shift)

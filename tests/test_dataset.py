@@ -103,6 +103,17 @@ def test_seeded_splits():
     assert not np.array_equal(a.train.X[:1024], a.valid.X)
 
 
+def test_a_split_counts_its_samples_and_is_replaced_field_by_field():
+    """len(split) is its number of samples; a field is replaced without touching the others
+    (a NamedTuple whose len() counts the samples would break its own _replace)."""
+    import dataclasses
+    split = utils_dataset.Split(np.zeros((3, 5, 2), np.uint8), np.array([0, 1, 0]))
+    assert len(split) == 3
+    relabelled = dataclasses.replace(split, Y=np.array([1, 1, 1]))
+    assert relabelled.X is split.X and relabelled.Y.tolist() == [1, 1, 1] and split.Y.tolist() == [0, 1, 0]
+    assert (relabelled.augment, relabelled.reshuffle) == (None, False)
+
+
 @pytest.mark.parametrize("batch_size", [64, 100])
 def test_mts_xor_set_sizes_follow_the_batch_size(batch_size):
     """The published generator makes 20 training, 2 validation and 2 test batches."""
